@@ -1,0 +1,9 @@
+from tiwbench.methods import Method
+
+
+class Oracle(Method):
+    """The ceiling: plain DSM on a large unbiased set (unavailable in practice)."""
+
+    name = "oracle"
+    train_on = "oracle"
+    description = "DSM on a large unbiased set (ceiling)"

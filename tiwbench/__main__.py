@@ -1,0 +1,3 @@
+from tiwbench.cli import main
+
+main()

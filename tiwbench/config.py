@@ -1,0 +1,217 @@
+"""Plain-data configs, validated strictly: an unknown key or a wrong type is an error naming both."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad suite or config; the message names the key, the file and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000  # optimiser steps of the score network
+    batch_size: int = 256
+    lr: float = 2e-3  # Adam learning rate
+    lr_warmup: int = 100  # linear warm-up steps
+    ema_halflife: int = 100  # EMA half-life in steps; the EMA network is the one sampled
+    grad_clip: float = 1.0  # max gradient norm (0 disables)
+    hidden: int = 256  # vector nets: MLP width
+    depth: int = 3  # vector nets: hidden layers
+    channels: int = 32  # image nets: base channels
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2])  # image nets: per resolution
+    dropout: float = 0.0
+    check_every: int = 50  # steps between checks for a non-finite loss (each one syncs the host)
+    time_limit: float = 0.0  # seconds for the whole cell; 0 = none
+
+
+@dataclass
+class RatioConfig:
+    provider: str = "learned"  # "learned" (discriminator/classifier) or "exact" (mixtures only)
+    steps: int = 1500
+    batch_size: int = 256  # per class
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    hidden: int = 256
+    depth: int = 3
+    channels: int = 32
+    logit_max: float = 11.512925  # log 1e5
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+
+
+@dataclass
+class SampleConfig:
+    n: int = 4000  # generated samples per cell
+    steps: int = 18  # Heun steps (2·steps − 1 evaluations)
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    batch_size: int = 2000
+
+
+@dataclass
+class Budget:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ratio: RatioConfig = field(default_factory=RatioConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+PROFILES = ("smoke", "default", "paper")
+
+
+@dataclass
+class Suite:
+    name: str
+    datasets: list[str]
+    methods: list[str]
+    ref_fracs: list[float]
+    seeds: list[int]
+    metrics: list[str] = field(default_factory=lambda: ["fd", "bias"])
+    description: str = ""
+    ratio: str = "learned"  # default ratio provider, overridable per profile/dataset
+    dataset_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # profile -> dataset -> partial Budget (train/ratio/sample/seeds)
+    profiles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    source: str = ""  # the file it came from
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_type(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (arg,) = typing.get_args(tp)
+        return [_check_type(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        _, arg = typing.get_args(tp)
+        return {k: _check_type(v, arg, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp in (str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict[str, Any], where: str, base=None):
+    """Build dataclass ``cls`` from ``data`` (over ``base`` if given), rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}{hint}; allowed keys: {', '.join(fields)}")
+    kwargs = dataclasses.asdict(base) if base is not None else {}
+    for key, value in data.items():
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            sub_base = getattr(base, key) if base is not None else None
+            kwargs[key] = from_dict(tp, value, f"{where}.{key}", sub_base)
+        else:
+            kwargs[key] = _check_type(value, tp, f"{where}.{key}")
+    for key, f in fields.items():
+        if dataclasses.is_dataclass(hints[key]) and isinstance(kwargs.get(key), dict):
+            kwargs[key] = from_dict(hints[key], kwargs[key], f"{where}.{key}")
+    missing = [k for k, f in fields.items() if k not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing required key {missing[0]!r}")
+    return cls(**kwargs)
+
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+
+
+def suite_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise ConfigError(f"suite file {p} does not exist; pass a suite name (see `tiwbench ls suites`) or a path")
+        return p
+    candidate = SUITES_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        import difflib
+
+        names = available_suites()
+        close = difflib.get_close_matches(name_or_path, names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown suite {name_or_path!r}.{hint} Available: {', '.join(names)} (or pass a .yaml path)")
+    return candidate
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = suite_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e}); fix the syntax") from None
+    suite = from_dict(Suite, data or {}, str(path))
+    suite.source = str(path)
+    for profile, per_ds in suite.profiles.items():
+        if profile not in PROFILES:
+            raise ConfigError(f"{path}: profiles.{profile}: unknown profile; use one of {', '.join(PROFILES)}")
+        if not isinstance(per_ds, dict):
+            raise ConfigError(f"{path}: profiles.{profile}: expected a mapping of dataset -> budget")
+        for ds, budget in per_ds.items():
+            resolve_budget(suite, profile, ds)  # validates keys and types now, not mid-sweep
+    for f in suite.ref_fracs:
+        if not 0 < f <= 1:
+            raise ConfigError(f"{path}: ref_fracs: {f} is not in (0, 1]")
+    return suite
+
+
+def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, list[int] | None]:
+    """Dataclass defaults, then the suite's ``profiles.<profile>.<dataset>`` (or ``.all``)."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    budget = Budget()
+    budget.ratio.provider = suite.ratio
+    seeds = None
+    per_ds = suite.profiles.get(profile, {})
+    for key in ("all", dataset):
+        part = dict(per_ds.get(key) or {})
+        if "seeds" in part:
+            seeds = _check_type(part.pop("seeds"), list[int], f"{suite.source}: profiles.{profile}.{key}.seeds")
+        budget = from_dict(Budget, part, f"{suite.source}: profiles.{profile}.{key}", budget)
+    if budget.ratio.provider not in ("learned", "exact"):
+        raise ConfigError(f"{suite.source}: ratio provider {budget.ratio.provider!r}: use 'learned' or 'exact'")
+    return budget, seeds
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

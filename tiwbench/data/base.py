@@ -1,0 +1,101 @@
+"""What a dataset gives the harness: a split for (ref_frac, seed) and an evaluator for metrics."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """Bad data input (missing path, malformed file, impossible split); the message names the fix."""
+
+
+def content_hash(*arrays: torch.Tensor | np.ndarray, n: int = 16) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:n]
+
+
+@dataclass
+class Split:
+    """The data of one (dataset, ref_frac, seed) group of cells."""
+
+    bias: torch.Tensor  # D_bias ~ p_bias
+    bias_labels: torch.Tensor
+    ref: torch.Tensor  # D_ref ~ p_data, disjoint from D_bias
+    ref_labels: torch.Tensor
+    oracle: torch.Tensor  # a large unbiased set: what the `oracle` ceiling trains on
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.hashes:
+            self.hashes = {
+                "bias": content_hash(self.bias, self.bias_labels),
+                "ref": content_hash(self.ref, self.ref_labels),
+                "oracle": content_hash(self.oracle),
+            }
+
+    def observed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """D_obs = D_bias ∪ D_ref with the is_ref flag per sample."""
+        x = torch.cat([self.bias, self.ref])
+        is_ref = torch.cat([torch.zeros(len(self.bias), dtype=torch.bool), torch.ones(len(self.ref), dtype=torch.bool)])
+        return x, is_ref
+
+
+class Evaluator(ABC):
+    """What metrics see of a dataset: features for FD, an attribute classifier for bias."""
+
+    num_classes: int
+    target_proportions: torch.Tensor  # p*, the unbiased attribute proportions
+    info: dict[str, Any]  # recorded with every metric that uses it (accuracy, checkpoint hash)
+
+    @abstractmethod
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def predict(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def target_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and covariance (float64) of the target's features."""
+
+
+class BiasedDataset(ABC):
+    """Base class of registered datasets. Subclasses declare their parameters in ``defaults``."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]  # "vector" or "image": which networks the runner builds
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any):
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise DataError(
+                f"unknown parameter(s) {unknown} for dataset {self.name!r}; allowed: {sorted(self.defaults)}"
+            )
+        self.params = {**self.defaults, **params}
+
+    shape: tuple[int, ...]
+    sigma_data: float
+    num_classes: int
+
+    @abstractmethod
+    def split(self, ref_frac: float, seed: int) -> Split: ...
+
+    @abstractmethod
+    def evaluator(self, cache_dir: str | None = None, device: str = "cpu") -> Evaluator: ...
+
+    def exact_ratio(self, time_dependent: bool = True):
+        """The closed-form density ratio, where the dataset has one (mixtures)."""
+        raise DataError(f"dataset {self.name!r} has no exact density ratio; use `ratio: learned` in the suite")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params}

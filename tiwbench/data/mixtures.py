@@ -1,0 +1,183 @@
+"""Exact Gaussian mixtures (METHOD.md §5): densities, ratios, scores and denoiser in closed form."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from tiwbench.data.base import BiasedDataset, DataError, Evaluator, Split
+
+
+def _sigma_col(sigma, x: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(sigma, dtype=torch.float64).expand(len(x)).reshape(-1, 1)
+
+
+class GaussianMixture:
+    """p = Σ_k π_k N(μ_k, s_k² I); perturbed by σ it is Σ_k π_k N(μ_k, (s_k² + σ²) I)."""
+
+    def __init__(self, means, stds, weights):
+        self.means = torch.as_tensor(means, dtype=torch.float64)
+        self.stds = torch.as_tensor(stds, dtype=torch.float64).expand(len(self.means)).clone()
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        self.weights = w / w.sum()
+        self.dim = self.means.shape[1]
+
+    def with_weights(self, weights) -> GaussianMixture:
+        return GaussianMixture(self.means, self.stds, weights)
+
+    def log_joint(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+        """log π_k + log N(x; μ_k, (s_k² + σ²) I), shape [N, K]."""
+        x = x.to(torch.float64)
+        var = self.stds**2 + _sigma_col(sigma, x) ** 2  # [N, K]
+        d2 = torch.cdist(x, self.means) ** 2
+        return self.weights.log() - 0.5 * d2 / var - 0.5 * self.dim * (2 * math.pi * var).log()
+
+    def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+        return torch.logsumexp(self.log_joint(x, sigma), dim=1)
+
+    def posterior(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+        return torch.softmax(self.log_joint(x, sigma), dim=1)
+
+    def score(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+        """∇_x log p_σ(x) = Σ_k r_k(x) (μ_k − x) / (s_k² + σ²)."""
+        x = x.to(torch.float64)
+        r = self.posterior(x, sigma)
+        var = self.stds**2 + _sigma_col(sigma, x) ** 2
+        return torch.einsum("nk,nkd->nd", r / var, self.means[None] - x[:, None])
+
+    def denoiser(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """E[y | x] = x + σ² ∇log p_σ(x) (Tweedie)."""
+        return x.to(torch.float64) + _sigma_col(sigma, x) ** 2 * self.score(x, sigma)
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return self.means[k] + self.stds[k, None] * eps, k
+
+    def mean(self) -> torch.Tensor:
+        return self.weights @ self.means
+
+    def cov(self) -> torch.Tensor:
+        m = self.mean()
+        second = torch.einsum("k,kd,ke->de", self.weights, self.means, self.means)
+        return second - torch.outer(m, m) + (self.weights @ self.stds**2) * torch.eye(self.dim, dtype=torch.float64)
+
+
+class ExactRatio:
+    """Closed-form w_σ = p_σ^data / p_σ^bias for two mixtures with shared components.
+
+    With ``time_dependent=False`` it is the clean ratio w(y) = p^data(y)/p^bias(y), whatever σ.
+    """
+
+    kind = "exact"
+
+    def __init__(self, data: GaussianMixture, bias: GaussianMixture, time_dependent: bool = True,
+                 logit_max: float = math.log(1e5)):
+        self.data, self.bias, self.time_dependent, self.logit_max = data, bias, time_dependent, logit_max
+        self.clipped = 0
+        self.seen = 0
+
+    def _sigma(self, sigma):
+        return sigma if self.time_dependent else 0.0
+
+    def logit(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        flat = x.reshape(len(x), -1)
+        s = self._sigma(sigma)
+        return (self.data.log_prob(flat, s) - self.bias.log_prob(flat, s)).to(x.dtype)
+
+    def log_ratio(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        return self.log_ratio_and_grad(x, sigma)[0]
+
+    def log_ratio_and_grad(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.reshape(len(x), -1)
+        s = self._sigma(sigma)
+        logit = self.data.log_prob(flat, s) - self.bias.log_prob(flat, s)
+        grad = self.data.score(flat, s) - self.bias.score(flat, s)
+        if not self.time_dependent:
+            grad = torch.zeros_like(grad)
+        inside = logit.abs() <= self.logit_max
+        self.clipped += int((~inside).sum())
+        self.seen += len(x)
+        logit = logit.clamp(-self.logit_max, self.logit_max)
+        grad = grad * inside[:, None]
+        return logit.to(x.dtype), grad.reshape(x.shape).to(x.dtype)
+
+    @property
+    def clip_rate(self) -> float:
+        return self.clipped / max(self.seen, 1)
+
+
+class MixtureEvaluator(Evaluator):
+    """Raw coordinates for FD (against the exact moments) and the exact posterior for bias."""
+
+    def __init__(self, data: GaussianMixture):
+        self.data = data
+        self.num_classes = len(data.weights)
+        self.target_proportions = data.weights.clone()
+        g = torch.Generator().manual_seed(12345)
+        x, k = data.sample(20000, g)
+        acc = float((self.predict(x) == k).double().mean())
+        self.info = {"classifier": "exact posterior", "accuracy": acc}
+
+    def features(self, x):
+        return x.reshape(len(x), -1).to(torch.float64)
+
+    def predict(self, x):
+        return self.data.log_joint(x.reshape(len(x), -1)).argmax(dim=1)
+
+    def target_stats(self):
+        return self.data.mean(), self.data.cov()
+
+
+def long_tail_weights(num: int, rho: float) -> torch.Tensor:
+    """n_k ∝ ρ^{k/(K−1)}: the head class has 1/ρ times the tail's weight."""
+    w = torch.tensor([rho ** (k / (num - 1)) for k in range(num)], dtype=torch.float64)
+    return w / w.sum()
+
+
+class Toy2D(BiasedDataset):
+    """8 Gaussian modes on a ring; unbiased weights uniform, biased weights long-tailed."""
+
+    name = "toy2d"
+    kind = "vector"
+    defaults: dict[str, Any] = {
+        "modes": 8,  # mixture components
+        "radius": 1.0,  # ring radius
+        "std": 0.1,  # component standard deviation
+        "rho": 0.05,  # tail/head weight ratio of the biased mixture
+        "n_bias": 2000,  # |D_bias|: small, so a 5 % reference set (100 points) is genuinely small
+        "n_oracle": 2000,  # unbiased training set of the `oracle` ceiling
+    }
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        p = self.params
+        if p["modes"] < 2 or p["std"] <= 0 or not 0 < p["rho"] <= 1:
+            raise DataError(f"toy2d needs modes >= 2, std > 0 and 0 < rho <= 1; got {p}")
+        ang = torch.arange(p["modes"], dtype=torch.float64) * 2 * math.pi / p["modes"]
+        means = p["radius"] * torch.stack([ang.cos(), ang.sin()], dim=1)
+        self.data_mixture = GaussianMixture(means, p["std"], torch.ones(p["modes"]))
+        self.bias_mixture = self.data_mixture.with_weights(long_tail_weights(p["modes"], p["rho"]))
+        self.shape = (2,)
+        self.num_classes = p["modes"]
+        self.sigma_data = float(self.data_mixture.cov().diagonal().mean().sqrt())
+
+    def split(self, ref_frac: float, seed: int) -> Split:
+        if not 0 < ref_frac:
+            raise DataError(f"ref_frac must be > 0, got {ref_frac}")
+        n_bias = int(self.params["n_bias"])
+        n_ref = max(1, round(ref_frac * n_bias))
+        g = torch.Generator().manual_seed(seed)
+        bias, bias_k = self.bias_mixture.sample(n_bias, g)
+        ref, ref_k = self.data_mixture.sample(n_ref, g)
+        oracle, _ = self.data_mixture.sample(int(self.params["n_oracle"]), g)
+        f = torch.float32
+        return Split(bias.to(f), bias_k, ref.to(f), ref_k, oracle.to(f))
+
+    def evaluator(self, cache_dir=None, device="cpu") -> Evaluator:
+        return MixtureEvaluator(self.data_mixture)
+
+    def exact_ratio(self, time_dependent: bool = True) -> ExactRatio:
+        return ExactRatio(self.data_mixture, self.bias_mixture, time_dependent)

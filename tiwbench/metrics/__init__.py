@@ -1,0 +1,1 @@
+"""Metrics, registered with their direction (higher or lower is better)."""

@@ -1,0 +1,85 @@
+"""Records: one JSON per cell, written atomically (temp file + fsync + rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RECORD_NAME = "record.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new, never half
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+_ENV: dict[str, Any] | None = None
+
+
+def environment(device: str = "cpu") -> dict[str, Any]:
+    """Package versions, git sha and dirty flag, device and threads: where a number came from."""
+    global _ENV
+    if _ENV is None:
+        pkgs = {}
+        for p in ("tiwbench", "torch", "numpy", "scipy", "torch-fidelity", "clean-fid", "scikit-learn"):
+            try:
+                pkgs[p] = version(p)
+            except PackageNotFoundError:
+                pkgs[p] = None
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        _ENV = {"packages": pkgs, "git_sha": _git("rev-parse", "HEAD"),
+                "git_dirty": bool(status) if status is not None else None,
+                "python": platform.python_version(), "platform": platform.platform()}
+    import torch
+
+    dev = {"device": device, "threads": torch.get_num_threads()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        dev["device_name"] = torch.cuda.get_device_name()
+    return {**_ENV, **dev}
+
+
+def cell_dir(out: Path, suite: str, dataset: str, method: str, ref_frac: float, seed: int) -> Path:
+    return Path(out) / suite / dataset / method / f"ref{ref_frac:g}_seed{seed}"
+
+
+def load_records(runs: Path) -> list[dict[str, Any]]:
+    """Every record under ``runs``; temp files of an interrupted write are never read."""
+    records = []
+    for p in sorted(Path(runs).rglob(RECORD_NAME)):
+        try:
+            rec = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not a valid record ({e}); delete it and re-run the cell") from None
+        rec["_path"] = str(p)
+        records.append(rec)
+    return records

@@ -1,0 +1,324 @@
+"""Expand a suite into cells, run them group by group (sharing the split and the ratio models of a
+(dataset, ref_frac, seed) group), and write one record per cell."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tiwbench.config import Budget, ConfigError, Suite, config_hash, resolve_budget
+from tiwbench.data.base import DataError
+from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
+from tiwbench.metrics.base import EvalContext
+from tiwbench.ratio import RatioTrainConfig, ratio_diagnostics, train_ratio
+from tiwbench.registry import DATASETS, METHODS, METRICS
+from tiwbench.results import RECORD_NAME, SCHEMA_VERSION, atomic_write_json, cell_dir, environment
+from tiwbench.train import CellTimeout, NonFiniteLoss, train_score, weight_stats
+
+
+@dataclass
+class Cell:
+    suite: str
+    dataset: str
+    method: str
+    ref_frac: float
+    seed: int
+    profile: str
+    budget: Budget
+    metrics: list[str]
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def config(self) -> dict[str, Any]:
+        """The resolved config: everything the result depends on, saved with it and hashed."""
+        return {
+            "suite": self.suite, "dataset": self.dataset, "dataset_params": self.dataset_params,
+            "method": self.method, "method_options": self.method_options, "ref_frac": self.ref_frac,
+            "seed": self.seed, "profile": self.profile, "metrics": self.metrics,
+            **dataclasses.asdict(self.budget),
+        }
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.config())
+
+    @property
+    def group(self) -> tuple:
+        return (self.dataset, json.dumps(self.dataset_params, sort_keys=True), self.ref_frac, self.seed,
+                json.dumps(dataclasses.asdict(self.budget.ratio), sort_keys=True))
+
+    def label(self) -> str:
+        return f"{self.dataset} {self.method} ref={self.ref_frac:g} seed={self.seed}"
+
+
+def _pick(names: list[str], allowed: list[str] | None, registry, what: str) -> list[str]:
+    for n in allowed or []:
+        registry.get(n)  # unknown name: "did you mean"
+    for n in names:
+        registry.get(n)
+    return list(allowed) if allowed else names
+
+
+def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = None,
+           methods: list[str] | None = None, ref_fracs: list[float] | None = None,
+           seeds: list[int] | None = None) -> list[Cell]:
+    ds_names = _pick(suite.datasets, datasets, DATASETS, "dataset")
+    m_names = _pick(suite.methods, methods, METHODS, "method")
+    for m in suite.metrics:
+        METRICS.get(m)
+    for f in ref_fracs or []:
+        if not 0 < f <= 1:
+            raise ConfigError(f"--ref-fracs: {f} is not in (0, 1]")
+    cells = []
+    for ds in ds_names:
+        budget, profile_seeds = resolve_budget(suite, profile, ds)
+        for rf in ref_fracs or suite.ref_fracs:
+            for seed in seeds if seeds is not None else (profile_seeds or suite.seeds):
+                for m in m_names:
+                    cells.append(Cell(suite.name, ds, m, float(rf), int(seed), profile,
+                                      dataclasses.replace(budget), list(suite.metrics),
+                                      dict(suite.dataset_params.get(ds, {})),
+                                      dict(suite.method_options.get(m, {}))))
+    return cells
+
+
+def derived_seed(*parts: Any) -> int:
+    """A stable seed per (cell seed, phase, ...), so a cell's result never depends on run order."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def existing_record(cell: Cell, out: Path) -> dict | None:
+    p = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed) / RECORD_NAME
+    if not p.exists():
+        return None
+    try:
+        rec = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+    return rec if rec.get("config_hash") == cell.hash and rec.get("status") == "ok" else None
+
+
+class Group:
+    """The split, evaluator and ratio models shared by the cells of one (dataset, ref_frac, seed)."""
+
+    def __init__(self, cell: Cell, device: str, cache_dir: Path | None, reporter):
+        self.cell, self.device, self.reporter = cell, device, reporter
+        t0 = time.monotonic()
+        self.dataset = DATASETS.get(cell.dataset)(**cell.dataset_params)
+        self.split = self.dataset.split(cell.ref_frac, cell.seed)
+        t1 = time.monotonic()
+        self.evaluator = self.dataset.evaluator(cache_dir=cache_dir, device=device)
+        self.timing = {"split": t1 - t0, "evaluator": time.monotonic() - t1}
+        self.ratios: dict[str, Any] = {}
+        self.ratio_info: dict[str, Any] = {}
+
+    def ratio(self, kind: str | None):
+        if kind is None:
+            return None
+        if kind not in self.ratios:
+            cfg = self.cell.budget.ratio
+            time_dependent = kind == "time"
+            t0 = time.monotonic()
+            exact = None
+            try:
+                exact = self.dataset.exact_ratio(time_dependent)
+            except DataError:
+                if cfg.provider == "exact":
+                    raise
+            if cfg.provider == "exact":
+                model, info = exact, {"provider": "exact"}
+            else:
+                from tiwbench.networks import make_ratio
+
+                model = make_ratio(self.dataset, cfg, time_dependent)
+                tcfg = RatioTrainConfig(**{k: getattr(cfg, k) for k in dataclasses.asdict(RatioTrainConfig())})
+                g = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio", kind))
+                task = self.reporter.phase(f"ratio ({kind})", tcfg.steps)
+                info = {"provider": "learned",
+                        **train_ratio(model, self.split.bias, self.split.ref, tcfg, g, self.device, task)}
+                gd = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio-diag", kind))
+                info["per_sigma"] = ratio_diagnostics(model, self.split.bias.to(self.device),
+                                                      self.split.ref.to(self.device), gd, exact=exact,
+                                                      device=self.device)
+                info["checkpoint_hash"] = hashlib.sha256(
+                    b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values())
+                ).hexdigest()[:16]
+            info["seconds"] = time.monotonic() - t0
+            self.ratios[kind], self.ratio_info[kind] = model, info
+        return self.ratios[kind]
+
+
+def run_cell(cell: Cell, group: Group, device: str, reporter) -> dict[str, Any]:
+    from tiwbench.networks import make_denoiser
+
+    timing: dict[str, float] = {}
+    method = METHODS.get(cell.method)(**cell.method_options)
+    split = group.split
+    if method.train_on == "ref":
+        x, is_ref = split.ref, torch.ones(len(split.ref), dtype=torch.bool)
+    elif method.train_on == "oracle":
+        x, is_ref = split.oracle, torch.ones(len(split.oracle), dtype=torch.bool)
+    else:
+        x, is_ref = split.observed()
+    t0 = time.monotonic()
+    ratio = group.ratio(method.ratio)
+    timing["ratio"] = time.monotonic() - t0
+    if ratio is not None and hasattr(ratio, "clipped"):
+        ratio.clipped, ratio.seen = ratio.clipped * 0, ratio.seen * 0  # clip rate of this cell only
+    torch.manual_seed(derived_seed(cell.seed, "init", cell.method))
+    net = make_denoiser(group.dataset, cell.budget.train)
+    g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", cell.method))
+    t0 = time.monotonic()
+    task = reporter.phase("train", cell.budget.train.steps)
+    ema, train_info = train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task)
+    timing["train"] = time.monotonic() - t0
+    if ratio is not None:
+        train_info["clip_rate"] = ratio.clip_rate
+    gw = torch.Generator().manual_seed(derived_seed(cell.seed, "ess", cell.method))
+    train_info.update(weight_stats(method, ratio, x, is_ref, gw))
+
+    s = cell.budget.sample
+    t0 = time.monotonic()
+    samples = []
+    seeds = [cell.seed * 1_000_003 + i for i in range(s.n)]  # common to all methods of a seed
+    task = reporter.phase("sample", s.n)
+    for i in range(0, s.n, s.batch_size):
+        lat = per_sample_latents(seeds[i : i + s.batch_size], group.dataset.shape, device)
+        samples.append(edm_sampler(ema, lat, s.steps, s.sigma_min, s.sigma_max, s.rho).cpu())
+        task(min(i + s.batch_size, s.n), s.n)
+    samples = torch.cat(samples)
+    timing["sample"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    ctx = EvalContext(samples=samples, evaluator=group.evaluator, dataset=group.dataset)
+    metrics = []
+    for name in cell.metrics:
+        m = METRICS.get(name)
+        res = m()(ctx)
+        value = res.pop("value")
+        metrics.append({"name": name, "value": value, "higher_is_better": m.higher_is_better, **res})
+    timing["metrics"] = time.monotonic() - t0
+    return {"metrics": metrics, "timing": timing, "train": train_info}
+
+
+class PlainReporter:
+    """Log lines for a non-terminal (CI logs, pipes): rich's bar would print only at the end."""
+
+    def __init__(self, total: int, echo=print):
+        self.total, self.done, self.echo = total, 0, echo
+
+    def start(self, cell: Cell):
+        self.echo(f"[{self.done + 1}/{self.total}] {cell.label()} ...")
+
+    def phase(self, name: str, total: int):
+        return lambda done, total: None
+
+    def finish(self, cell: Cell, rec: dict, skipped: bool = False):
+        self.done += 1
+        if skipped:
+            self.echo(f"[{self.done}/{self.total}] {cell.label()}: done earlier (config unchanged), skipped")
+        elif rec["status"] == "ok":
+            vals = ", ".join(f"{m['name']}={m['value']:.4g}" for m in rec["metrics"])
+            self.echo(f"[{self.done}/{self.total}] {cell.label()}: {vals} ({rec['timing']['total']:.1f} s)")
+        else:
+            self.echo(f"[{self.done}/{self.total}] {cell.label()}: FAILED: {rec['error']['message']}")
+
+    def close(self):
+        pass
+
+
+class RichReporter(PlainReporter):
+    def __init__(self, total: int, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        super().__init__(total, echo=console.print)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console)
+        self.progress.start()
+        self.cells = self.progress.add_task("cells", total=total)
+        self.sub = self.progress.add_task("", total=1, visible=False)
+
+    def start(self, cell: Cell):
+        self.progress.update(self.cells, description=f"cells: {cell.label()}")
+
+    def phase(self, name: str, total: int):
+        self.progress.reset(self.sub, total=total, description=f"  {name}", visible=True)
+        every = max(1, total // 100)
+
+        def update(done: int, total: int):
+            if done % every == 0 or done == total:
+                self.progress.update(self.sub, completed=done)
+
+        return update
+
+    def finish(self, cell: Cell, rec: dict, skipped: bool = False):
+        super().finish(cell, rec, skipped)
+        self.progress.advance(self.cells)
+
+    def close(self):
+        self.progress.stop()
+
+
+def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path | None = None,
+              reporter=None) -> dict[str, list]:
+    """Run every cell not already recorded with the same config hash; return ok/skipped/failed."""
+    out = Path(out)
+    reporter = reporter or PlainReporter(len(cells))
+    summary: dict[str, list] = {"ok": [], "skipped": [], "failed": []}
+    groups: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        groups.setdefault(c.group, []).append(c)
+    try:
+        for members in groups.values():
+            group = None
+            for cell in members:
+                path = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed) / RECORD_NAME
+                if existing_record(cell, out) is not None:
+                    summary["skipped"].append(str(path))
+                    reporter.finish(cell, {}, skipped=True)
+                    continue
+                reporter.start(cell)
+                t0 = time.monotonic()
+                rec = base_record(cell, device)
+                try:
+                    if group is None:
+                        group = Group(cell, device, cache_dir, reporter)
+                    result = run_cell(cell, group, device, reporter)
+                    rec.update(status="ok", **result)
+                except (NonFiniteLoss, CellTimeout) as e:
+                    rec.update(status="failed", error={"type": type(e).__name__, "message": str(e), "step": e.step})
+                except (DataError, ConfigError):
+                    raise  # bad input: stop the sweep with the message, write nothing
+                except Exception as e:  # one cell's failure must not end the sweep
+                    rec.update(status="failed", error={"type": type(e).__name__, "message": str(e),
+                                                       "traceback": traceback.format_exc(limit=8)})
+                rec.setdefault("timing", {})["total"] = time.monotonic() - t0
+                if group is not None:
+                    rec["timing"]["group"] = group.timing
+                    rec["data_hashes"] = group.split.hashes
+                    rec["ref_size"], rec["bias_size"] = len(group.split.ref), len(group.split.bias)
+                    rec["ratio"] = {k: v for k, v in group.ratio_info.items()}
+                    rec["evaluator"] = dict(getattr(group.evaluator, "info", {}))
+                atomic_write_json(path, rec)
+                summary["ok" if rec["status"] == "ok" else "failed"].append(str(path))
+                reporter.finish(cell, rec)
+    finally:
+        reporter.close()
+    return summary
+
+
+def base_record(cell: Cell, device: str) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION, "status": "running", "suite": cell.suite, "dataset": cell.dataset,
+        "method": cell.method, "ref_frac": cell.ref_frac, "ref_size": None, "seed": cell.seed,
+        "profile": cell.profile, "config_hash": cell.hash, "config": cell.config(), "env": environment(device),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

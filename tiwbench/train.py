@@ -1,0 +1,95 @@
+"""The score-network training loop: draws batches, calls the method's loss, reduces, steps."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+
+import torch
+
+from tiwbench.config import TrainConfig
+from tiwbench.diffusion.losses import Batch
+
+
+class NonFiniteLoss(FloatingPointError):
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(f"non-finite loss at step {step}; lower train.lr or raise train.grad_clip's strictness")
+
+
+class CellTimeout(TimeoutError):
+    def __init__(self, step: int, limit: float):
+        self.step = step
+        super().__init__(f"cell exceeded its time limit of {limit:.0f} s at step {step}; raise train.time_limit")
+
+
+def effective_sample_size(weight: torch.Tensor) -> torch.Tensor:
+    """(Σw)² / Σw², as a fraction of the batch: 1 for uniform weights, 1/B for one dominant weight."""
+    return weight.sum() ** 2 / (weight.pow(2).sum() * len(weight)).clamp_min(1e-30)
+
+
+def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: TrainConfig,
+                generator: torch.Generator, device="cpu",
+                progress: Callable[[int, int], None] | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train ``net`` with ``method.loss``; return the EMA network and training statistics.
+
+    Batches are drawn uniformly from (x, is_ref), so D_ref and D_bias are mixed in proportion to
+    their sizes (METHOD.md §4). Indices are drawn on the host, so D_bias positions need no sync.
+    """
+    net.to(device).train()
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    ema_beta = 0.5 ** (1 / max(cfg.ema_halflife, 1))
+    losses = torch.zeros(cfg.steps, device=device)
+    start = time.monotonic()
+    checked = 0
+    for step in range(cfg.steps):
+        idx = torch.randint(len(x), (cfg.batch_size,), generator=generator)
+        batch = Batch.draw(x[idx], is_ref[idx], generator)
+        batch.bias_idx  # noqa: B018 - found on the host before the move
+        batch = batch.to(device)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.lr_warmup, 1))
+        loss = method.loss(net, batch, ratio)
+        loss = loss.reshape(len(loss), -1).sum(dim=1).mean()  # per-sample sum, batch mean
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), net.parameters()):
+                p_ema.lerp_(p.detach(), 1 - ema_beta)
+        losses[step] = loss.detach()
+        if (step + 1) % cfg.check_every == 0 or step + 1 == cfg.steps:
+            bad = ~torch.isfinite(losses[checked : step + 1])
+            if bad.any():
+                raise NonFiniteLoss(checked + int(bad.nonzero()[0]))
+            checked = step + 1
+            if cfg.time_limit and time.monotonic() - start > cfg.time_limit:
+                raise CellTimeout(step + 1, cfg.time_limit)
+        if progress is not None:
+            progress(step + 1, cfg.steps)
+    tail = losses[-max(1, cfg.steps // 10):]
+    return ema, {"final_loss": float(tail.mean()), "steps": cfg.steps, "seconds": time.monotonic() - start}
+
+
+@torch.no_grad()
+def weight_stats(method, ratio, x: torch.Tensor, is_ref: torch.Tensor, generator: torch.Generator,
+                 n_batches: int = 8, batch_size: int = 256) -> dict:
+    """Mean effective sample size of the per-sample weights over a few fresh batches."""
+    if ratio is None or method.ratio is None:
+        return {"ess": 1.0}
+    ess = []
+    for _ in range(n_batches):
+        idx = torch.randint(len(x), (batch_size,), generator=generator)
+        b = Batch.draw(x[idx], is_ref[idx], generator)
+        w = torch.ones(batch_size, dtype=torch.float64)
+        bi = b.bias_idx
+        xin = b.x[bi] if method.ratio == "time" else b.y[bi]
+        w[bi] = ratio.log_ratio(xin, b.sigma[bi]).double().exp()
+        if "alpha" in method.options:
+            w[bi] = w[bi] ** method.options["alpha"]
+        ess.append(float(effective_sample_size(w)))
+    return {"ess": sum(ess) / len(ess)}
