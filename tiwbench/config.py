@@ -62,10 +62,16 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    fid_backend: str = "torch-fidelity"  # image metrics through "torch-fidelity" or "clean-fid"
+
+
+@dataclass
 class Budget:
     train: TrainConfig = field(default_factory=TrainConfig)
     ratio: RatioConfig = field(default_factory=RatioConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 PROFILES = ("smoke", "default", "paper")

@@ -198,7 +198,8 @@ def run_cell(cell: Cell, group: Group, device: str, reporter) -> dict[str, Any]:
     timing["sample"] = time.monotonic() - t0
 
     t0 = time.monotonic()
-    ctx = EvalContext(samples=samples, evaluator=group.evaluator, dataset=group.dataset)
+    ctx = EvalContext(samples=samples, evaluator=group.evaluator, dataset=group.dataset,
+                      options=dataclasses.asdict(cell.budget.eval))
     metrics = []
     for name in cell.metrics:
         m = METRICS.get(name)
