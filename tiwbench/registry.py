@@ -117,5 +117,12 @@ METRICS: Registry = Registry("metric", "tiwbench.metrics.base:Metric", entry_poi
 
 METHODS.register("tiw_dsm", "tiwbench.methods:TIWDSM")
 DATASETS.register("toy2d", "tiwbench.data.mixtures:Toy2D")
+DATASETS.register("digits_lt", "tiwbench.data.digits:DigitsLT")
+DATASETS.register("cifar10_lt", "tiwbench.data.cifar10:CIFAR10LT")
+DATASETS.register("ffhq_gender", "tiwbench.data.ffhq:FFHQGender")
 METRICS.register("fd", "tiwbench.metrics.base:FD")
 METRICS.register("bias", "tiwbench.metrics.base:Bias")
+METRICS.register("fid", "tiwbench.metrics.fidelity:FID")  # ↓, direction from the class
+METRICS.register("kid", "tiwbench.metrics.fidelity:KID")  # ↓
+METRICS.register("precision", "tiwbench.metrics.fidelity:Precision")  # ↑
+METRICS.register("recall", "tiwbench.metrics.fidelity:Recall")  # ↑

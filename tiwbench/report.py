@@ -1,105 +1,368 @@
-"""Leaderboards from records alone: per dataset and metric, methods × ref_frac, mean ± std over seeds."""
+"""Leaderboards from records alone.
+
+Per (suite, dataset, metric): rows are methods, columns ref_frac; each cell is the mean ± std over seeds,
+a Student-t confidence interval and the seed count. A method is marked best in a column only when its
+interval does not overlap the runner-up's; otherwise every method whose interval overlaps the leader's
+is marked as tied ("≈"). Failed cells are shown as failed, with counts.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from scipy import stats
 
 from tiwbench.registry import METRICS, RegistryError
-from tiwbench.results import load_records
+from tiwbench.results import atomic_write_text, load_records
+
+CONFIDENCE = 0.95
+FORMATS = ("markdown", "csv", "latex", "html", "json")
+KEY = ["suite", "dataset", "metric", "method", "ref_frac"]
+ANY_METRIC = "(all metrics)"  # stands for the metrics of a failed record that does not list them
+
+
+class ReportError(ValueError):
+    """Records or a baseline that cannot be read; the message names the fix."""
+
+
+# -- statistics -------------------------------------------------------------------------------------
+def ci_halfwidth(std: float, n: int, confidence: float = CONFIDENCE) -> float:
+    """Half-width of the Student-t interval for a mean of ``n`` seeds; NaN when n < 2 (no interval)."""
+    if n < 2 or std is None or not math.isfinite(std):
+        return math.nan
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
+
+
+def direction(metric: str, recorded: Any = None) -> bool:
+    """True when higher is better: from the metric registry, else from what the records say."""
+    try:
+        return bool(METRICS.get(metric).higher_is_better)
+    except RegistryError:  # a plugin metric not installed here
+        if recorded is None or (isinstance(recorded, float) and math.isnan(recorded)):
+            raise ReportError(f"metric {metric!r} is not registered here and its records do not say whether "
+                              f"higher is better; install the plugin that provides it") from None
+        return bool(recorded)
 
 
 def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (cell, metric); failed cells get one row with status 'failed' and no value."""
+    """One row per (record, metric). A failed record gets one row per metric it was configured for, with
+    status 'failed' and no value, so that it is counted rather than dropped."""
     rows = []
     for r in records:
-        key = {"suite": r.get("suite"), "dataset": r["dataset"], "method": r["method"],
-               "ref_frac": r["ref_frac"], "seed": r["seed"], "status": r.get("status", "ok")}
+        key = {"suite": r.get("suite") or "", "dataset": r["dataset"], "method": r["method"],
+               "ref_frac": float(r["ref_frac"]), "seed": r.get("seed"), "status": r.get("status", "ok"),
+               "profile": r.get("profile"), "config_hash": r.get("config_hash"), "ref_size": r.get("ref_size")}
         if key["status"] != "ok":
-            for name in r.get("config", {}).get("metrics", []) or [None]:
-                rows.append({**key, "metric": name, "value": math.nan, "higher_is_better": None})
+            for name in (r.get("config") or {}).get("metrics") or [None]:
+                rows.append({**key, "status": "failed", "metric": name, "value": math.nan,
+                             "higher_is_better": None})
             continue
-        for m in r["metrics"]:
-            rows.append({**key, "metric": m["name"], "value": m["value"], "higher_is_better": m["higher_is_better"]})
-    return pd.DataFrame(rows, columns=["suite", "dataset", "method", "ref_frac", "seed", "status", "metric",
-                                       "value", "higher_is_better"])
+        for m in r.get("metrics") or []:
+            v = math.nan if m.get("value") is None else float(m["value"])
+            # a non-finite value is a failure of that metric, to be counted, not averaged or dropped
+            rows.append({**key, "status": "ok" if math.isfinite(v) else "failed", "metric": m["name"],
+                         "value": v, "higher_is_better": m.get("higher_is_better")})
+    cols = ["suite", "dataset", "method", "ref_frac", "seed", "status", "profile", "config_hash", "ref_size",
+            "metric", "value", "higher_is_better"]
+    df = pd.DataFrame(rows, columns=cols)
+    unnamed = df.metric.isna()
+    if unnamed.any():  # a failed record that does not say its metrics: count it against every metric seen
+        seen = df[~unnamed].groupby(["suite", "dataset"]).metric.unique()
+        extra = []
+        for _, r in df[unnamed].iterrows():
+            for name in seen.get((r.suite, r.dataset), [ANY_METRIC]):
+                extra.append({**r.to_dict(), "metric": name})
+        df = pd.concat([df[~unnamed], pd.DataFrame(extra, columns=cols)], ignore_index=True)
+    return df
 
 
-def direction(metric: str, df: pd.DataFrame) -> bool:
-    try:
-        return bool(METRICS.get(metric).higher_is_better)
-    except RegistryError:  # a metric of a plugin not installed here: trust the records
-        vals = df.loc[df.metric == metric, "higher_is_better"].dropna()
-        return bool(vals.iloc[0]) if len(vals) else False
-
-
-def aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """mean, std, n over seeds, per (dataset, metric, method, ref_frac); failures counted apart."""
-    ok = df[df.status == "ok"]
-    agg = ok.groupby(["dataset", "metric", "method", "ref_frac"])["value"].agg(["mean", "std", "count"]).reset_index()
-    failed = (df[df.status != "ok"].groupby(["dataset", "metric", "method", "ref_frac"]).size()
-              .rename("failed").reset_index())
-    agg = agg.merge(failed, how="outer", on=["dataset", "metric", "method", "ref_frac"])
-    agg["failed"] = agg["failed"].fillna(0).astype(int)
-    agg["count"] = agg["count"].fillna(0).astype(int)
+def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Per (suite, dataset, metric, method, ref_frac): n ok seeds, failed seeds, mean, std, interval, direction
+    and the best/tie mark of the cell within its ref_frac column."""
+    cols = KEY + ["higher_is_better", "n", "failed", "mean", "std", "ci_half", "ci_low", "ci_high", "mark",
+                  "profiles", "ref_size"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    out = []
+    for key, g in df.groupby(KEY, sort=True):
+        ok = g[g.status == "ok"].value
+        n = int(ok.count())
+        mean = float(ok.mean()) if n else math.nan
+        std = float(ok.std(ddof=1)) if n > 1 else math.nan
+        half = ci_halfwidth(std, n, confidence)
+        recorded = g.higher_is_better.dropna()
+        sizes = g.ref_size.dropna().unique()
+        out.append({**dict(zip(KEY, key, strict=True)),
+                    "higher_is_better": False if key[2] == ANY_METRIC else
+                    direction(key[2], recorded.iloc[0] if len(recorded) else None),
+                    "n": n, "failed": int((g.status != "ok").sum()), "mean": mean, "std": std,
+                    "ci_half": half, "ci_low": mean - half, "ci_high": mean + half, "mark": "",
+                    "profiles": ",".join(sorted(str(p) for p in g.profile.dropna().unique())),
+                    "ref_size": int(sizes[0]) if len(sizes) == 1 else None})
+    agg = pd.DataFrame(out, columns=cols)
+    for _, col in agg.groupby(["suite", "dataset", "metric", "ref_frac"]).groups.items():
+        marks = mark_column(agg.loc[col])
+        agg.loc[list(marks), "mark"] = list(marks.values())
     return agg
 
 
-def leaderboard(df: pd.DataFrame) -> list[tuple[str, str, bool, pd.DataFrame]]:
-    """(dataset, metric, higher_is_better, table of cell strings) per dataset and metric."""
-    agg = aggregate(df)
+def mark_column(col: pd.DataFrame) -> dict[Any, str]:
+    """Index -> "best" or "tie" for the leaders of one column (methods at one ref_frac).
+
+    The leader is best only when its interval and the runner-up's are both known and do not overlap.
+    Otherwise the leader and every method whose interval overlaps the leader's are tied; a cell without an
+    interval (one seed) overlaps everything, since one seed cannot tell methods apart.
+    """
+    valid = col[col.n > 0]
+    if len(valid) < 2:
+        return {}
+    hib = bool(valid.higher_is_better.iloc[0])
+    ranked = valid.sort_values("mean", ascending=not hib)
+    lead = ranked.iloc[0]
+
+    def overlaps(a, b) -> bool:
+        if a.n < 2 or b.n < 2:
+            return True
+        return a.ci_low <= b.ci_high and b.ci_low <= a.ci_high
+
+    tied = [i for i, r in ranked.iloc[1:].iterrows() if overlaps(lead, r)]
+    if not tied:
+        return {ranked.index[0]: "best"}
+    return {i: "tie" for i in [ranked.index[0], *tied]}
+
+
+# -- cell text ----------------------------------------------------------------------------------------
+def _num(x: float, digits: int = 4) -> str:
+    return f"{x:.{digits}g}"
+
+
+def _decimals(std: float) -> int | None:
+    """Decimals that show the std to two significant figures; None where fixed point would not read well."""
+    if not math.isfinite(std) or std <= 0:
+        return None
+    d = 1 - math.floor(math.log10(std))
+    return d if 0 <= d <= 6 else None
+
+
+def cell_parts(r: pd.Series) -> tuple[str, str]:
+    """(main text, detail text) of one table cell, without markup; mean, std and CI share one precision."""
+    if r.n == 0:
+        return "failed", f"{r.failed}/{r.failed} seeds"
+    d = _decimals(r["std"]) if r.n > 1 else None
+    num = (lambda x: f"{x:.{d}f}") if d is not None else _num
+    if r.n == 1:
+        main, detail = num(r["mean"]), "n=1, no CI"
+    else:
+        main = f"{num(r['mean'])} ± {num(r['std']) if d is not None else _num(r['std'], 2)}"
+        detail = f"[{num(r.ci_low)}, {num(r.ci_high)}] n={r.n}"
+    if r.failed:
+        detail += f", {r.failed} failed"
+    return main, detail
+
+
+def _column_label(f: float, sub: pd.DataFrame) -> str:
+    sizes = sub.loc[sub.ref_frac == f, "ref_size"].dropna().unique()
+    return f"{f:g} (N_ref={int(sizes[0])})" if len(sizes) == 1 else f"{f:g}"
+
+
+def tables(agg: pd.DataFrame) -> list[dict[str, Any]]:
+    """One entry per (suite, dataset, metric): title fields and the rows of aggregated cells."""
     out = []
-    for (ds, metric), sub in agg.groupby(["dataset", "metric"], sort=True):
-        hib = direction(metric, df)
+    for (suite, ds, metric), sub in agg.groupby(["suite", "dataset", "metric"], sort=True):
         fracs = sorted(sub.ref_frac.unique())
-        methods = sorted(sub.method.unique())
-        table = pd.DataFrame(index=methods, columns=[f"{f:g}" for f in fracs], dtype=object)
-        for f in fracs:
-            col = sub[sub.ref_frac == f]
-            valid = col[col["count"] > 0]
-            best = None
-            if len(valid):
-                best = valid.loc[valid["mean"].idxmax() if hib else valid["mean"].idxmin(), "method"]
-            for _, r in col.iterrows():
-                if r["count"] == 0:
-                    cell = f"failed ({r['failed']})"
-                else:
-                    std = 0.0 if math.isnan(r["std"]) else r["std"]
-                    cell = f"{r['mean']:.4g} ± {std:.2g}"
-                    if r["method"] == best:
-                        cell = f"**{cell}**"
-                    if r["failed"]:
-                        cell += f" ({r['failed']} failed)"
-                table.loc[r["method"], f"{f:g}"] = cell
-        out.append((ds, metric, hib, table.fillna("–")))
+        out.append({"suite": suite, "dataset": ds, "metric": metric,
+                    "higher_is_better": bool(sub.higher_is_better.iloc[0]), "fracs": fracs,
+                    "labels": [_column_label(f, sub) for f in fracs], "methods": sorted(sub.method.unique()),
+                    "profiles": sorted({p for ps in sub.profiles for p in ps.split(",") if p}),
+                    "cells": {(r.method, r.ref_frac): r for _, r in sub.iterrows()}})
     return out
 
 
-def render(df: pd.DataFrame, fmt: str = "markdown") -> str:
-    if fmt == "json":
-        return json.dumps(aggregate(df).to_dict(orient="records"), indent=2, default=float)
-    if fmt == "csv":
-        return aggregate(df).to_csv(index=False)
-    if fmt != "markdown":
-        raise ValueError(f"unknown format {fmt!r}; use markdown, csv or json")
-    parts = []
-    for ds, metric, hib, table in leaderboard(df):
-        arrow = "↑" if hib else "↓"
-        parts.append(f"### {ds} · {metric} {arrow}  (rows: method, columns: ref_frac; mean ± std over seeds; "
-                     f"best in bold)\n")
-        header = "| method | " + " | ".join(table.columns) + " |"
-        sep = "|---|" + "---|" * len(table.columns)
-        lines = [header, sep] + [f"| {m} | " + " | ".join(str(v) for v in row) + " |" for m, row in table.iterrows()]
+def _title(t: dict[str, Any]) -> str:
+    arrow = "↑" if t["higher_is_better"] else "↓"
+    prof = f", profile {'/'.join(t['profiles'])}" if t["profiles"] else ""
+    mixed = " (mixed profiles!)" if len(t["profiles"]) > 1 else ""
+    return f"{t['dataset']} · {t['metric']} {arrow}  (suite {t['suite']}{prof}{mixed})"
+
+
+LEGEND = (f"Rows: method; columns: ref_frac. Mean ± std over seeds, [{CONFIDENCE:.0%} Student-t CI], n seeds. "
+          "Bold: best, its CI clear of the runner-up's; ≈: leaders whose CIs overlap (a tie). "
+          "n=1 has no CI and cannot be separated from the leader. –: not run; failed cells are counted.")
+
+
+# -- formats ------------------------------------------------------------------------------------------
+def to_markdown(agg: pd.DataFrame) -> str:
+    if agg.empty:
+        return "no records found\n"
+    parts = [f"_{LEGEND}_\n"]
+    for t in tables(agg):
+        lines = [f"### {_title(t)}", "", "| method | " + " | ".join(t["labels"]) + " |",
+                 "|---|" + "---|" * len(t["fracs"])]
+        for m in t["methods"]:
+            cells = []
+            for f in t["fracs"]:
+                r = t["cells"].get((m, f))
+                if r is None:
+                    cells.append("–")  # never run: not the same as failed
+                    continue
+                main, detail = cell_parts(r)
+                if r.n == 0:
+                    main = "**failed**"
+                    detail = f"({detail})"
+                elif r.mark == "best":
+                    main = f"**{main}**"
+                elif r.mark == "tie":
+                    main = f"≈ {main}"
+                cells.append(f"{main} {detail}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines) + "\n")
-    return "\n".join(parts) if parts else "no records found\n"
+    return "\n".join(parts)
 
 
-def report(runs: Path, fmt: str = "markdown") -> str:
-    records = load_records(runs)
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def _tex(s: str) -> str:
+    return "".join(_TEX.get(c, c) for c in s)
+
+
+def to_latex(agg: pd.DataFrame) -> str:
+    """Tables for a paper: booktabs rules, ± and ≈ as math."""
+    parts = [f"% {LEGEND}", "% needs \\usepackage{booktabs}"]
+    for t in tables(agg):
+        arrow = r"$\uparrow$" if t["higher_is_better"] else r"$\downarrow$"
+        lines = [r"\begin{table}[t]", r"\centering",
+                 rf"\caption{{{_tex(t['dataset'])}, {_tex(t['metric'])} {arrow} (suite {_tex(t['suite'])}): "
+                 rf"mean $\pm$ std over seeds, {_tex(f'{CONFIDENCE:.0%}')} CI in brackets.}}",
+                 r"\begin{tabular}{l" + "c" * len(t["fracs"]) + "}", r"\toprule",
+                 "method & " + " & ".join(_tex(x) for x in t["labels"]) + r" \\", r"\midrule"]
+        for m in t["methods"]:
+            cells = []
+            for f in t["fracs"]:
+                r = t["cells"].get((m, f))
+                if r is None:
+                    cells.append("--")
+                    continue
+                main, detail = cell_parts(r)
+                main = _tex(main).replace("±", r"$\pm$")
+                if r.n == 0:
+                    main = r"\textit{failed}"
+                elif r.mark == "best":
+                    main = rf"\textbf{{{main}}}"
+                elif r.mark == "tie":
+                    main = rf"$\approx$ {main}"
+                cells.append(rf"{main} {{\scriptsize {_tex(detail)}}}")
+            lines.append(f"{_tex(m)} & " + " & ".join(cells) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        parts.append("\n".join(lines))
+    return "\n".join(parts) + "\n"
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "item"):  # numpy scalars
+        return _clean(v.item())
+    return v
+
+
+def tidy(agg: pd.DataFrame) -> list[dict[str, Any]]:
+    """Aggregated cells as plain dicts (NaN -> None): the csv and json formats."""
+    cols = KEY + ["higher_is_better", "n", "failed", "mean", "std", "ci_low", "ci_high", "ci_half", "mark",
+                  "profiles", "ref_size"]
+    return [{c: _clean(r[c]) for c in cols} for _, r in agg.iterrows()]
+
+
+def to_json(agg: pd.DataFrame) -> str:
+    return json.dumps({"confidence": CONFIDENCE, "cells": tidy(agg)}, indent=2) + "\n"
+
+
+def to_csv(agg: pd.DataFrame) -> str:
+    return pd.DataFrame(tidy(agg), columns=list(tidy(agg)[0]) if len(agg) else KEY).to_csv(index=False)
+
+
+HTML_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}
+td.best{font-weight:bold;background:#e6f4e6}
+td.tie{background:#f4f4e0}
+td.failed{color:#b00;background:#fbeaea}
+small{color:#666}
+img{max-width:100%}
+"""
+
+
+def to_html(agg: pd.DataFrame, png: bytes | None = None) -> str:
+    """One self-contained page: tables, and the plot embedded as a base64 PNG."""
+    body = ["<h1>tiwbench report</h1>", f"<p><small>{html.escape(LEGEND)}</small></p>"]
+    if png:
+        b64 = base64.b64encode(png).decode("ascii")
+        body.append(f'<img alt="metrics against ref_frac" src="data:image/png;base64,{b64}">')
+    for t in tables(agg):
+        rows = ["<tr><th>method</th>" + "".join(f"<th>{html.escape(x)}</th>" for x in t["labels"]) + "</tr>"]
+        for m in t["methods"]:
+            tds = []
+            for f in t["fracs"]:
+                r = t["cells"].get((m, f))
+                if r is None:
+                    tds.append("<td>–</td>")
+                    continue
+                main, detail = cell_parts(r)
+                cls = "failed" if r.n == 0 else r.mark
+                main = ("≈ " if r.mark == "tie" else "") + main
+                tds.append(f'<td class="{cls}">{html.escape(main)}<br><small>{html.escape(detail)}</small></td>')
+            rows.append(f"<tr><td>{html.escape(m)}</td>{''.join(tds)}</tr>")
+        body.append(f"<h2>{html.escape(_title(t))}</h2><table>{''.join(rows)}</table>")
+    if agg.empty:
+        body.append("<p>no records found</p>")
+    return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>tiwbench report</title>'
+            f"<style>{HTML_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def render(agg: pd.DataFrame, fmt: str = "markdown") -> str:
+    if fmt not in FORMATS:
+        raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt == "html":
+        from tiwbench.plots import figure_png
+
+        return to_html(agg, figure_png(agg) if len(agg) else None)
+    return {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json}[fmt](agg)
+
+
+# -- entry points -------------------------------------------------------------------------------------
+def load_runs(runs: Path) -> list[dict[str, Any]]:
+    if not Path(runs).is_dir():
+        raise FileNotFoundError(f"{runs} is not a directory; run `tiwbench run` first or pass --runs DIR")
+    try:
+        records = load_records(runs)
+    except ValueError as e:
+        raise ReportError(str(e)) from None
     if not records:
         raise FileNotFoundError(f"no records under {runs}; run `tiwbench run --suite smoke` first or pass --runs DIR")
-    return render(records_frame(records), fmt)
+    return records
+
+
+def summarize(runs: Path) -> pd.DataFrame:
+    return aggregate(records_frame(load_runs(runs)))
+
+
+def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None) -> str:
+    """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given."""
+    agg = summarize(runs)
+    text = render(agg, fmt)
+    if output is not None:
+        atomic_write_text(Path(output), text)
+    if plot is not None:
+        from tiwbench.plots import save_plot
+
+        save_plot(agg, Path(plot))
+    return text

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from tiwbench import distributed
 from tiwbench.config import Budget, ConfigError, Suite, config_hash, resolve_budget
 from tiwbench.data.base import DataError
 from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
@@ -111,6 +112,7 @@ class Group:
 
     def __init__(self, cell: Cell, device: str, cache_dir: Path | None, reporter):
         self.cell, self.device, self.reporter = cell, device, reporter
+        self.cache_dir = cache_dir  # image metrics keep their reference statistics here
         t0 = time.monotonic()
         self.dataset = DATASETS.get(cell.dataset)(**cell.dataset_params)
         self.split = self.dataset.split(cell.ref_frac, cell.seed)
@@ -138,6 +140,9 @@ class Group:
             else:
                 from tiwbench.networks import make_ratio
 
+                # its own init seed: otherwise the init depended on the cells run before it (a resumed or
+                # per-job sweep gave other numbers than a fresh one)
+                torch.manual_seed(derived_seed(self.cell.seed, "ratio-init", kind))
                 model = make_ratio(self.dataset, cfg, time_dependent)
                 tcfg = RatioTrainConfig(**{k: getattr(cfg, k) for k in dataclasses.asdict(RatioTrainConfig())})
                 g = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio", kind))
@@ -152,6 +157,7 @@ class Group:
                     b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values())
                 ).hexdigest()[:16]
             info["seconds"] = time.monotonic() - t0
+            distributed.broadcast_module(model)  # every rank trained it alike; make it exactly rank 0's
             self.ratios[kind], self.ratio_info[kind] = model, info
         return self.ratios[kind]
 
@@ -189,17 +195,20 @@ def run_cell(cell: Cell, group: Group, device: str, reporter) -> dict[str, Any]:
     t0 = time.monotonic()
     samples = []
     seeds = [cell.seed * 1_000_003 + i for i in range(s.n)]  # common to all methods of a seed
-    task = reporter.phase("sample", s.n)
-    for i in range(0, s.n, s.batch_size):
+    seeds = seeds[distributed.shard(s.n)]  # under torchrun each rank samples its part of the seeds
+    task = reporter.phase("sample", len(seeds))
+    for i in range(0, len(seeds), s.batch_size):
         lat = per_sample_latents(seeds[i : i + s.batch_size], group.dataset.shape, device)
         samples.append(edm_sampler(ema, lat, s.steps, s.sigma_min, s.sigma_max, s.rho).cpu())
-        task(min(i + s.batch_size, s.n), s.n)
-    samples = torch.cat(samples)
+        task(min(i + s.batch_size, len(seeds)), len(seeds))
+    samples = torch.cat(samples) if samples else torch.empty(0, *group.dataset.shape)
+    samples = distributed.gather_cat(samples, s.n)  # in seed order, on every rank
     timing["sample"] = time.monotonic() - t0
 
     t0 = time.monotonic()
     ctx = EvalContext(samples=samples, evaluator=group.evaluator, dataset=group.dataset,
-                      options=dataclasses.asdict(cell.budget.eval))
+                      options=dataclasses.asdict(cell.budget.eval),
+                      cache_dir=str(group.cache_dir) if group.cache_dir is not None else None)
     metrics = []
     for name in cell.metrics:
         m = METRICS.get(name)
@@ -308,7 +317,8 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
                     rec["ref_size"], rec["bias_size"] = len(group.split.ref), len(group.split.bias)
                     rec["ratio"] = {k: v for k, v in group.ratio_info.items()}
                     rec["evaluator"] = dict(getattr(group.evaluator, "info", {}))
-                atomic_write_json(path, rec)
+                if distributed.is_main():  # under torchrun every rank ran the cell; one writes it
+                    atomic_write_json(path, rec)
                 summary["ok" if rec["status"] == "ok" else "failed"].append(str(path))
                 reporter.finish(cell, rec)
     finally:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from tiwbench import distributed
 from tiwbench.config import TrainConfig
 from tiwbench.diffusion.losses import Batch
 
@@ -38,8 +39,14 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
     their sizes (METHOD.md §4). Indices are drawn on the host, so D_bias positions need no sync.
     """
     net.to(device).train()
+    cuda = str(device).startswith("cuda")
+    if cfg.channels_last and cuda:
+        net.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores; no-op for MLPs
     ema = copy.deepcopy(net).eval().requires_grad_(False)
+    model = distributed.wrap(net, device)  # DDP under torchrun: gradients averaged over ranks
+    world, part = distributed.world_size(), distributed.shard(cfg.batch_size)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    ema_params, net_params = list(ema.parameters()), list(net.parameters())
     ema_beta = 0.5 ** (1 / max(cfg.ema_halflife, 1))
     losses = torch.zeros(cfg.steps, device=device)
     start = time.monotonic()
@@ -47,30 +54,37 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
     for step in range(cfg.steps):
         idx = torch.randint(len(x), (cfg.batch_size,), generator=generator)
         batch = Batch.draw(x[idx], is_ref[idx], generator)
+        if world > 1:  # every rank drew the same global batch; it keeps its own part
+            batch = distributed.slice_batch(batch, part)
         batch.bias_idx  # noqa: B018 - found on the host before the move
         batch = batch.to(device)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.lr_warmup, 1))
-        loss = method.loss(net, batch, ratio)
-        loss = loss.reshape(len(loss), -1).sum(dim=1).mean()  # per-sample sum, batch mean
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and cuda):
+            loss = method.loss(model, batch, ratio)
+        loss = loss.reshape(len(loss), -1).sum(dim=1)  # per-sample sum ...
+        # ... global batch mean: each rank's Σ·world/B, which DDP's gradient average turns into Σ/B
+        loss = loss.mean() if world == 1 else loss.sum() * (world / cfg.batch_size)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), net.parameters()):
-                p_ema.lerp_(p.detach(), 1 - ema_beta)
+            torch._foreach_lerp_(ema_params, net_params, 1 - ema_beta)  # one fused op, not one per tensor
         losses[step] = loss.detach()
         if (step + 1) % cfg.check_every == 0 or step + 1 == cfg.steps:
-            bad = ~torch.isfinite(losses[checked : step + 1])
+            bad = ~torch.isfinite(distributed.all_reduce_sum(losses[checked : step + 1]))
             if bad.any():
                 raise NonFiniteLoss(checked + int(bad.nonzero()[0]))
             checked = step + 1
-            if cfg.time_limit and time.monotonic() - start > cfg.time_limit:
+            late = bool(cfg.time_limit) and time.monotonic() - start > cfg.time_limit
+            if distributed.any_rank(late, device):  # all ranks stop together
                 raise CellTimeout(step + 1, cfg.time_limit)
         if progress is not None:
             progress(step + 1, cfg.steps)
+    if world > 1:
+        losses = distributed.all_reduce_sum(losses) / world  # the global batch's loss per step
     tail = losses[-max(1, cfg.steps // 10):]
     return ema, {"final_loss": float(tail.mean()), "steps": cfg.steps, "seconds": time.monotonic() - start}
 

@@ -83,7 +83,7 @@ class ExactRatio:
         return sigma if self.time_dependent else 0.0
 
     def logit(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        flat = x.reshape(len(x), -1)
+        flat = x.flatten(1)
         s = self._sigma(sigma)
         return (self.data.log_prob(flat, s) - self.bias.log_prob(flat, s)).to(x.dtype)
 
@@ -91,7 +91,7 @@ class ExactRatio:
         return self.log_ratio_and_grad(x, sigma)[0]
 
     def log_ratio_and_grad(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = x.reshape(len(x), -1)
+        flat = x.flatten(1)
         s = self._sigma(sigma)
         logit = self.data.log_prob(flat, s) - self.bias.log_prob(flat, s)
         grad = self.data.score(flat, s) - self.bias.score(flat, s)
@@ -122,10 +122,10 @@ class MixtureEvaluator(Evaluator):
         self.info = {"classifier": "exact posterior", "accuracy": acc}
 
     def features(self, x):
-        return x.reshape(len(x), -1).to(torch.float64)
+        return x.flatten(1).to(torch.float64)
 
     def predict(self, x):
-        return self.data.log_joint(x.reshape(len(x), -1)).argmax(dim=1)
+        return self.data.log_joint(x.flatten(1)).argmax(dim=1)
 
     def target_stats(self):
         return self.data.mean(), self.data.cov()

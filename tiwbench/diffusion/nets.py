@@ -39,7 +39,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
-        h = x.reshape(len(x), -1)
+        h = x.flatten(1)
         if self.emb is not None:
             h = torch.cat([h, self.emb(c_noise.expand(len(x)))], dim=1)
         out = self.net(h)

@@ -22,6 +22,8 @@ class EvalContext:
     evaluator: Any  # tiwbench.data.base.Evaluator
     dataset: Any = None
     options: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None  # the run's cache (reference statistics of image metrics)
+    memo: dict[Any, Any] = field(default_factory=dict)  # results shared by the metrics of one cell
     _features: torch.Tensor | None = None
 
     def features(self) -> torch.Tensor:
@@ -49,7 +51,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """‖μ1 − μ2‖² + tr(Σ1 + Σ2 − 2(Σ1 Σ2)^{1/2})."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():  # singular product: regularise as the FID tools do
         eps = np.eye(len(s1)) * 1e-6
         covmean = scipy.linalg.sqrtm((s1 + eps) @ (s2 + eps))
@@ -73,6 +75,10 @@ class FD(Metric):
     description = "Fréchet distance to the unbiased target in the evaluator's feature space"
 
     def __call__(self, ctx: EvalContext) -> dict[str, Any]:
+        if getattr(ctx.evaluator, "network", None) is not None:  # images: through eval.fid_backend
+            from tiwbench.metrics.fidelity import evaluator_fd
+
+            return evaluator_fd(ctx)
         f = ctx.features()
         if not torch.isfinite(f).all():
             raise MetricError("generated samples have non-finite features; the model diverged")

@@ -1,0 +1,50 @@
+import pytest
+
+from tiwbench.config import ConfigError, TrainConfig, from_dict, load_suite, resolve_budget
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+BASE = "name: t\ndatasets: [toy2d]\nmethods: [tiw_dsm]\nref_fracs: [0.05]\nseeds: [0]\n"
+
+
+def test_shipped_suites_load():
+    for name in ("ref_size", "smoke", "toy_exact"):
+        s = load_suite(name)
+        for ds in s.datasets:
+            for profile in ("smoke", "default", "paper"):
+                resolve_budget(s, profile, ds)
+
+
+def test_unknown_top_level_key_names_key_and_file(tmp_path):
+    path = _write(tmp_path, BASE + "seedz: [1]\n")
+    with pytest.raises(ConfigError) as e:
+        load_suite(path)
+    assert "'seedz'" in str(e.value) and path in str(e.value) and "did you mean 'seeds'" in str(e.value)
+
+
+def test_unknown_nested_key_and_bad_type(tmp_path):
+    with pytest.raises(ConfigError, match=r"profiles\.default\.toy2d\.train: unknown key 'stpes'"):
+        load_suite(_write(tmp_path, BASE + "profiles: {default: {toy2d: {train: {stpes: 3}}}}\n"))
+    with pytest.raises(ConfigError, match=r"train\.steps: expected an integer"):
+        load_suite(_write(tmp_path, BASE + "profiles: {default: {toy2d: {train: {steps: many}}}}\n"))
+    with pytest.raises(ConfigError, match="not in"):
+        load_suite(_write(tmp_path, BASE.replace("[0.05]", "[1.5]")))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_suite(_write(tmp_path, BASE + "profiles: {\n"))
+
+
+def test_from_dict_rejects_bool_for_int_and_keeps_base():
+    with pytest.raises(ConfigError):
+        from_dict(TrainConfig, {"steps": True}, "x")
+    base = TrainConfig(steps=7)
+    assert from_dict(TrainConfig, {"lr": 1}, "x", base).steps == 7
+
+
+def test_unknown_suite_name_suggests():
+    with pytest.raises(ConfigError, match="Did you mean 'ref_size'"):
+        load_suite("ref_sise")

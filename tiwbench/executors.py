@@ -1,0 +1,136 @@
+"""Where a sweep runs: in this process (default), or as submitit jobs on this machine or on Slurm.
+
+A job is one (dataset, ref_frac, seed) group, not one cell: the group's methods share its split,
+evaluator and ratio models (runner.Group), so per-cell jobs would train the same ratio models up to
+three times. A job calls the same ``run_cells`` as an in-process run, so it writes the same records;
+cells already recorded with the same config hash are dropped before anything is submitted, so a sweep
+resumes across executors.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tiwbench.config import ConfigError, SlurmConfig
+from tiwbench.registry import DATASETS
+from tiwbench.results import RECORD_NAME, cell_dir
+
+EXECUTORS = ("inline", "local", "slurm")
+
+
+def auto_threads(cells: list, local_procs: int = 1) -> int:
+    """Intra-op threads per process: 1 when every network is a small MLP on vector data (on 2 cores a
+    toy2d step ran 8-25x slower with 2 threads once other processes competed for the cores, and no
+    faster alone); otherwise the cores shared among this machine's processes."""
+    kinds = {getattr(DATASETS.get(c.dataset), "kind", "image") for c in cells}
+    if kinds <= {"vector", "exact"}:
+        return 1
+    return max(1, (os.cpu_count() or 1) // max(local_procs, 1))
+
+
+def _run_group(cells: list, out: str, device: str, cache_dir: str | None, threads: int) -> dict[str, list]:
+    """The body of one job: the group's cells, exactly as an in-process run does them."""
+    from tiwbench.runner import PlainReporter, run_cells
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return run_cells(cells, Path(out), device=device, cache_dir=Path(cache_dir) if cache_dir else None,
+                     reporter=PlainReporter(len(cells), echo=lambda m: print(m, flush=True)))
+
+
+def make_executor(kind: str, folder: Path, slurm: SlurmConfig, device: str):
+    import submitit
+
+    if kind not in ("local", "slurm"):
+        raise ConfigError(f"unknown executor {kind!r}; use one of {', '.join(EXECUTORS)}")
+    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=kind)
+    params: dict[str, Any] = {"timeout_min": slurm.time_min, "cpus_per_task": slurm.cpus_per_job,
+                              "mem_gb": slurm.mem_gb, "name": "tiwbench"}
+    if kind == "slurm":
+        params.update(gpus_per_node=slurm.gpus_per_job, slurm_array_parallelism=slurm.max_parallel)
+        extra = dict(slurm.extra)
+        for key in ("account", "qos", "constraint"):
+            if getattr(slurm, key):
+                extra[key] = getattr(slurm, key)
+        if slurm.partition:
+            params["slurm_partition"] = slurm.partition
+        if extra:
+            params["slurm_additional_parameters"] = extra
+    elif device.startswith("cuda"):
+        params["gpus_per_node"] = max(slurm.gpus_per_job, 1)
+    ex.update_parameters(**params)
+    return ex
+
+
+def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | None = None, kind: str = "local",
+                 slurm: SlurmConfig | None = None, folder: Path | None = None, max_running: int = 0,
+                 threads: int = 0, echo=print, poll_s: float = 0.2) -> dict[str, list]:
+    """Submit one job per pending group and wait for all; return ok/skipped/failed record paths.
+
+    ``max_running`` caps the local executor's concurrent jobs (it starts them all at once otherwise,
+    and more processes than cores only slow each other down); Slurm uses ``max_parallel`` instead.
+    """
+    from tiwbench.runner import existing_record
+
+    out = Path(out)
+    slurm = slurm or SlurmConfig()
+    folder = Path(folder) if folder else out / ".submitit"
+    summary: dict[str, list] = {"ok": [], "skipped": [], "failed": []}
+    groups: dict[tuple, list] = {}
+    for c in cells:
+        path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed) / RECORD_NAME
+        if existing_record(c, out) is not None:
+            summary["skipped"].append(str(path))
+        else:
+            groups.setdefault(c.group, []).append(c)
+    if summary["skipped"]:
+        echo(f"{len(summary['skipped'])} cells already recorded with the same config: not submitted")
+    if not groups:
+        return summary
+    ex = make_executor(kind, folder, slurm, device)
+    args = [(members, str(out), device, str(cache_dir) if cache_dir else None, threads)
+            for members in groups.values()]
+    if kind == "local" and max_running <= 0:
+        max_running = max(1, (os.cpu_count() or 1) // max(threads, 1))
+    jobs: list = []
+    if kind == "slurm" or max_running >= len(args):
+        with ex.batch():  # one Slurm job array
+            jobs = [ex.submit(_run_group, *a) for a in args]
+        jobs = list(zip(jobs, args, strict=True))
+        echo(f"submitted {len(jobs)} {kind} jobs (one per group), logs under {folder}")
+        pending: list = []
+    else:
+        pending = list(args)
+    running = list(jobs)
+    while running or pending:
+        while pending and len(running) < max_running:
+            a = pending.pop(0)
+            running.append((ex.submit(_run_group, *a), a))
+            echo(f"submitted job {running[-1][0].job_id}: {len(a[0])} cells of {a[0][0].label()}")
+        done = [(j, a) for j, a in running if j.done()]
+        for j, a in done:
+            running.remove((j, a))
+            _collect(j, a[0], out, summary, echo)
+        if not done:
+            time.sleep(poll_s)
+    return summary
+
+
+def _collect(job, members: list, out: Path, summary: dict[str, list], echo) -> None:
+    try:
+        res = job.result()
+    except Exception as e:  # the job itself died (node failure, time limit, killed): its cells failed
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        echo(f"job {job.job_id} failed: {msg}")
+        for c in members:
+            path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed) / RECORD_NAME
+            summary["failed"].append(str(path))
+        return
+    for key in ("ok", "skipped", "failed"):
+        summary[key].extend(res.get(key, []))
+    echo(f"job {job.job_id} done: {len(res.get('ok', []))} ok, {len(res.get('failed', []))} failed")

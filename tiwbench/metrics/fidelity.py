@@ -1,0 +1,475 @@
+"""Image metrics through torch-fidelity and clean-fid (METHOD.md §7).
+
+Two feature spaces:
+- ``evaluator``: the dataset evaluator's feature network (``evaluator.network.features``), wrapped
+  as the torch-fidelity extractor ``tiwbench-evaluator``: what ``fd`` on images, and ``kid``,
+  ``precision`` and ``recall`` by default, use;
+- ``inception``: the FID Inception-v3 (``tiwbench.metrics.inception``): what ``fid`` uses.
+
+The libraries do the arithmetic: with ``fid_backend: torch-fidelity`` one ``calculate_metrics`` call
+gives FD, KID and precision/recall; with ``clean-fid`` its feature loop, ``frechet_distance`` and
+``kernel_distance`` give FD and KID (clean-fid has no precision/recall, so those stay torch-fidelity).
+The target's features are extracted once and cached (``reference_features``); they enter
+``calculate_metrics`` as rank-2 batches that both extractors pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tiwbench import tv_shim  # noqa: F401  (must precede torch_fidelity / cleanfid)
+
+# isort: split
+import torch_fidelity
+from cleanfid import fid as cleanfid
+from torch_fidelity import FeatureExtractorBase, register_feature_extractor
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+from tiwbench.data.base import content_hash
+from tiwbench.metrics.base import EvalContext, Metric, MetricError, check_enough_samples
+
+EVALUATOR_EXTRACTOR = "tiwbench-evaluator"
+EVALUATOR_FEATURES = "features"
+BACKENDS = ("torch-fidelity", "clean-fid")
+SPACES = ("evaluator", "inception")
+CACHE_ENV = "TIWBENCH_CACHE_DIR"
+
+
+class EvaluatorFeatures(FeatureExtractorBase):
+    """A tiwbench image evaluator's feature network as a torch-fidelity extractor.
+
+    Takes images in [-1, 1] at the dataset's own size; rank-2 batches are cached reference
+    features and pass through. The network arrives as the ``tiwbench_network`` keyword of
+    ``calculate_metrics`` (torch-fidelity hands every keyword to the extractor's constructor).
+    """
+
+    def __init__(self, name, features_list, tiwbench_network=None, **kwargs):
+        super().__init__(name, features_list)
+        if tiwbench_network is None or not hasattr(tiwbench_network, "features"):
+            raise MetricError(f"feature extractor {name!r} needs tiwbench_network=<module with .features(x)>")
+        # kept outside the module tree: torch-fidelity's eval()/requires_grad_ must not touch the evaluator
+        object.__setattr__(self, "_network", tiwbench_network)
+
+    @staticmethod
+    def get_provided_features_list():
+        return (EVALUATOR_FEATURES,)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return EVALUATOR_FEATURES
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 1, 8, 8)
+
+    def forward(self, x):
+        if x.dim() == 2:
+            return (x.to(torch.float64),)
+        p = next(iter(self._network.parameters()), None) if hasattr(self._network, "parameters") else None
+        if p is not None:  # the evaluator may live on a GPU while clean-fid hands over CPU batches
+            x = x.to(device=p.device, dtype=p.dtype)
+        with torch.no_grad():
+            return (self._network.features(x).to(torch.float64),)
+
+
+if EVALUATOR_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+    register_feature_extractor(EVALUATOR_EXTRACTOR, EvaluatorFeatures)
+
+
+def _on_cuda(net) -> bool:
+    p = next(iter(net.parameters()), None) if hasattr(net, "parameters") else None
+    return bool(p is not None and p.is_cuda)
+
+
+class _Items(torch.utils.data.Dataset):
+    """Rows of a tensor as a Dataset: images for extraction, or feature vectors to pass through."""
+
+    def __init__(self, t: torch.Tensor):
+        self.t = t
+
+    def __len__(self):
+        return len(self.t)
+
+    def __getitem__(self, i):
+        return self.t[i]
+
+
+# -- options --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class FidelityOptions:
+    """The ``eval`` config keys these metrics read (defaults mirror tiwbench.config.EvalConfig)."""
+
+    fid_backend: str = "torch-fidelity"
+    inception_weights: str = ""
+    fid_samples: int = 0
+    fid_ref_samples: int = 10000
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    prc_neighborhood: int = 3
+    feature_space: str = "evaluator"
+    fid_batch_size: int = 64
+    seed: int = 2020
+
+    @classmethod
+    def from_ctx(cls, ctx: EvalContext) -> FidelityOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        opts = cls(**{k: v for k, v in (ctx.options or {}).items() if k in known})
+        if opts.fid_backend not in BACKENDS:
+            raise MetricError(f"eval.fid_backend {opts.fid_backend!r}: use one of {', '.join(BACKENDS)}")
+        if opts.feature_space not in SPACES:
+            raise MetricError(f"eval.feature_space {opts.feature_space!r}: use one of {', '.join(SPACES)}")
+        return opts
+
+
+def cache_dir_of(ctx: EvalContext) -> Path | None:
+    """The run's cache dir: the context's, else the evaluator's, else ``$TIWBENCH_CACHE_DIR``; None = no cache."""
+    d = getattr(ctx, "cache_dir", None) or getattr(ctx.evaluator, "cache_dir", None) or os.environ.get(CACHE_ENV)
+    return Path(d) if d else None
+
+
+# -- the feature space: an extractor plus how images are prepared for it --------------------------
+
+@dataclasses.dataclass
+class Space:
+    name: str  # "evaluator" or "inception"
+    extractor: str  # torch-fidelity registry name
+    kwargs: dict[str, Any]  # extra calculate_metrics keywords that reach the extractor
+    prepare: Callable[[torch.Tensor], torch.Tensor]  # images in [-1, 1] -> extractor input
+    dim: int
+    key: dict[str, Any]  # what the features depend on besides the images
+
+    def module(self) -> FeatureExtractorBase:
+        return create_feature_extractor(self.extractor, [self.layer], cuda=self.cuda, verbose=False, **self.kwargs)
+
+    @property
+    def layer(self) -> str:
+        return FEATURE_EXTRACTORS_REGISTRY[self.extractor].get_default_feature_layer_for_metric("fid")
+
+    @property
+    def cuda(self) -> bool:
+        return _on_cuda(self.kwargs.get("tiwbench_network"))
+
+
+def network_hash(net) -> str:
+    sd = net.state_dict() if hasattr(net, "state_dict") else {}
+    h = hashlib.sha256(type(net).__qualname__.encode())
+    for k, v in sd.items():
+        h.update(k.encode())
+        h.update(content_hash(v).encode())
+    return h.hexdigest()[:16]
+
+
+def evaluator_space(evaluator) -> Space:
+    net = getattr(evaluator, "network", None)
+    if net is None:
+        raise MetricError("this metric needs an image evaluator with a feature network (evaluator.network)")
+    dim = int(getattr(evaluator, "feature_dim", 0) or 0)
+    if not dim:
+        dim = int(evaluator.features(evaluator.target[:2]).shape[1])
+    return Space("evaluator", EVALUATOR_EXTRACTOR, {"tiwbench_network": net}, lambda x: x, dim,
+                 {"extractor": EVALUATOR_EXTRACTOR, "weights": network_hash(net), "preprocess": "identity[-1,1]"})
+
+
+def inception_space(opts: FidelityOptions, cache_dir: Path | None) -> Space:
+    from tiwbench.metrics.inception import INCEPTION_EXTRACTOR, inception_input, inception_state_dict_path
+
+    path, weights_id = inception_state_dict_path(opts.inception_weights, cache_dir)
+    return Space("inception", INCEPTION_EXTRACTOR, {"feature_extractor_weights_path": path}, inception_input, 2048,
+                 {"extractor": INCEPTION_EXTRACTOR, "weights": weights_id,
+                  "preprocess": "uint8 rgb, tf1-bilinear 299 inside"})
+
+
+def space_for(ctx: EvalContext, opts: FidelityOptions, name: str) -> Space:
+    memo = _memo(ctx)
+    if ("space", name) not in memo:
+        memo[("space", name)] = (evaluator_space(ctx.evaluator) if name == "evaluator"
+                                 else inception_space(opts, cache_dir_of(ctx)))
+    return memo[("space", name)]
+
+
+def _memo(ctx: EvalContext) -> dict:
+    memo = getattr(ctx, "memo", None)
+    if memo is None:  # shared by the metrics of one cell, so features are extracted once
+        memo = {}
+        object.__setattr__(ctx, "memo", memo)
+    return memo
+
+
+# -- feature extraction through each library --------------------------------------------------------
+
+def _tf_features(space: Space, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    fe = space.module()
+    fd = get_featuresdict_from_dataset(_Items(space.prepare(images)), fe, batch_size, space.cuda, True, False)
+    return fd[space.layer].numpy()
+
+
+def _cleanfid_callable(space: Space, channels: int):
+    """clean-fid hands its extractor B×3×H×W floats in [0, 255]."""
+    fe = space.module()
+    if space.name == "inception":
+        return lambda b: fe(b)[0]
+    return lambda b: fe(b[:, :channels] / 127.5 - 1)[0]
+
+
+def _cleanfid_features(space: Space, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    x = space.prepare(images)
+    if space.name == "inception":
+        x = x.to(torch.float64)
+    else:  # as clean-fid expects, [0, 255] RGB; in float64 so the way back is exact
+        x = (x.to(torch.float64) + 1) * 127.5
+        x = x.repeat(1, 3 // x.shape[1], 1, 1) if x.shape[1] == 1 else x
+    n, bs = len(x), min(batch_size, len(x))
+    starts = iter(range(0, n, bs))
+
+    def serve(z):  # clean-fid's "generator": hands out the next batch, padded to its fixed batch size
+        i = next(starts)
+        b = x[i : i + bs]
+        return torch.cat([b, b[-1:].expand(bs - len(b), *b.shape[1:])]) if len(b) < bs else b
+
+    with torch.random.fork_rng(devices=[]):  # its latents come from the global RNG; leave that untouched
+        feats = cleanfid.get_model_features(serve, _cleanfid_callable(space, images.shape[1]), mode="clean",
+                                            z_dim=1, num_gen=n, batch_size=bs, device=torch.device("cpu"),
+                                            verbose=False, custom_fn_resize=lambda a: a)
+    return np.asarray(feats)
+
+
+# -- the cached reference -------------------------------------------------------------------------
+
+def reference_key(target: torch.Tensor, space: Space, backend: str, n_ref: int, seed: int) -> tuple[str, dict]:
+    parts = {"target": content_hash(target), "target_shape": list(target.shape), **space.key,
+             "backend": backend, "n_ref": n_ref, "subset_seed": seed, "version": 1}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20], parts
+
+
+def _reference_subset(target: torch.Tensor, n_ref: int, seed: int) -> torch.Tensor:
+    if not n_ref or n_ref >= len(target):
+        return target
+    g = torch.Generator().manual_seed(seed)
+    return target[torch.randperm(len(target), generator=g)[:n_ref].sort().values]
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:  # a file object, so numpy adds no ".npz" to the temp name
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def reference_features(target: torch.Tensor, space: Space, backend: str, cache_dir: Path | None,
+                       n_ref: int = 0, seed: int = 2020, batch_size: int = 64) -> dict[str, Any]:
+    """Features, mean and covariance of the target under ``space`` and ``backend``, cached as .npz.
+
+    Returns ``features``, ``mu``, ``sigma``, ``key``, ``status`` ("hit", "miss" or "off") and ``path``.
+    """
+    key, parts = reference_key(target, space, backend, n_ref, seed)
+    path = cache_dir / "reference" / f"{space.name}-{backend}-{key}.npz" if cache_dir else None
+    if path is not None and path.exists():
+        with np.load(path) as z:
+            if json.loads(str(z["meta"])) == parts:
+                return {"features": z["features"], "mu": z["mu"], "sigma": z["sigma"], "key": key,
+                        "status": "hit", "path": str(path)}
+    x = _reference_subset(target, n_ref, seed)
+    if backend == "torch-fidelity":
+        feats = _tf_features(space, x, batch_size)
+        st = fid_features_to_statistics(torch.from_numpy(feats))
+        mu, sigma = st["mu"], st["sigma"]
+    else:
+        feats = _cleanfid_features(space, x, batch_size)
+        mu, sigma = np.mean(feats, axis=0), np.cov(feats, rowvar=False)  # as cleanfid.fid_from_feats does
+    if path is not None:
+        _atomic_savez(path, features=feats, mu=mu, sigma=sigma, meta=np.array(json.dumps(parts, sort_keys=True)))
+    return {"features": feats, "mu": mu, "sigma": sigma, "key": key, "status": "miss" if path else "off",
+            "path": str(path) if path else None}
+
+
+# -- the metrics ----------------------------------------------------------------------------------
+
+def _check_images(x: torch.Tensor, what: str) -> None:
+    if x.dim() != 4:
+        raise MetricError(f"{what}: image metrics need [N, C, H, W] tensors; got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise MetricError(f"{what} contain non-finite values; the model diverged")
+
+
+class Comparison:
+    """Generated samples against the cached reference in one space with one backend.
+
+    The generated features are extracted once (by the backend's own loop); each metric is then
+    computed only when asked for, by the library, on those features.
+    """
+
+    def __init__(self, samples: torch.Tensor, target: torch.Tensor, space: Space, opts: FidelityOptions,
+                 cache_dir: Path | None):
+        _check_images(samples, "generated samples")
+        n_max = opts.fid_samples if space.name == "inception" else 0
+        x = samples[:n_max] if n_max else samples
+        check_enough_samples(len(x), space.dim, f"{space.name} features (generated samples)")
+        self.space, self.opts, self.backend = space, opts, opts.fid_backend
+        self.ref = reference_features(target, space, self.backend, cache_dir, opts.fid_ref_samples, opts.seed,
+                                      opts.fid_batch_size)
+        n_ref = len(self.ref["features"])
+        check_enough_samples(n_ref, space.dim, f"{space.name} features (reference set)")
+        extract = _tf_features if self.backend == "torch-fidelity" else _cleanfid_features
+        self.features = extract(space, x, opts.fid_batch_size)
+        if not np.isfinite(self.features).all():
+            raise MetricError("generated samples have non-finite features; the model diverged")
+        self.kid_size = max(2, min(opts.kid_subset_size, len(x), n_ref))
+        self.info = {"backend": self.backend, "feature_space": space.name, "extractor": space.extractor,
+                     "weights": space.key["weights"], "n": len(x), "n_ref": n_ref, "reference": self.ref["status"],
+                     "reference_key": self.ref["key"]}
+        self._results: dict[str, Any] = {}
+
+    def _calculate(self, **which) -> dict[str, Any]:
+        """torch-fidelity on the two feature sets: both pass through the extractor unchanged."""
+        o = self.opts
+        return torch_fidelity.calculate_metrics(
+            input1=_Items(torch.from_numpy(self.features)), input2=_Items(torch.from_numpy(self.ref["features"])),
+            cuda=False, batch_size=max(len(self.features), len(self.ref["features"])), save_cpu_ram=True,
+            cache=False, verbose=False, feature_extractor=self.space.extractor, kid_subset_size=self.kid_size,
+            kid_subsets=o.kid_subsets, prc_neighborhood=o.prc_neighborhood, rng_seed=o.seed,
+            **self.space.kwargs, **which)
+
+    def fd(self) -> float:
+        if "fd" not in self._results:
+            if self.backend == "torch-fidelity":
+                value = self._calculate(fid=True)[KEY_METRIC_FID]
+            else:
+                f = self.features
+                value = cleanfid.frechet_distance(np.mean(f, axis=0), np.cov(f, rowvar=False),
+                                                  self.ref["mu"], self.ref["sigma"])
+            self._results["fd"] = float(value)
+        return self._results["fd"]
+
+    def kid(self) -> tuple[float, float | None]:
+        if "kid" not in self._results:
+            if self.backend == "torch-fidelity":
+                m = self._calculate(kid=True)
+                self._results["kid"] = (m[KEY_METRIC_KID_MEAN], m[KEY_METRIC_KID_STD])
+            else:
+                state = np.random.get_state()  # clean-fid's KID draws from numpy's global RNG
+                try:
+                    np.random.seed(self.opts.seed)
+                    value = cleanfid.kernel_distance(self.features, self.ref["features"], self.opts.kid_subsets,
+                                                     self.kid_size)
+                finally:
+                    np.random.set_state(state)
+                self._results["kid"] = (float(value), None)
+        return self._results["kid"]
+
+    def precision_recall(self) -> tuple[float, float]:
+        # clean-fid has no precision/recall: with either backend they come from torch-fidelity
+        if "prc" not in self._results:
+            m = self._calculate(prc=True)
+            self._results["prc"] = (m[KEY_METRIC_PRECISION], m[KEY_METRIC_RECALL])
+        return self._results["prc"]
+
+
+def compare(samples: torch.Tensor, target: torch.Tensor, space: Space, opts: FidelityOptions,
+            cache_dir: Path | None) -> dict[str, Any]:
+    """FD, KID and precision/recall of ``samples`` against ``target`` in ``space`` with ``opts.fid_backend``."""
+    c = Comparison(samples, target, space, opts, cache_dir)
+    (kid, kid_std), (precision, recall) = c.kid(), c.precision_recall()
+    return {"fd": c.fd(), "kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall,
+            "kid_subset_size": c.kid_size, **c.info}
+
+
+def comparison(ctx: EvalContext, space_name: str | None = None) -> Comparison:
+    """The cell's comparison in ``space_name`` (default eval.feature_space), built once and shared."""
+    opts = FidelityOptions.from_ctx(ctx)
+    name = space_name or opts.feature_space
+    memo = _memo(ctx)
+    key = ("comparison", name, opts.fid_backend)
+    if key not in memo:
+        target = getattr(ctx.evaluator, "target", None)
+        if target is None:
+            raise MetricError("image metrics need evaluator.target (the unbiased target images in [-1, 1])")
+        memo[key] = Comparison(ctx.samples, target, space_for(ctx, opts, name), opts, cache_dir_of(ctx))
+    return memo[key]
+
+
+def image_metrics(ctx: EvalContext, space_name: str | None = None) -> dict[str, Any]:
+    """All of FD/KID/PR for the cell (each metric class computes only its own)."""
+    c = comparison(ctx, space_name)
+    (kid, kid_std), (precision, recall) = c.kid(), c.precision_recall()
+    return {"fd": c.fd(), "kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall,
+            "kid_subset_size": c.kid_size, **c.info}
+
+
+def evaluator_fd(ctx: EvalContext) -> dict[str, Any]:
+    """``fd`` on an image evaluator: the Fréchet distance in its feature space, by the chosen backend."""
+    c = comparison(ctx, "evaluator")
+    return {"value": c.fd(), **c.info}
+
+
+class FID(Metric):
+    """Fréchet Inception distance (pool3 of the FID Inception-v3) to the unbiased target."""
+
+    name = "fid"
+    higher_is_better = False
+    description = "Fréchet Inception distance to the unbiased target (torch-fidelity or clean-fid)"
+
+    def __call__(self, ctx: EvalContext) -> dict[str, Any]:
+        c = comparison(ctx, "inception")
+        return {"value": c.fd(), **c.info}
+
+
+class KID(Metric):
+    """Kernel (Inception) distance, in eval.feature_space (the evaluator's features by default)."""
+
+    name = "kid"
+    higher_is_better = False
+    description = "kernel distance (cubic polynomial MMD²) to the unbiased target"
+
+    def __call__(self, ctx: EvalContext) -> dict[str, Any]:
+        c = comparison(ctx)
+        value, std = c.kid()
+        return {"value": value, "kid_std": std, "kid_subset_size": c.kid_size, "kid_subsets": c.opts.kid_subsets,
+                **c.info}
+
+
+class Precision(Metric):
+    """Fraction of generated samples inside the target's k-NN manifold (torch-fidelity)."""
+
+    name = "precision"
+    higher_is_better = True
+    description = "improved precision: generated samples on the target manifold"
+
+    def __call__(self, ctx: EvalContext) -> dict[str, Any]:
+        c = comparison(ctx)
+        return {"value": c.precision_recall()[0], "k": c.opts.prc_neighborhood, **c.info}
+
+
+class Recall(Metric):
+    """Fraction of target samples inside the generated samples' k-NN manifold (torch-fidelity)."""
+
+    name = "recall"
+    higher_is_better = True
+    description = "improved recall: target covered by the generated samples"
+
+    def __call__(self, ctx: EvalContext) -> dict[str, Any]:
+        c = comparison(ctx)
+        return {"value": c.precision_recall()[1], "k": c.opts.prc_neighborhood, **c.info}
