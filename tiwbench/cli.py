@@ -57,6 +57,30 @@ def _check_writable(out: Path) -> None:
         raise UserError(f"--out {out} is not writable (checked {probe}); pass a writable directory")
 
 
+def _apply_data_options(cells, data_root: Path | None, data_param: list[str]) -> None:
+    """--data-root / --data-param become dataset parameters, so they are part of each cell's config."""
+    import yaml
+
+    from tiwbench.registry import DATASETS
+
+    extra = {}
+    for item in data_param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--data-param {item!r}: write KEY=VALUE, e.g. rho=0.02")
+        extra[key] = yaml.safe_load(value)  # numbers stay numbers
+    if data_root is not None:
+        extra["data_root"] = str(data_root.resolve())
+    for cell in cells:
+        allowed = DATASETS.get(cell.dataset).defaults
+        for key, value in extra.items():
+            if key not in allowed:
+                if key == "data_root":
+                    continue  # embedded datasets of the same sweep need no files
+                raise UserError(f"dataset {cell.dataset!r} has no parameter {key!r}; allowed: {sorted(allowed)}")
+            cell.dataset_params[key] = value
+
+
 @app.command()
 def run(
     suite: Annotated[str, typer.Option(help="suite name (see `tiwbench ls suites`) or a .yaml path")] = "ref_size",
@@ -84,6 +108,10 @@ def run(
     slurm_cpus: Annotated[Optional[int], typer.Option(help="CPUs per Slurm job")] = None,
     slurm_mem: Annotated[Optional[int], typer.Option(help="GB of memory per Slurm job")] = None,
     threads: Annotated[int, typer.Option(help="torch threads per process (0 = auto: 1 for vector data)")] = 0,
+    data_root: Annotated[Optional[Path], typer.Option(help="where the dataset files are (cifar10_lt, ffhq_gender)")] = None,
+    data_param: Annotated[Optional[list[str]], typer.Option(help="dataset parameter KEY=VALUE (repeatable), "
+                                                                  "e.g. labels=ffhq_gender.csv or rho=0.02")] = None,
+    ratio: Annotated[Optional[str], typer.Option(help="density ratio: learned (discriminator) or exact (mixtures)")] = None,
 ):
     """Run a suite: every (dataset, method, ref_frac, seed) cell, skipping cells already recorded.
 
@@ -118,6 +146,12 @@ def run(
         device = distributed.init(device)
         s = load_suite(suite)
         cells = expand(s, profile, _csv(dataset, str), _csv(methods, str), _csv(ref_fracs, float), _csv(seeds, int))
+        _apply_data_options(cells, data_root, data_param or [])
+        if ratio is not None:
+            if ratio not in ("learned", "exact"):
+                raise UserError(f"--ratio {ratio!r}: use learned or exact")
+            for cell in cells:
+                cell.budget.ratio.provider = ratio
         if fid_backend is not None:
             if fid_backend not in ("torch-fidelity", "clean-fid"):
                 raise UserError(f"--fid-backend {fid_backend!r}: use torch-fidelity or clean-fid")

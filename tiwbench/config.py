@@ -34,6 +34,7 @@ class TrainConfig:
     dropout: float = 0.0
     check_every: int = 50  # steps between checks for a non-finite loss (each one syncs the host)
     time_limit: float = 0.0  # seconds for the whole cell; 0 = none
+    checkpoint_every: int = 0  # steps between atomic training checkpoints, resumed after a kill; 0 = none
     amp: bool = False  # CUDA only: bf16 autocast of the training forward pass (ignored on CPU)
     channels_last: bool = False  # CUDA only: channels-last image nets (ignored on CPU and for MLPs)
 

@@ -162,7 +162,7 @@ class Group:
         return self.ratios[kind]
 
 
-def run_cell(cell: Cell, group: Group, device: str, reporter) -> dict[str, Any]:
+def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path | None = None) -> dict[str, Any]:
     from tiwbench.networks import make_denoiser
 
     timing: dict[str, float] = {}
@@ -184,7 +184,8 @@ def run_cell(cell: Cell, group: Group, device: str, reporter) -> dict[str, Any]:
     g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", cell.method))
     t0 = time.monotonic()
     task = reporter.phase("train", cell.budget.train.steps)
-    ema, train_info = train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task)
+    ema, train_info = train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
+                                  checkpoint=checkpoint)
     timing["train"] = time.monotonic() - t0
     if ratio is not None:
         train_info["clip_rate"] = ratio.clip_rate
@@ -286,6 +287,7 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         groups.setdefault(c.group, []).append(c)
+    preflight(cells)
     try:
         for members in groups.values():
             group = None
@@ -301,7 +303,7 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
                 try:
                     if group is None:
                         group = Group(cell, device, cache_dir, reporter)
-                    result = run_cell(cell, group, device, reporter)
+                    result = run_cell(cell, group, device, reporter, checkpoint=path.parent / CHECKPOINT_NAME)
                     rec.update(status="ok", **result)
                 except (NonFiniteLoss, CellTimeout) as e:
                     rec.update(status="failed", error={"type": type(e).__name__, "message": str(e), "step": e.step})
@@ -319,11 +321,29 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
                     rec["evaluator"] = dict(getattr(group.evaluator, "info", {}))
                 if distributed.is_main():  # under torchrun every rank ran the cell; one writes it
                     atomic_write_json(path, rec)
+                    (path.parent / CHECKPOINT_NAME).unlink(missing_ok=True)  # the record supersedes it
                 summary["ok" if rec["status"] == "ok" else "failed"].append(str(path))
                 reporter.finish(cell, rec)
     finally:
         reporter.close()
     return summary
+
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def preflight(cells: list[Cell]) -> None:
+    """Check every dataset, path and ref_frac before any cell runs, so bad input writes nothing."""
+    seen: set = set()
+    for c in cells:
+        key = (c.dataset, json.dumps(c.dataset_params, sort_keys=True), c.ref_frac)
+        if key in seen:
+            continue
+        seen.add(key)
+        ds = DATASETS.get(c.dataset)(**c.dataset_params)
+        ds.split(c.ref_frac, c.seed)  # a missing file or an impossible ref_frac fails here
+        if c.budget.ratio.provider == "exact":
+            ds.exact_ratio()
 
 
 def base_record(cell: Cell, device: str) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -32,7 +34,8 @@ def effective_sample_size(weight: torch.Tensor) -> torch.Tensor:
 
 def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: TrainConfig,
                 generator: torch.Generator, device="cpu",
-                progress: Callable[[int, int], None] | None = None) -> tuple[torch.nn.Module, dict]:
+                progress: Callable[[int, int], None] | None = None,
+                checkpoint: Path | None = None) -> tuple[torch.nn.Module, dict]:
     """Train ``net`` with ``method.loss``; return the EMA network and training statistics.
 
     Batches are drawn uniformly from (x, is_ref), so D_ref and D_bias are mixed in proportion to
@@ -50,8 +53,10 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
     ema_beta = 0.5 ** (1 / max(cfg.ema_halflife, 1))
     losses = torch.zeros(cfg.steps, device=device)
     start = time.monotonic()
-    checked = 0
-    for step in range(cfg.steps):
+    checked = first = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        first = checked = load_checkpoint(checkpoint, net, ema, opt, generator, losses)
+    for step in range(first, cfg.steps):
         idx = torch.randint(len(x), (cfg.batch_size,), generator=generator)
         batch = Batch.draw(x[idx], is_ref[idx], generator)
         if world > 1:  # every rank drew the same global batch; it keeps its own part
@@ -81,12 +86,37 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
             late = bool(cfg.time_limit) and time.monotonic() - start > cfg.time_limit
             if distributed.any_rank(late, device):  # all ranks stop together
                 raise CellTimeout(step + 1, cfg.time_limit)
+        if checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
+                and step + 1 < cfg.steps and distributed.is_main():
+            save_checkpoint(checkpoint, step + 1, net, ema, opt, generator, losses)
         if progress is not None:
             progress(step + 1, cfg.steps)
     if world > 1:
         losses = distributed.all_reduce_sum(losses) / world  # the global batch's loss per step
     tail = losses[-max(1, cfg.steps // 10):]
     return ema, {"final_loss": float(tail.mean()), "steps": cfg.steps, "seconds": time.monotonic() - start}
+
+
+def save_checkpoint(path: Path, step: int, net, ema, opt, generator: torch.Generator, losses) -> None:
+    """Everything needed to continue bit-for-bit: weights, EMA, optimiser, and both RNG states."""
+    state = {"step": step, "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses.cpu()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint intact
+
+
+def load_checkpoint(path: Path, net, ema, opt, generator: torch.Generator, losses) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state["net"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    losses.copy_(state["losses"].to(losses.device))
+    return int(state["step"])
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ class DigitsLT(LabelledImageDataset):
         "rho": 0.1,  # tail/head class ratio of D_bias
         "n_bias": 600,  # |D_bias|; 600 is about the most that still fits ref_frac 0.5 disjointly
     }
-    evaluator_config = {**LabelledImageDataset.evaluator_config, "width": 32, "epochs": 40}
+    evaluator_config = {**LabelledImageDataset.evaluator_config, "width": 32, "epochs": 20}
 
     def __init__(self, **params: Any):
         super().__init__(**params)
