@@ -101,7 +101,7 @@ def test_submitit_local_executor_writes_the_inline_records(tiny_suite, inline_re
     before = (out / "tiny/toy2d/dsm_obs/ref0.1_seed0/record.json").read_text()
     threads = torch.get_num_threads()  # as the in-process run, so that kernels sum in the same order
     summary = submit_sweep(cells, out, kind="local", threads=threads, poll_s=0.05)
-    assert len(summary["skipped"]) == 1 and len(summary["ok"]) == 1 and not summary["failed"]
+    assert len(summary["skipped"]) == 1 and len(summary["ok"]) == 1 and not summary["failed"], summary
     assert (out / "tiny/toy2d/dsm_obs/ref0.1_seed0/record.json").read_text() == before
     jobs = _by_method(out)
     for method, rec in jobs.items():

@@ -18,6 +18,7 @@ class UserError(Exception):
 
 
 def _fail(msg: str, code: int = 2):
+    msg = " ".join(line.strip() for line in str(msg).splitlines() if line.strip())  # always one line
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
 
