@@ -51,7 +51,8 @@ def test_run_report_show_end_to_end(tmp_path):
     suite = tmp_path / "tiny.yaml"
     suite.write_text(
         "name: tiny\ndatasets: [toy2d]\nmethods: [dsm_obs, tiw_dsm]\nref_fracs: [0.25]\nseeds: [0]\n"
-        "profiles:\n  default:\n    toy2d:\n      train: {steps: 60, hidden: 32}\n      ratio: {steps: 60, hidden: 32}\n"
+        "profiles:\n  default:\n    toy2d:\n      train: {steps: 60, hidden: 32}\n"
+        "      ratio: {steps: 60, hidden: 32}\n"
         "      sample: {n: 300, steps: 6}\n")
     args[2] = str(suite)
     r = runner.invoke(app, args)

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from tiwbench.config import load_suite
 from tiwbench.results import load_records
@@ -99,8 +98,8 @@ def test_submitit_local_executor_writes_the_inline_records(tiny_suite, inline_re
     first = [c for c in cells if c.method == "dsm_obs"]
     run_cells(first, out)
     before = (out / "tiny/toy2d/dsm_obs/ref0.1_seed0/record.json").read_text()
-    threads = torch.get_num_threads()  # as the in-process run, so that kernels sum in the same order
-    summary = submit_sweep(cells, out, kind="local", threads=threads, poll_s=0.05)
+    # threads=0: each group picks its threads as the in-process run did, so kernels sum in the same order
+    summary = submit_sweep(cells, out, kind="local", threads=0, poll_s=0.05)
     assert len(summary["skipped"]) == 1 and len(summary["ok"]) == 1 and not summary["failed"], summary
     assert (out / "tiny/toy2d/dsm_obs/ref0.1_seed0/record.json").read_text() == before
     jobs = _by_method(out)
@@ -109,7 +108,7 @@ def test_submitit_local_executor_writes_the_inline_records(tiny_suite, inline_re
         assert _metrics(rec) == _metrics(inline_records[method])  # same code path, same numbers
     assert list((out / ".submitit").rglob("*_result.pkl"))  # it really ran as a job
     # a second submission finds everything recorded and submits nothing
-    again = submit_sweep(cells, out, kind="local", threads=threads)
+    again = submit_sweep(cells, out, kind="local")
     assert len(again["skipped"]) == 2 and not again["ok"]
 
 

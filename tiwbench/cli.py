@@ -92,7 +92,8 @@ def run(
     profile: Annotated[str, typer.Option(help="budget profile: smoke, default or paper")] = "default",
     out: Annotated[Path, typer.Option(help="where records go")] = Path("results/runs"),
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
-    cache_dir: Annotated[Path, typer.Option(help="cache of evaluators and reference statistics")] = Path("results/cache"),
+    cache_dir: Annotated[Path, typer.Option(help="cache of evaluators and reference statistics")] = Path(
+        "results/cache"),
     report_after: Annotated[bool, typer.Option("--report/--no-report", help="print the leaderboard at the end")] = True,
     fid_backend: Annotated[Optional[str], typer.Option(
         help="image metrics through torch-fidelity or clean-fid (default: the suite's eval.fid_backend)")] = None,
@@ -109,10 +110,12 @@ def run(
     slurm_cpus: Annotated[Optional[int], typer.Option(help="CPUs per Slurm job")] = None,
     slurm_mem: Annotated[Optional[int], typer.Option(help="GB of memory per Slurm job")] = None,
     threads: Annotated[int, typer.Option(help="torch threads per process (0 = auto: 1 for vector data)")] = 0,
-    data_root: Annotated[Optional[Path], typer.Option(help="where the dataset files are (cifar10_lt, ffhq_gender)")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(
+        help="where the dataset files are (cifar10_lt, ffhq_gender)")] = None,
     data_param: Annotated[Optional[list[str]], typer.Option(help="dataset parameter KEY=VALUE (repeatable), "
                                                                   "e.g. labels=ffhq_gender.csv or rho=0.02")] = None,
-    ratio: Annotated[Optional[str], typer.Option(help="density ratio: learned (discriminator) or exact (mixtures)")] = None,
+    ratio: Annotated[Optional[str], typer.Option(
+        help="density ratio: learned (discriminator) or exact (mixtures)")] = None,
 ):
     """Run a suite: every (dataset, method, ref_frac, seed) cell, skipping cells already recorded.
 
@@ -126,7 +129,7 @@ def run(
 
         from tiwbench import distributed
         from tiwbench.config import load_suite
-        from tiwbench.executors import EXECUTORS, auto_threads, submit_sweep
+        from tiwbench.executors import EXECUTORS, configure_threads, submit_sweep
         from tiwbench.runner import PlainReporter, RichReporter, expand, run_cells
 
         _check_device(device)
@@ -158,10 +161,7 @@ def run(
                 raise UserError(f"--fid-backend {fid_backend!r}: use torch-fidelity or clean-fid")
             for cell in cells:  # part of each cell's config, so its hash and records follow the choice
                 cell.budget.eval.fid_backend = fid_backend
-        import torch
-
-        n_threads = threads or auto_threads(cells, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-        torch.set_num_threads(n_threads)
+        configure_threads(threads)  # 0: each group picks its own (runner.Group -> apply_threads)
         console = Console(stderr=True)
         echo = (lambda m: print(m, file=sys.stderr, flush=True)) if distributed.is_main() else (lambda m: None)
         if executor != "inline":
@@ -170,7 +170,7 @@ def run(
                 if value is not None:
                     setattr(s.slurm, key, value)
             summary = submit_sweep(cells, out, device=device, cache_dir=cache_dir, kind=executor, slurm=s.slurm,
-                                   folder=jobs_dir, max_running=max_jobs, threads=n_threads, echo=echo)
+                                   folder=jobs_dir, max_running=max_jobs, threads=threads, echo=echo)
         else:
             reporter = RichReporter(len(cells), console) if console.is_terminal and distributed.is_main() else \
                 PlainReporter(len(cells), echo=echo)

@@ -51,6 +51,7 @@ class RatioConfig:
     channels: int = 32
     feature_extractor: str = ""  # image discriminators: frozen EvalCNN state_dict path ("" = none)
     logit_max: float = 11.512925  # log 1e5
+    precond: bool = False  # scale the time-dependent logit by σ_data/sqrt(σ² + σ_data²) (see ratio.py)
     p_mean: float = -1.2
     p_std: float = 1.2
     sigma_min: float = 0.002
@@ -177,7 +178,7 @@ def from_dict(cls, data: dict[str, Any], where: str, base=None):
             kwargs[key] = from_dict(tp, value, f"{where}.{key}", sub_base)
         else:
             kwargs[key] = _check_type(value, tp, f"{where}.{key}")
-    for key, f in fields.items():
+    for key in fields:
         if dataclasses.is_dataclass(hints[key]) and isinstance(kwargs.get(key), dict):
             kwargs[key] = from_dict(hints[key], kwargs[key], f"{where}.{key}")
     missing = [k for k, f in fields.items() if k not in kwargs and f.default is dataclasses.MISSING
@@ -224,7 +225,7 @@ def load_suite(name_or_path: str) -> Suite:
             raise ConfigError(f"{path}: profiles.{profile}: unknown profile; use one of {', '.join(PROFILES)}")
         if not isinstance(per_ds, dict):
             raise ConfigError(f"{path}: profiles.{profile}: expected a mapping of dataset -> budget")
-        for ds, budget in per_ds.items():
+        for ds in per_ds:
             resolve_budget(suite, profile, ds)  # validates keys and types now, not mid-sweep
     for f in suite.ref_fracs:
         if not 0 < f <= 1:

@@ -23,22 +23,46 @@ from tiwbench.results import RECORD_NAME, cell_dir
 EXECUTORS = ("inline", "local", "slurm")
 
 
-def auto_threads(cells: list, local_procs: int = 1) -> int:
+_FIXED_THREADS = 0  # set by --threads; 0 = choose per group from the dataset's kind
+
+
+def _threads_for(kinds: set[str], local_procs: int) -> int:
     """Intra-op threads per process: 1 when every network is a small MLP on vector data (on 2 cores a
-    toy2d step ran 8-25x slower with 2 threads once other processes competed for the cores, and no
-    faster alone); otherwise the cores shared among this machine's processes."""
-    kinds = {getattr(DATASETS.get(c.dataset), "kind", "image") for c in cells}
+    toy2d step ran 8-25x slower with 2 threads once other processes competed for the cores); otherwise
+    the cores shared among this machine's processes."""
     if kinds <= {"vector", "exact"}:
         return 1
     return max(1, (os.cpu_count() or 1) // max(local_procs, 1))
+
+
+def _local_procs() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+
+
+def configure_threads(fixed: int) -> None:
+    global _FIXED_THREADS
+    _FIXED_THREADS = fixed
+    if fixed > 0:
+        torch.set_num_threads(fixed)
+
+
+def apply_threads(dataset) -> None:
+    """Called per group: the auto choice follows the group's dataset, so a suite mixing toy2d and
+    images gives each the threads that suit it."""
+    if _FIXED_THREADS <= 0:
+        torch.set_num_threads(_threads_for({getattr(dataset, "kind", "image")}, _local_procs()))
+
+
+def auto_threads(cells: list, local_procs: int = 1) -> int:
+    """The most threads any group of ``cells`` will use (a submitted job's share of the cores)."""
+    return _threads_for({getattr(DATASETS.get(c.dataset), "kind", "image") for c in cells}, local_procs)
 
 
 def _run_group(cells: list, out: str, device: str, cache_dir: str | None, threads: int) -> dict[str, list]:
     """The body of one job: the group's cells, exactly as an in-process run does them."""
     from tiwbench.runner import PlainReporter, run_cells
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    configure_threads(threads)
     return run_cells(cells, Path(out), device=device, cache_dir=Path(cache_dir) if cache_dir else None,
                      reporter=PlainReporter(len(cells), echo=lambda m: print(m, flush=True)))
 
@@ -96,7 +120,7 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
     args = [(members, str(out), device, str(cache_dir) if cache_dir else None, threads)
             for members in groups.values()]
     if kind == "local" and max_running <= 0:
-        max_running = max(1, (os.cpu_count() or 1) // max(threads, 1))
+        max_running = max(1, (os.cpu_count() or 1) // (threads or auto_threads(cells)))
     jobs: list = []
     if kind == "slurm" or max_running >= len(args):
         with ex.batch():  # one Slurm job array

@@ -34,4 +34,5 @@ def make_ratio(dataset, cfg: RatioConfig, time_dependent: bool) -> LearnedRatio:
         c, h, _ = dataset.shape
         net = ImageDiscriminator(in_channels=c, resolution=h, channels=cfg.channels, time=time_dependent,
                                  feature_extractor=cfg.feature_extractor or None, sigma_data=dataset.sigma_data)
-    return LearnedRatio(net, dataset.sigma_data, time_dependent=time_dependent, logit_max=cfg.logit_max)
+    return LearnedRatio(net, dataset.sigma_data, time_dependent=time_dependent, logit_max=cfg.logit_max,
+                        precond=cfg.precond)

@@ -19,15 +19,18 @@ class LearnedRatio(nn.Module):
     """w = exp(ℓ), ℓ = logit of d = P(reference | x, σ). ``net(x_in, c_noise) -> [B, 1]``.
 
     The input is scaled by 1/sqrt(σ² + σ_data²) (EDM's c_in), so one net sees unit-scale inputs
-    at every noise level. A time-independent classifier is the same with σ ignored.
+    at every noise level. A time-independent classifier is the same with σ ignored. With
+    ``precond`` the logit is the net's output times σ_data/sqrt(σ² + σ_data²), the natural scale
+    of log w_σ at high noise.
     """
 
     kind = "learned"
 
     def __init__(self, net: nn.Module, sigma_data: float, time_dependent: bool = True,
-                 logit_max: float = LOGIT_MAX):
+                 logit_max: float = LOGIT_MAX, precond: bool = False):
         super().__init__()
         self.net, self.sigma_data, self.time_dependent, self.logit_max = net, sigma_data, time_dependent, logit_max
+        self.precond = precond and time_dependent
         self.register_buffer("clipped", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("seen", torch.zeros((), dtype=torch.long), persistent=False)
 
@@ -38,7 +41,13 @@ class LearnedRatio(nn.Module):
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(len(x))
         c_in = 1 / (expand_like(sigma, x) ** 2 + self.sigma_data**2).sqrt()
         c_noise = sigma.clamp_min(1e-4).log() / 4
-        return self.net(c_in * x, c_noise).reshape(len(x))
+        logit = self.net(c_in * x, c_noise).reshape(len(x))
+        if self.precond:
+            # As σ grows, log w_σ(x) ≈ Δμ·x/σ² = O(σ_data/σ) on noisy x, so the net predicts it in
+            # units of σ_data/σ: its output stays O(1), and the score correction
+            # σ²∇ₓℓ = σ_data·(∂net/∂input) stays bounded instead of growing like σ·(net's error).
+            logit = logit * (self.sigma_data / (sigma**2 + self.sigma_data**2).sqrt())
+        return logit
 
     def _clip(self, logit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inside = logit.abs() <= self.logit_max
@@ -89,7 +98,7 @@ def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg:
                 generator: torch.Generator, device="cpu", progress=None) -> dict:
     """Balanced BCE: D_ref labelled 1, D_bias labelled 0, each sample at its own σ."""
     model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     b = cfg.batch_size
     labels = torch.cat([torch.ones(b), torch.zeros(b)]).to(device)
     losses = torch.zeros(cfg.steps, device=device)
@@ -152,5 +161,12 @@ def ratio_diagnostics(model, bias: torch.Tensor, ref: torch.Tensor, generator: t
             w_hat = logit[n:].double().clamp(-LOGIT_MAX, LOGIT_MAX).exp()
             w = exact.logit(xb.double(), sb.double()).double().clamp(-LOGIT_MAX, LOGIT_MAX).exp()
             row["ratio_mse"] = float(((w_hat - w) ** 2).mean())
+            if model.time_dependent:
+                # what TIW-DSM's target actually uses: the shift σ²∇log w, error in squared norm
+                _, g_hat = model.log_ratio_and_grad(xb, sb)
+                _, g = exact.log_ratio_and_grad(xb.double(), sb.double())
+                s2 = expand_like(sb.double(), g) ** 2
+                row["shift_mse"] = float(((s2 * (g_hat.double() - g)) ** 2).flatten(1).sum(1).mean())
+                row["shift_norm"] = float(((s2 * g) ** 2).flatten(1).sum(1).mean())
         out.append(row)
     return out

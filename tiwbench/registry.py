@@ -50,7 +50,8 @@ class Registry(Generic[T]):
             if taken and self._resolve_name(n) != name:
                 raise RegistryError(f"{self.kind} name {n!r} is already registered; choose another name")
         if name in self._entries and not isinstance(self._entries[name], str) and self._entries[name] is not obj:
-            raise RegistryError(f"{self.kind} {name!r} is already registered ({self._origin[name]}); choose another name")
+            raise RegistryError(
+                f"{self.kind} {name!r} is already registered ({self._origin[name]}); choose another name")
         self._entries[name] = obj
         self._origin[name] = origin
         for a in aliases:
@@ -106,7 +107,8 @@ class Registry(Generic[T]):
         known = self.names() + sorted(self._aliases)
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        return f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(self.names())} (see `tiwbench ls {self.kind}s`)"
+        return (f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(self.names())} "
+                f"(see `tiwbench ls {self.kind}s`)")
 
 
 # The project's registries. Built-ins are lazy strings, so `tiwbench ls` imports nothing heavy;

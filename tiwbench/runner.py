@@ -18,6 +18,7 @@ from tiwbench import distributed
 from tiwbench.config import Budget, ConfigError, Suite, config_hash, resolve_budget
 from tiwbench.data.base import DataError
 from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
+from tiwbench.executors import apply_threads
 from tiwbench.metrics.base import EvalContext
 from tiwbench.ratio import RatioTrainConfig, ratio_diagnostics, train_ratio
 from tiwbench.registry import DATASETS, METHODS, METRICS
@@ -115,6 +116,7 @@ class Group:
         self.cache_dir = cache_dir  # image metrics keep their reference statistics here
         t0 = time.monotonic()
         self.dataset = DATASETS.get(cell.dataset)(**cell.dataset_params)
+        apply_threads(self.dataset)  # 1 thread for small MLPs, the cores for images (unless --threads)
         self.split = self.dataset.split(cell.ref_frac, cell.seed)
         t1 = time.monotonic()
         self.evaluator = self.dataset.evaluator(cache_dir=cache_dir, device=device)

@@ -21,11 +21,11 @@ ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 HOW = (f"expected {ARCHIVE} or {FOLDER}/ there; download it from https://www.cs.toronto.edu/~kriz/cifar.html "
-       "and pass its directory as data_root (suite: dataset_params.cifar10_lt.data_root)")
+       "and pass its directory with --data-root (or suite: dataset_params.cifar10_lt.data_root)")
 
 # The batches are pickles: only numpy's array reconstruction may run while loading them.
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"), ("numpy", "dtype")}
+            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # bytes in protocol-2 pickles
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -79,7 +79,8 @@ def read_train_set(source: Path) -> tuple[np.ndarray, np.ndarray]:
                         raise DataError(f"archive {source} has no member {FOLDER}/{b}; {HOW}")
                     raws[b] = tar.extractfile(members[b]).read()
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            raise DataError(f"archive {source} is malformed or truncated ({e}); download it again: {HOW}") from None
+            why = " ".join(str(e).split())  # tarfile lists one line per method tried
+            raise DataError(f"archive {source} is malformed or truncated ({why}); download it again: {HOW}") from None
     parts = [read_batch(raws[b], f"{source}:{b}") for b in TRAIN_BATCHES]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 

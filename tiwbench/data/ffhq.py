@@ -18,10 +18,11 @@ from tiwbench.data.images import LabelledImageDataset, require_path
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 HOW_IMAGES = ("expected a folder or a .zip of PNG/JPG face images (e.g. FFHQ from "
-              "https://github.com/NVlabs/ffhq-dataset); pass it as data_root (suite: dataset_params.ffhq_gender.data_root)")
+              "https://github.com/NVlabs/ffhq-dataset); pass it with --data-root "
+              "(or suite: dataset_params.ffhq_gender.data_root)")
 HOW_LABELS = ("expected a labels file: a CSV with header `image,gender` or a JSON object {image id: gender}, "
-              "gender being female/male (or f/m, 0/1 = female/male); pass it as labels "
-              "(suite: dataset_params.ffhq_gender.labels)")
+              "gender being female/male (or f/m, 0/1 = female/male); pass it as labels with --data-param labels=FILE "
+              "(or suite: dataset_params.ffhq_gender.labels)")
 GENDERS = {"female": 0, "f": 0, "woman": 0, "0": 0, "male": 1, "m": 1, "man": 1, "1": 1}
 
 
@@ -149,6 +150,10 @@ class FFHQGender(LabelledImageDataset):
         if not len(images):
             raise DataError(f"none of the {seen} images under {root} has a label in {labels_path} "
                             f"({len(wanted)} labels); check that the ids match the file names; {HOW_LABELS}")
+        missing = [g for k, g in enumerate(self.class_names) if not (labels == k).any()]
+        if missing:
+            raise DataError(f"no {missing[0]} images among the {len(images)} labelled ones under {root}; "
+                            f"both genders are needed (D_ref and the target are 50/50); {HOW_LABELS}")
         return torch.from_numpy(images).float() / 127.5 - 1, torch.from_numpy(labels)
 
     def bias_weights(self) -> torch.Tensor:
