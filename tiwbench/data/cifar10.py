@@ -20,8 +20,8 @@ from tiwbench.data.mixtures import long_tail_weights
 ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-HOW = (f"expected {ARCHIVE} or {FOLDER}/ there; download it from https://www.cs.toronto.edu/~kriz/cifar.html "
-       "and pass its directory with --data-root (or suite: dataset_params.cifar10_lt.data_root)")
+HOW = ("download it from https://www.cs.toronto.edu/~kriz/cifar.html and pass the directory that holds it "
+       "with --data-root (or suite: dataset_params.cifar10_lt.data_root)")
 
 # The batches are pickles: only numpy's array reconstruction may run while loading them.
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -56,13 +56,14 @@ def read_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
 
 def find_source(data_root: str | Path) -> Path:
     """The archive or the extracted folder, under ``data_root`` (or ``data_root`` itself)."""
-    root = require_path(data_root, f"{ARCHIVE} or {FOLDER}/", HOW)
+    root = require_path(data_root, f"a directory holding {ARCHIVE} or {FOLDER}/", HOW)
     for p in (root / FOLDER, root / ARCHIVE, root):
         if p.is_dir() and all((p / b).is_file() for b in TRAIN_BATCHES):
             return p
         if p.is_file() and p.name.endswith((".tar.gz", ".tgz", ".tar")):
             return p
-    raise DataError(f"found neither {ARCHIVE} nor a {FOLDER}/ with {', '.join(TRAIN_BATCHES)} under {root}; {HOW}")
+    raise DataError(f"expected {ARCHIVE} or {FOLDER}/ (with {', '.join(TRAIN_BATCHES)}) under {root}, "
+                    f"found neither; {HOW}")
 
 
 def read_train_set(source: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +81,7 @@ def read_train_set(source: Path) -> tuple[np.ndarray, np.ndarray]:
                     raws[b] = tar.extractfile(members[b]).read()
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
             why = " ".join(str(e).split())  # tarfile lists one line per method tried
-            raise DataError(f"archive {source} is malformed or truncated ({why}); download it again: {HOW}") from None
+            raise DataError(f"archive {source} is malformed or truncated ({why}); {HOW}") from None
     parts = [read_batch(raws[b], f"{source}:{b}") for b in TRAIN_BATCHES]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
