@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/tiwbench run --suite ref_size
+	$(BIN)/tiwbench run --suite ref_size --executor local --threads 1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

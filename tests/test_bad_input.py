@@ -46,6 +46,16 @@ CASES = {
     "ref_frac not drawable": (lambda t: ["--suite", _suite(t, GOOD.replace("[toy2d]", "[digits_lt]")
                                                             .replace("[0.1]", "[1.0]"))],
                               ["ref_frac", "disjoint"]),
+    "unknown method option": (lambda t: ["--suite", _suite(t, GOOD.replace("[dsm_obs]", "[iw_dsm]")
+                                                            + "method_options: {iw_dsm: {alfa: 0.5}}\n")],
+                              ["method_options.iw_dsm", "'alfa'", "allowed: ['alpha']"]),
+    "ill-typed method option": (lambda t: ["--suite", _suite(t, GOOD.replace("[dsm_obs]", "[iw_dsm]")
+                                                              + "method_options: {iw_dsm: {alpha: half}}\n")],
+                                ["'alpha'", "must be float"]),
+    "ill-typed dataset parameter": (lambda t: ["--suite", _suite(t, GOOD), "--data-param", "rho=abc"],
+                                    ["'rho'", "must be float"]),
+    "out-of-range budget": (lambda t: ["--suite", _suite(t, GOOD + "profiles: {default: {toy2d: {sample: {steps: 1}}}}\n")],
+                            ["sample.steps = 1 must be at least 2"]),
     "cuda without a GPU": (lambda t: ["--suite", _suite(t, GOOD), "--device", "cuda"], ["--device cpu"]),
     "out not writable": (lambda t: ["--suite", _suite(t, GOOD), "--out", str(t / "afile" / "runs")],
                          ["not writable"]),

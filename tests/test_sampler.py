@@ -37,3 +37,17 @@ def test_samples_do_not_depend_on_batch_size(toy, exact_denoiser):
                        for i in range(0, 40, 7)])
     assert torch.allclose(whole, parts, atol=1e-6)
     assert torch.equal(per_sample_latents([5], (2,)), per_sample_latents([9, 5], (2,))[1:])
+
+
+def test_network_samples_do_not_depend_on_batch_size():
+    """With a real network too: no batch statistic couples samples (e.g. a stray BatchNorm)."""
+    from tiwbench.diffusion.nets import MLP
+    from tiwbench.diffusion.precond import EDMPrecond
+
+    torch.manual_seed(0)
+    net = EDMPrecond(MLP(2, hidden=32, depth=2), sigma_data=0.7).eval()
+    seeds = list(range(30))
+    whole = edm_sampler(net, per_sample_latents(seeds, (2,)), num_steps=6)
+    parts = torch.cat([edm_sampler(net, per_sample_latents(seeds[i : i + 4], (2,)), num_steps=6)
+                       for i in range(0, 30, 4)])
+    assert torch.allclose(whole, parts, atol=1e-4)

@@ -63,7 +63,7 @@ def test_sigkill_midway_then_resume_matches_uninterrupted(tmp_path):
     deadline = time.time() + 300
     # kill while a cell is mid-training, after at least one cell has finished
     while time.time() < deadline:
-        if list(out.rglob("record.json")) and list(out.rglob("checkpoint.pt")):
+        if list(out.rglob("record.json")) and list(out.rglob("checkpoint-*.pt")):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -79,7 +79,7 @@ def test_sigkill_midway_then_resume_matches_uninterrupted(tmp_path):
     for rel, content in done_before.items():
         assert (out / rel).read_bytes() == content
     assert _metrics(out) == reference
-    assert not list(out.rglob("*.tmp")) and not list(out.rglob("checkpoint.pt"))
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("checkpoint-*.pt"))
 
 
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
@@ -194,3 +194,25 @@ def test_record_provenance(tmp_path):
     for phase in ("ratio", "train", "sample", "metrics", "total"):
         assert rec["timing"][phase] >= 0
     assert len(rec["ratio"]["time"]["per_sigma"]) == 5
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
+    from tiwbench.runner import checkpoint_path
+
+    suite = load_suite(str(tiny_suite(tmp_path, steps=30)))
+    cells = expand(suite, "default", methods=["dsm_obs"], ref_fracs=[0.1])
+    a = checkpoint_path(tmp_path, cells[0])
+    cells[0].budget.train.lr = 1e-4
+    assert checkpoint_path(tmp_path, cells[0]) != a
+
+
+def test_report_flags_seeds_of_different_configs(tmp_path):
+    suite = load_suite(str(tiny_suite(tmp_path, steps=20)))
+    first = expand(suite, "default", methods=["dsm_obs"], ref_fracs=[0.1], seeds=[0, 1])
+    run_cells(first, tmp_path / "o")
+    changed = expand(suite, "default", methods=["dsm_obs"], ref_fracs=[0.1], seeds=[0])
+    changed[0].budget.train.lr = 1e-3  # seed 0 re-run with another config; seed 1 is stale
+    run_cells(changed, tmp_path / "o")
+    from tiwbench.report import report
+
+    assert "MIXED: 2 configs" in report(tmp_path / "o", "markdown")

@@ -169,8 +169,13 @@ def run(
                                ("time_min", slurm_time), ("cpus_per_job", slurm_cpus), ("mem_gb", slurm_mem)):
                 if value is not None:
                     setattr(s.slurm, key, value)
-            summary = submit_sweep(cells, out, device=device, cache_dir=cache_dir, kind=executor, slurm=s.slurm,
-                                   folder=jobs_dir, max_running=max_jobs, threads=threads, echo=echo)
+            reporter = RichReporter(len(cells), console) if console.is_terminal else PlainReporter(len(cells), echo)
+            try:
+                summary = submit_sweep(cells, out, device=device, cache_dir=cache_dir, kind=executor,
+                                       slurm=s.slurm, folder=jobs_dir, max_running=max_jobs, threads=threads,
+                                       echo=reporter.echo, reporter=reporter)
+            finally:
+                reporter.close()
         else:
             reporter = RichReporter(len(cells), console) if console.is_terminal and distributed.is_main() else \
                 PlainReporter(len(cells), echo=echo)

@@ -246,6 +246,14 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
         if "seeds" in part:
             seeds = _check_type(part.pop("seeds"), list[int], f"{suite.source}: profiles.{profile}.{key}.seeds")
         budget = from_dict(Budget, part, f"{suite.source}: profiles.{profile}.{key}", budget)
+    where = f"{suite.source}: profiles.{profile}.{dataset}"
+    for name, value, low in (("train.steps", budget.train.steps, 1), ("train.batch_size", budget.train.batch_size, 1),
+                             ("train.check_every", budget.train.check_every, 1),
+                             ("ratio.steps", budget.ratio.steps, 1), ("ratio.batch_size", budget.ratio.batch_size, 1),
+                             ("sample.n", budget.sample.n, 1), ("sample.steps", budget.sample.steps, 2),
+                             ("sample.batch_size", budget.sample.batch_size, 1)):
+        if value < low:
+            raise ConfigError(f"{where}: {name} = {value} must be at least {low}")
     if budget.ratio.provider not in ("learned", "exact"):
         raise ConfigError(f"{suite.source}: ratio provider {budget.ratio.provider!r}: use 'learned' or 'exact'")
     return budget, seeds

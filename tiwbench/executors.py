@@ -9,6 +9,7 @@ resumes across executors.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -91,9 +92,16 @@ def make_executor(kind: str, folder: Path, slurm: SlurmConfig, device: str):
     return ex
 
 
+def _cost(cell) -> float:
+    from tiwbench.registry import DATASETS
+
+    image = getattr(DATASETS.get(cell.dataset), "kind", "vector") == "image"
+    return cell.budget.train.steps * cell.budget.train.batch_size * (20 if image else 1)
+
+
 def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | None = None, kind: str = "local",
                  slurm: SlurmConfig | None = None, folder: Path | None = None, max_running: int = 0,
-                 threads: int = 0, echo=print, poll_s: float = 0.2) -> dict[str, list]:
+                 threads: int = 0, echo=print, poll_s: float = 0.2, reporter=None) -> dict[str, list]:
     """Submit one job per pending group and wait for all; return ok/skipped/failed record paths.
 
     ``max_running`` caps the local executor's concurrent jobs (it starts them all at once otherwise,
@@ -110,6 +118,8 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
         path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed) / RECORD_NAME
         if existing_record(c, out) is not None:
             summary["skipped"].append(str(path))
+            if reporter is not None:
+                reporter.finish(c, {}, skipped=True)
         else:
             groups.setdefault(c.group, []).append(c)
     if summary["skipped"]:
@@ -117,8 +127,9 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
     if not groups:
         return summary
     ex = make_executor(kind, folder, slurm, device)
-    args = [(members, str(out), device, str(cache_dir) if cache_dir else None, threads)
-            for members in groups.values()]
+    # longest groups first (image data, many steps), so the short ones fill the gaps at the end
+    order = sorted(groups.values(), key=lambda m: -sum(_cost(c) for c in m))
+    args = [(members, str(out), device, str(cache_dir) if cache_dir else None, threads) for members in order]
     if kind == "local" and max_running <= 0:
         max_running = max(1, (os.cpu_count() or 1) // (threads or auto_threads(cells)))
     jobs: list = []
@@ -139,13 +150,13 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
         done = [(j, a) for j, a in running if j.done()]
         for j, a in done:
             running.remove((j, a))
-            _collect(j, a[0], out, summary, echo)
+            _collect(j, a[0], out, summary, echo, reporter)
         if not done:
             time.sleep(poll_s)
     return summary
 
 
-def _collect(job, members: list, out: Path, summary: dict[str, list], echo) -> None:
+def _collect(job, members: list, out: Path, summary: dict[str, list], echo, reporter=None) -> None:
     try:
         res = job.result()
     except Exception as e:  # the job itself died (node failure, time limit, killed): its cells failed
@@ -158,3 +169,8 @@ def _collect(job, members: list, out: Path, summary: dict[str, list], echo) -> N
     for key in ("ok", "skipped", "failed"):
         summary[key].extend(res.get(key, []))
     echo(f"job {job.job_id} done: {len(res.get('ok', []))} ok, {len(res.get('failed', []))} failed")
+    if reporter is not None:  # the cells' own lines (metrics, time), as an inline run prints them
+        for c in members:
+            path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed) / RECORD_NAME
+            if path.exists():
+                reporter.finish(c, json.loads(path.read_text()))

@@ -35,7 +35,12 @@ class LearnedRatio(nn.Module):
         self.register_buffer("seen", torch.zeros((), dtype=torch.long), persistent=False)
 
     def logit(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """The raw (unclipped) logit, differentiable in x and φ."""
+        """The raw (unclipped) logit, differentiable in x and φ, in full precision even under autocast
+        (w and σ²∇log w amplify rounding: bf16 would shift the regression target)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._logit(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, sigma)
+
+    def _logit(self, x: torch.Tensor, sigma) -> torch.Tensor:
         if not self.time_dependent:
             sigma = torch.zeros(len(x), device=x.device, dtype=x.dtype)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(len(x))
@@ -155,11 +160,12 @@ def ratio_diagnostics(model, bias: torch.Tensor, ref: torch.Tensor, generator: t
             if m.any():
                 ece += float(m.float().mean() * (conf[m].mean() - correct[m].mean()).abs())
         row = {"sigma_lo": lo, "sigma_hi": hi, "accuracy": acc, "ece": ece,
-               "clip_rate": float((logit.abs() > LOGIT_MAX).float().mean())}
+               "clip_rate": float((logit.abs() > model.logit_max).float().mean())}
         if exact is not None:
             xb, sb = x[n:], sigma[n:]
-            w_hat = logit[n:].double().clamp(-LOGIT_MAX, LOGIT_MAX).exp()
-            w = exact.logit(xb.double(), sb.double()).double().clamp(-LOGIT_MAX, LOGIT_MAX).exp()
+            lmax = model.logit_max
+            w_hat = logit[n:].double().clamp(-lmax, lmax).exp()
+            w = exact.logit(xb.double(), sb.double()).double().clamp(-lmax, lmax).exp()
             row["ratio_mse"] = float(((w_hat - w) ** 2).mean())
             if model.time_dependent:
                 # what TIW-DSM's target actually uses: the shift σ²∇log w, error in squared norm

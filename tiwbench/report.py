@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
+from tiwbench.config import config_hash
 from tiwbench.registry import METRICS, RegistryError
 from tiwbench.results import atomic_write_text, load_records
 
@@ -50,6 +51,14 @@ def direction(metric: str, recorded: Any = None) -> bool:
         return bool(recorded)
 
 
+def config_key(record: dict[str, Any]) -> str | None:
+    """The hash of a record's config without its seed: seeds of one cell must share it."""
+    cfg = record.get("config")
+    if not cfg:
+        return None
+    return config_hash({k: v for k, v in cfg.items() if k != "seed"})
+
+
 def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (record, metric). A failed record gets one row per metric it was configured for, with
     status 'failed' and no value, so that it is counted rather than dropped."""
@@ -57,7 +66,8 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     for r in records:
         key = {"suite": r.get("suite") or "", "dataset": r["dataset"], "method": r["method"],
                "ref_frac": float(r["ref_frac"]), "seed": r.get("seed"), "status": r.get("status", "ok"),
-               "profile": r.get("profile"), "config_hash": r.get("config_hash"), "ref_size": r.get("ref_size")}
+               "profile": r.get("profile"), "config_hash": r.get("config_hash"), "ref_size": r.get("ref_size"),
+               "config_key": config_key(r)}
         if key["status"] != "ok":
             for name in (r.get("config") or {}).get("metrics") or [None]:
                 rows.append({**key, "status": "failed", "metric": name, "value": math.nan,
@@ -69,7 +79,7 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             rows.append({**key, "status": "ok" if math.isfinite(v) else "failed", "metric": m["name"],
                          "value": v, "higher_is_better": m.get("higher_is_better")})
     cols = ["suite", "dataset", "method", "ref_frac", "seed", "status", "profile", "config_hash", "ref_size",
-            "metric", "value", "higher_is_better"]
+            "config_key", "metric", "value", "higher_is_better"]
     df = pd.DataFrame(rows, columns=cols)
     unnamed = df.metric.isna()
     if unnamed.any():  # a failed record that does not say its metrics: count it against every metric seen
@@ -86,7 +96,7 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Per (suite, dataset, metric, method, ref_frac): n ok seeds, failed seeds, mean, std, interval, direction
     and the best/tie mark of the cell within its ref_frac column."""
     cols = KEY + ["higher_is_better", "n", "failed", "mean", "std", "ci_half", "ci_low", "ci_high", "mark",
-                  "profiles", "ref_size"]
+                  "profiles", "ref_size", "configs"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     out = []
@@ -104,7 +114,8 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
                     "n": n, "failed": int((g.status != "ok").sum()), "mean": mean, "std": std,
                     "ci_half": half, "ci_low": mean - half, "ci_high": mean + half, "mark": "",
                     "profiles": ",".join(sorted(str(p) for p in g.profile.dropna().unique())),
-                    "ref_size": int(sizes[0]) if len(sizes) == 1 else None})
+                    "ref_size": int(sizes[0]) if len(sizes) == 1 else None,
+                    "configs": int(g.config_key.dropna().nunique())})
     agg = pd.DataFrame(out, columns=cols)
     for _, col in agg.groupby(["suite", "dataset", "metric", "ref_frac"]).groups.items():
         marks = mark_column(agg.loc[col])
@@ -163,6 +174,8 @@ def cell_parts(r: pd.Series) -> tuple[str, str]:
         detail = f"[{num(r.ci_low)}, {num(r.ci_high)}] n={r.n}"
     if r.failed:
         detail += f", {r.failed} failed"
+    if r.get("configs", 1) > 1:  # stale seeds of an earlier config beside fresh ones: not one experiment
+        detail += f", MIXED: {r.configs} configs"
     return main, detail
 
 

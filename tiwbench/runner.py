@@ -134,6 +134,7 @@ class Group:
             exact = None
             try:
                 exact = self.dataset.exact_ratio(time_dependent)
+                exact.logit_max = cfg.logit_max
             except DataError:
                 if cfg.provider == "exact":
                     raise
@@ -305,7 +306,7 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
                 try:
                     if group is None:
                         group = Group(cell, device, cache_dir, reporter)
-                    result = run_cell(cell, group, device, reporter, checkpoint=path.parent / CHECKPOINT_NAME)
+                    result = run_cell(cell, group, device, reporter, checkpoint=checkpoint_path(path.parent, cell))
                     rec.update(status="ok", **result)
                 except (NonFiniteLoss, CellTimeout) as e:
                     rec.update(status="failed", error={"type": type(e).__name__, "message": str(e), "step": e.step})
@@ -323,7 +324,8 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
                     rec["evaluator"] = dict(getattr(group.evaluator, "info", {}))
                 if distributed.is_main():  # under torchrun every rank ran the cell; one writes it
                     atomic_write_json(path, rec)
-                    (path.parent / CHECKPOINT_NAME).unlink(missing_ok=True)  # the record supersedes it
+                    for stale in path.parent.glob("checkpoint-*.pt"):  # the record supersedes them
+                        stale.unlink(missing_ok=True)
                 summary["ok" if rec["status"] == "ok" else "failed"].append(str(path))
                 reporter.finish(cell, rec)
     finally:
@@ -331,7 +333,9 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
     return summary
 
 
-CHECKPOINT_NAME = "checkpoint.pt"
+def checkpoint_path(cell_directory: Path, cell: Cell) -> Path:
+    """Named by the config hash, so an edited suite never resumes another config's weights."""
+    return cell_directory / f"checkpoint-{cell.hash}.pt"
 
 
 def preflight(cells: list[Cell]) -> None:
@@ -342,6 +346,10 @@ def preflight(cells: list[Cell]) -> None:
         if key in seen:
             continue
         seen.add(key)
+        try:
+            METHODS.get(c.method)(**c.method_options)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"method_options.{c.method}: {e}") from None
         ds = DATASETS.get(c.dataset)(**c.dataset_params)
         ds.split(c.ref_frac, c.seed)  # a missing file or an impossible ref_frac fails here
         if c.budget.ratio.provider == "exact":

@@ -100,7 +100,8 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
 def save_checkpoint(path: Path, step: int, net, ema, opt, generator: torch.Generator, losses) -> None:
     """Everything needed to continue bit-for-bit: weights, EMA, optimiser, and both RNG states."""
     state = {"step": step, "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses.cpu()}
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses.cpu(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -115,6 +116,8 @@ def load_checkpoint(path: Path, net, ema, opt, generator: torch.Generator, losse
     opt.load_state_dict(state["opt"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():  # dropout on the GPU draws from these
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     losses.copy_(state["losses"].to(losses.device))
     return int(state["step"])
 

@@ -81,6 +81,15 @@ class BiasedDataset(ABC):
             raise DataError(
                 f"unknown parameter(s) {unknown} for dataset {self.name!r}; allowed: {sorted(self.defaults)}"
             )
+        for key, value in list(params.items()):
+            default = self.defaults[key]
+            if default is None or value is None:
+                continue
+            want = type(default)
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                params[key] = float(value)
+            elif not isinstance(value, want) or isinstance(value, bool) != isinstance(default, bool):
+                raise DataError(f"parameter {key!r} of dataset {self.name!r} must be {want.__name__}, got {value!r}")
         self.params = {**self.defaults, **params}
 
     shape: tuple[int, ...]

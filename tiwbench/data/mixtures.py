@@ -30,9 +30,10 @@ class GaussianMixture:
     def log_joint(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
         """log π_k + log N(x; μ_k, (s_k² + σ²) I), shape [N, K]."""
         x = x.to(torch.float64)
-        var = self.stds**2 + _sigma_col(sigma, x) ** 2  # [N, K]
-        d2 = torch.cdist(x, self.means) ** 2
-        return self.weights.log() - 0.5 * d2 / var - 0.5 * self.dim * (2 * math.pi * var).log()
+        means, stds, weights = (t.to(x.device) for t in (self.means, self.stds, self.weights))
+        var = stds**2 + _sigma_col(sigma, x).to(x.device) ** 2  # [N, K]
+        d2 = torch.cdist(x, means) ** 2
+        return weights.log() - 0.5 * d2 / var - 0.5 * self.dim * (2 * math.pi * var).log()
 
     def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
         return torch.logsumexp(self.log_joint(x, sigma), dim=1)
@@ -44,8 +45,8 @@ class GaussianMixture:
         """∇_x log p_σ(x) = Σ_k r_k(x) (μ_k − x) / (s_k² + σ²)."""
         x = x.to(torch.float64)
         r = self.posterior(x, sigma)
-        var = self.stds**2 + _sigma_col(sigma, x) ** 2
-        return torch.einsum("nk,nkd->nd", r / var, self.means[None] - x[:, None])
+        var = self.stds.to(x.device) ** 2 + _sigma_col(sigma, x).to(x.device) ** 2
+        return torch.einsum("nk,nkd->nd", r / var, self.means.to(x.device)[None] - x[:, None])
 
     def denoiser(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """E[y | x] = x + σ² ∇log p_σ(x) (Tweedie)."""
