@@ -54,7 +54,8 @@ CASES = {
                                 ["'alpha'", "must be float"]),
     "ill-typed dataset parameter": (lambda t: ["--suite", _suite(t, GOOD), "--data-param", "rho=abc"],
                                     ["'rho'", "must be float"]),
-    "out-of-range budget": (lambda t: ["--suite", _suite(t, GOOD + "profiles: {default: {toy2d: {sample: {steps: 1}}}}\n")],
+    "out-of-range budget": (lambda t: ["--suite", _suite(t, GOOD + "profiles: {default: {toy2d: "
+                                                            "{sample: {steps: 1}}}}\n")],
                             ["sample.steps = 1 must be at least 2"]),
     "cuda without a GPU": (lambda t: ["--suite", _suite(t, GOOD), "--device", "cuda"], ["--device cpu"]),
     "out not writable": (lambda t: ["--suite", _suite(t, GOOD), "--out", str(t / "afile" / "runs")],
