@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +15,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from tiwbench.report import CONFIDENCE, ReportError  # noqa: E402
+from tiwbench.results import atomic_write_bytes  # noqa: E402
 
 
 def figure(agg: pd.DataFrame):
@@ -87,14 +86,4 @@ def save_plot(agg: pd.DataFrame, path: Path, dpi: int = 110) -> None:
     """Write the PNG atomically (temp file + rename), like the records."""
     if Path(path).suffix.lower() != ".png":
         raise ReportError(f"--plot {path}: the plot is a PNG; name the file *.png")
-    data = figure_png(agg, dpi)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, figure_png(agg, dpi))

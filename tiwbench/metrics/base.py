@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,14 +33,14 @@ class EvalContext:
         return self._features
 
 
-class Metric:
+class Metric(ABC):
     name: ClassVar[str]
     higher_is_better: ClassVar[bool]
     description: ClassVar[str] = ""
 
+    @abstractmethod
     def __call__(self, ctx: EvalContext) -> dict[str, Any]:
         """Returns ``{"value": float, ...extras}``."""
-        raise NotImplementedError
 
 
 def mean_cov(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
