@@ -19,8 +19,9 @@ from tiwbench.results import atomic_write_bytes  # noqa: E402
 
 
 def figure(agg: pd.DataFrame):
-    """One panel per (dataset, metric), log-x ref_frac; fully failed cells drawn as crosses on the x axis."""
-    panels = list(agg.groupby(["dataset", "metric"], sort=True))
+    """One panel per (suite, dataset, metric), as the tables: log-x ref_frac; fully failed cells drawn as
+    crosses on the x axis."""
+    panels = list(agg.groupby(["suite", "dataset", "metric"], sort=True))
     if not panels:
         raise ReportError("nothing to plot: no aggregated cells")
     ncols = min(3, len(panels))
@@ -29,7 +30,8 @@ def figure(agg: pd.DataFrame):
     methods = sorted(agg.method.unique())
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     markers = "osD^vP*Xh<>"
-    for ax, ((ds, metric), sub) in zip(axes.flat, panels, strict=False):
+    suites = agg.suite.nunique()
+    for ax, ((suite, ds, metric), sub) in zip(axes.flat, panels, strict=False):
         hib = bool(sub.higher_is_better.iloc[0])
         # a small multiplicative offset per method, so that overlapping error bars stay apart on log-x
         spread = 0.03
@@ -55,7 +57,8 @@ def figure(agg: pd.DataFrame):
         ax.minorticks_off()
         ax.set_xlabel("ref_frac  (|D_ref| / |D_bias|)")
         ax.set_ylabel(f"{metric} ({'higher' if hib else 'lower'} is better)")
-        ax.set_title(f"{ds} · {metric} {'↑' if hib else '↓'}")
+        prefix = f"{suite}: " if suites > 1 else ""  # seeds of two suites are two experiments, never pooled
+        ax.set_title(f"{prefix}{ds} · {metric} {'↑' if hib else '↓'}")
         ax.grid(True, alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
