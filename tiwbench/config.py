@@ -259,5 +259,18 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
     return budget, seeds
 
 
+def like_default(value: Any, default: Any) -> Any:
+    """``value`` checked against its default's type (an int passes as a float; None is free).
+    Raises TypeError naming the expected type."""
+    if default is None or value is None:
+        return value
+    want = type(default)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, want) or isinstance(value, bool) != isinstance(default, bool):
+        raise TypeError(f"must be {want.__name__}, got {value!r}")
+    return value
+
+
 def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

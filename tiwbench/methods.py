@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from tiwbench.config import like_default
 from tiwbench.diffusion.losses import Batch, dsm_loss
 from tiwbench.diffusion.precond import expand_like
 
@@ -29,12 +30,11 @@ class Method:
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for method {self.name!r}; allowed: {sorted(self.defaults)}")
-        for key, value in options.items():  # an option has its default's type (ints pass as floats)
-            want = type(self.defaults[key])
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                options[key] = float(value)
-            elif not isinstance(value, want) or isinstance(value, bool) != isinstance(self.defaults[key], bool):
-                raise TypeError(f"option {key!r} of method {self.name!r} must be {want.__name__}, got {value!r}")
+        for key, value in options.items():
+            try:
+                options[key] = like_default(value, self.defaults[key])
+            except TypeError as e:
+                raise TypeError(f"option {key!r} of method {self.name!r} {e}") from None
         self.options = {**self.defaults, **options}
 
     def loss(self, net, batch: Batch, ratio=None) -> torch.Tensor:

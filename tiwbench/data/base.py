@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from tiwbench.config import like_default
+
 
 class DataError(ValueError):
     """Bad data input (missing path, malformed file, impossible split); the message names the fix."""
@@ -82,14 +84,10 @@ class BiasedDataset(ABC):
                 f"unknown parameter(s) {unknown} for dataset {self.name!r}; allowed: {sorted(self.defaults)}"
             )
         for key, value in list(params.items()):
-            default = self.defaults[key]
-            if default is None or value is None:
-                continue
-            want = type(default)
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                params[key] = float(value)
-            elif not isinstance(value, want) or isinstance(value, bool) != isinstance(default, bool):
-                raise DataError(f"parameter {key!r} of dataset {self.name!r} must be {want.__name__}, got {value!r}")
+            try:
+                params[key] = like_default(value, self.defaults[key])
+            except TypeError as e:
+                raise DataError(f"parameter {key!r} of dataset {self.name!r} {e}") from None
         self.params = {**self.defaults, **params}
 
     shape: tuple[int, ...]
