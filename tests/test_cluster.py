@@ -180,3 +180,24 @@ def test_heartbeat_refreshes_the_lock(tmp_path):
     os.utime(path, (old, old))
     _wait_for(lambda: time.time() - path.stat().st_mtime < 10, 10, "a heartbeat")
     held.release()
+
+
+def test_held_signal_waits_for_release_or_the_grace_period():
+    from tiwbench import preemption
+
+    calls: list = []
+    previous = signal.signal(signal.SIGUSR1, lambda s, f: calls.append(s))
+    try:
+        preemption.hold(signal.SIGUSR1, grace_s=30.0)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.05)
+        assert preemption.pending() and not calls  # held: the training loop saves first
+        preemption.release()
+        assert calls == [signal.SIGUSR1] and not preemption.pending()
+
+        preemption.hold(signal.SIGUSR1, grace_s=0.2)  # outside training nobody releases: the timer does
+        os.kill(os.getpid(), signal.SIGUSR1)
+        _wait_for(lambda: len(calls) == 2, 10, "the grace period to hand the signal on")
+        assert not preemption.pending()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
