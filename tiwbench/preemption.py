@@ -41,7 +41,10 @@ class _Hold:
             return
         if self.timer is not None:
             self.timer.cancel()
-        self.handler(signum, None)  # submitit: checkpoint(), requeue, exit
+        try:
+            self.handler(signum, None)  # submitit: checkpoint(), requeue, exit
+        except Exception as e:  # not requeued (e.g. timed out too often): end the job, not just this cell
+            raise SystemExit(f"{type(e).__name__}: {e}") from e
 
 
 def hold(signum: int, grace_s: float = 30.0) -> None:
