@@ -341,7 +341,8 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
                 first_failure = failing_rank and not (path.exists() and path.stat().st_mtime >= started)
                 if (distributed.is_main() and not failing_rank) or first_failure:  # one rank writes
                     atomic_write_json(path, rec)
-                    for stale in path.parent.glob("checkpoint-*.pt"):  # the record supersedes them
+                    # the record supersedes them (and the temp file of a save cut short by a kill)
+                    for stale in [*path.parent.glob("checkpoint-*.pt"), *path.parent.glob(".checkpoint-*.tmp")]:
                         stale.unlink(missing_ok=True)
                 while held:
                     held.pop().release()
