@@ -123,6 +123,27 @@ def broadcast_module(module: torch.nn.Module) -> None:
         dist.broadcast(t.data, src=0)
 
 
+FAULT_ENV = "TIWBENCH_TEST_FAULT_RANK"  # tests only: "<rank>:<where>" makes that rank raise there
+
+
+def injected_fault(where: str) -> None:
+    """Raise on the rank named by ``$TIWBENCH_TEST_FAULT_RANK`` (tests of :func:`abort_job` only)."""
+    if os.environ.get(FAULT_ENV) == f"{rank()}:{where}" and active():
+        raise RuntimeError(f"injected fault on rank {rank()} at {where}")
+
+
+def abort_job(message: str) -> None:
+    """End this rank's process at once, after its failure was recorded.
+
+    The other ranks are blocked in a collective that this rank will never join, and would wait for
+    the process-group timeout (30 min); a rank's exit makes torchrun stop them all within seconds.
+    Exiting without Python's shutdown avoids a destroy_process_group that waits for them too.
+    """
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
+
+
 def torchrun_command(argv: list[str], nproc: int) -> list[str]:
     """The command that re-runs this CLI invocation under torchrun on one node."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",

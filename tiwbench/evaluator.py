@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tiwbench.data.base import DataError, Evaluator, content_hash
+from tiwbench.integrity import Damaged, load_or_move_aside
 from tiwbench.results import atomic_write_json
 
 ARCH_VERSION = 1  # bump when EvalCNN changes, so old cache entries are not reused
@@ -106,6 +107,15 @@ def load_classifier(path: str | Path) -> EvalCNN:
     return net.eval()
 
 
+def _load_checked(path: Path) -> tuple[EvalCNN, dict[str, Any]]:
+    """The cached classifier and its info, its weights checked against the hash saved with them."""
+    net = load_classifier(path)
+    info = json.loads(Path(f"{path}.json").read_text())["info"]
+    if info.get("checkpoint_hash") not in (None, state_hash(net)):
+        raise Damaged("weights do not match the checkpoint_hash in the sidecar")
+    return net, info
+
+
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: dict[str, Any],
                      device: str = "cpu") -> tuple[EvalCNN, dict[str, Any]]:
     """Train on all but a held-out ``cfg['holdout']`` fraction; report held-out accuracy."""
@@ -172,10 +182,11 @@ class ImageEvaluator(Evaluator):
         key_src = {"data": content_hash(images, labels), "arch": arch, "train": cfg, "torch": torch.__version__}
         key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir) / "evaluators" / f"{dataset.name}-{key}.pt" if cache_dir is not None else None
+        cached = None
         if path is not None and Path(f"{path}.json").is_file() and path.is_file():
-            net = load_classifier(path)
-            info = json.loads(Path(f"{path}.json").read_text())["info"]
-            ev = cls(net, images, dataset.target_proportions, info, device)
+            cached = load_or_move_aside(path, _load_checked, "evaluator cache", companions=(Path(f"{path}.json"),))
+        if cached is not None:
+            ev = cls(*cached[:1], images, dataset.target_proportions, cached[1], device)
             ev.loaded_from_cache = True
             return ev
         net, info = train_classifier(images, labels, dataset.num_classes, cfg, device)

@@ -15,57 +15,50 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from tiwbench import preemption
 from tiwbench.config import ConfigError, SlurmConfig
 from tiwbench.registry import DATASETS
 from tiwbench.results import RECORD_NAME, cell_dir
+from tiwbench.runner import PlainReporter, existing_record, run_cells
+from tiwbench.threads import auto_threads, configure_threads
 
 EXECUTORS = ("inline", "local", "slurm")
 
 
-_FIXED_THREADS = 0  # set by --threads; 0 = choose per group from the dataset's kind
+try:  # submitit is an optional dependency (the "cluster" extra); only the job classes need it
+    from submitit.helpers import Checkpointable, DelayedSubmission
+except ImportError:  # pragma: no cover - inline runs work without it
+    Checkpointable, DelayedSubmission = object, None
 
 
-def _threads_for(kinds: set[str], local_procs: int) -> int:
-    """Intra-op threads per process: 1 when every network is a small MLP on vector data (on 2 cores a
-    toy2d step ran 8-25x slower with 2 threads once other processes competed for the cores); otherwise
-    the cores shared among this machine's processes."""
-    if kinds <= {"vector", "exact"}:
-        return 1
-    return max(1, (os.cpu_count() or 1) // max(local_procs, 1))
+class GroupJob(Checkpointable):
+    """The body of one job: the group's cells, exactly as an in-process run does them.
 
+    Checkpointable through submitit: on the preemption / time-limit signal submitit calls
+    :meth:`checkpoint` and requeues the job with the same arguments. The signal is held
+    (tiwbench.preemption) until the training loop has saved its checkpoint after the current step;
+    the requeued job skips the cells already recorded and resumes the interrupted one from it.
+    """
 
-def _local_procs() -> int:
-    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    def __init__(self, grace_s: float = 30.0):
+        self.grace_s = grace_s  # how long a signal outside training waits for a step end
+        self.requeues = 0
 
+    def __call__(self, cells: list, out: str, device: str, cache_dir: str | None, threads: int) -> dict[str, list]:
+        import submitit
 
-def configure_threads(fixed: int) -> None:
-    global _FIXED_THREADS
-    _FIXED_THREADS = fixed
-    if fixed > 0:
-        torch.set_num_threads(fixed)
+        preemption.hold(submitit.JobEnvironment._usr_sig(), self.grace_s)
+        configure_threads(threads)
+        echo = lambda m: print(m, flush=True)  # noqa: E731
+        if self.requeues:
+            echo(f"requeued job, start {self.requeues + 1}: recorded cells are skipped, a checkpoint is resumed")
+        return run_cells(cells, Path(out), device=device, cache_dir=Path(cache_dir) if cache_dir else None,
+                         reporter=PlainReporter(len(cells), echo=echo))
 
-
-def apply_threads(dataset) -> None:
-    """Called per group: the auto choice follows the group's dataset, so a suite mixing toy2d and
-    images gives each the threads that suit it."""
-    if _FIXED_THREADS <= 0:
-        torch.set_num_threads(_threads_for({getattr(dataset, "kind", "image")}, _local_procs()))
-
-
-def auto_threads(cells: list, local_procs: int = 1) -> int:
-    """The most threads any group of ``cells`` will use (a submitted job's share of the cores)."""
-    return _threads_for({getattr(DATASETS.get(c.dataset), "kind", "image") for c in cells}, local_procs)
-
-
-def _run_group(cells: list, out: str, device: str, cache_dir: str | None, threads: int) -> dict[str, list]:
-    """The body of one job: the group's cells, exactly as an in-process run does them."""
-    from tiwbench.runner import PlainReporter, run_cells
-
-    configure_threads(threads)
-    return run_cells(cells, Path(out), device=device, cache_dir=Path(cache_dir) if cache_dir else None,
-                     reporter=PlainReporter(len(cells), echo=lambda m: print(m, flush=True)))
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        print("preemption or time-limit signal: requeueing this job", flush=True)
+        self.requeues += 1
+        return DelayedSubmission(self, *args, **kwargs)
 
 
 def make_executor(kind: str, folder: Path, slurm: SlurmConfig, device: str):
@@ -93,22 +86,19 @@ def make_executor(kind: str, folder: Path, slurm: SlurmConfig, device: str):
 
 
 def _cost(cell) -> float:
-    from tiwbench.registry import DATASETS
-
     image = getattr(DATASETS.get(cell.dataset), "kind", "vector") == "image"
     return cell.budget.train.steps * cell.budget.train.batch_size * (20 if image else 1)
 
 
 def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | None = None, kind: str = "local",
                  slurm: SlurmConfig | None = None, folder: Path | None = None, max_running: int = 0,
-                 threads: int = 0, echo=print, poll_s: float = 0.2, reporter=None) -> dict[str, list]:
+                 threads: int = 0, echo=print, poll_s: float = 0.2, reporter=None,
+                 grace_s: float = 30.0) -> dict[str, list]:
     """Submit one job per pending group and wait for all; return ok/skipped/failed record paths.
 
     ``max_running`` caps the local executor's concurrent jobs (it starts them all at once otherwise,
     and more processes than cores only slow each other down); Slurm uses ``max_parallel`` instead.
     """
-    from tiwbench.runner import existing_record
-
     out = Path(out)
     slurm = slurm or SlurmConfig()
     folder = Path(folder) if folder else out / ".submitit"
@@ -135,7 +125,7 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
     jobs: list = []
     if kind == "slurm" or max_running >= len(args):
         with ex.batch():  # one Slurm job array
-            jobs = [ex.submit(_run_group, *a) for a in args]
+            jobs = [ex.submit(GroupJob(grace_s), *a) for a in args]
         jobs = list(zip(jobs, args, strict=True))
         echo(f"submitted {len(jobs)} {kind} jobs (one per group), logs under {folder}")
         pending: list = []
@@ -145,7 +135,7 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
     while running or pending:
         while pending and len(running) < max_running:
             a = pending.pop(0)
-            running.append((ex.submit(_run_group, *a), a))
+            running.append((ex.submit(GroupJob(grace_s), *a), a))
             echo(f"submitted job {running[-1][0].job_id}: {len(a[0])} cells of {a[0][0].label()}")
         done = [(j, a) for j, a in running if j.done()]
         for j, a in done:

@@ -18,11 +18,12 @@ from tiwbench import distributed
 from tiwbench.config import Budget, ConfigError, Suite, config_hash, resolve_budget
 from tiwbench.data.base import DataError
 from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
-from tiwbench.executors import apply_threads
+from tiwbench.locks import LOCK_NAME, claim
 from tiwbench.metrics.base import EvalContext
 from tiwbench.ratio import RatioTrainConfig, ratio_diagnostics, train_ratio
 from tiwbench.registry import DATASETS, METHODS, METRICS
 from tiwbench.results import RECORD_NAME, SCHEMA_VERSION, atomic_write_json, cell_dir, environment
+from tiwbench.threads import apply_threads
 from tiwbench.train import CellTimeout, NonFiniteLoss, train_score, weight_stats
 
 
@@ -187,6 +188,7 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", cell.method))
     t0 = time.monotonic()
     task = reporter.phase("train", cell.budget.train.steps)
+    distributed.injected_fault("train")
     ema, train_info = train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
                                   checkpoint=checkpoint)
     timing["train"] = time.monotonic() - t0
@@ -291,17 +293,27 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
     for c in cells:
         groups.setdefault(c.group, []).append(c)
     preflight(cells)
+    held: list = []  # the claim of the cell running now (see claim_cell)
+    queue = [(members, True) for members in groups.values()]  # (cells, may be put back once)
     try:
-        for members in groups.values():
+        while queue:
+            members, deferrable = queue.pop(0)
             group = None
-            for cell in members:
+            for i, cell in enumerate(members):
                 path = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed) / RECORD_NAME
                 if existing_record(cell, out) is not None:
                     summary["skipped"].append(str(path))
                     reporter.finish(cell, {}, skipped=True)
                     continue
+                if not claim_cell(cell, out, device, held):
+                    if deferrable and group is None:  # another sweep is on this group: come back at the end
+                        queue.append((members[i:], False))
+                        break
+                    summary["skipped"].append(str(path))
+                    reporter.echo(f"{cell.label()}: claimed by another sweep ({path.parent / LOCK_NAME}), skipped")
+                    continue
                 reporter.start(cell)
-                t0 = time.monotonic()
+                t0, started = time.monotonic(), time.time()
                 rec = base_record(cell, device)
                 try:
                     if group is None:
@@ -315,6 +327,8 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
                 except Exception as e:  # one cell's failure must not end the sweep
                     rec.update(status="failed", error={"type": type(e).__name__, "message": str(e),
                                                        "traceback": traceback.format_exc(limit=8)})
+                    if distributed.active():  # the other ranks wait in a collective: this rank ends the job
+                        rec["error"]["rank"] = distributed.rank()
                 rec.setdefault("timing", {})["total"] = time.monotonic() - t0
                 if group is not None:
                     rec["timing"]["group"] = group.timing
@@ -322,15 +336,41 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
                     rec["ref_size"], rec["bias_size"] = len(group.split.ref), len(group.split.bias)
                     rec["ratio"] = {k: v for k, v in group.ratio_info.items()}
                     rec["evaluator"] = dict(getattr(group.evaluator, "info", {}))
-                if distributed.is_main():  # under torchrun every rank ran the cell; one writes it
+                failing_rank = "rank" in rec.get("error", {})
+                # a rank that failed because another one left first (a closed connection) keeps that one's record
+                first_failure = failing_rank and not (path.exists() and path.stat().st_mtime >= started)
+                if (distributed.is_main() and not failing_rank) or first_failure:  # one rank writes
                     atomic_write_json(path, rec)
-                    for stale in path.parent.glob("checkpoint-*.pt"):  # the record supersedes them
+                    # the record supersedes them (and the temp file of a save cut short by a kill)
+                    for stale in [*path.parent.glob("checkpoint-*.pt"), *path.parent.glob(".checkpoint-*.tmp")]:
                         stale.unlink(missing_ok=True)
+                while held:
+                    held.pop().release()
+                if failing_rank:
+                    distributed.abort_job(f"{cell.label()} failed on rank {distributed.rank()}: "
+                                          f"{rec['error']['type']}: {rec['error']['message']}; record: {path}")
                 summary["ok" if rec["status"] == "ok" else "failed"].append(str(path))
                 reporter.finish(cell, rec)
     finally:
+        while held:  # an exit mid-cell (requeue, Ctrl-C, bad input) frees the cell for the next sweep
+            held.pop().release()
         reporter.close()
     return summary
+
+
+def claim_cell(cell: Cell, out: Path, device: str, held: list) -> bool:
+    """Claim ``cell`` by its lock file (tiwbench.locks) unless another sweep holds it or has just
+    recorded it. Under torchrun rank 0 decides and every rank follows; the claim goes to ``held``."""
+    lock = None
+    if distributed.is_main():
+        path = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed)
+        lock = claim(path / LOCK_NAME)
+        if lock is not None and existing_record(cell, out) is not None:  # finished while we looked
+            lock.release()
+            lock = None
+        if lock is not None:
+            held.append(lock)
+    return distributed.any_rank(lock is not None, device)
 
 
 def checkpoint_path(cell_directory: Path, cell: Cell) -> Path:

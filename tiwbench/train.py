@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from tiwbench import distributed
+from tiwbench import distributed, integrity, preemption
 from tiwbench.config import TrainConfig
 from tiwbench.diffusion.losses import Batch
 
@@ -89,12 +89,17 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
         if checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                 and step + 1 < cfg.steps and distributed.is_main():
             save_checkpoint(checkpoint, step + 1, net, ema, opt, generator, losses)
+        if preemption.pending():  # preempted or at the time limit: save, then let the job be requeued
+            if checkpoint is not None and distributed.is_main():
+                save_checkpoint(checkpoint, step + 1, net, ema, opt, generator, losses)
+            preemption.release()
         if progress is not None:
             progress(step + 1, cfg.steps)
     if world > 1:
         losses = distributed.all_reduce_sum(losses) / world  # the global batch's loss per step
     tail = losses[-max(1, cfg.steps // 10):]
-    return ema, {"final_loss": float(tail.mean()), "steps": cfg.steps, "seconds": time.monotonic() - start}
+    return ema, {"final_loss": float(tail.mean()), "steps": cfg.steps, "seconds": time.monotonic() - start,
+                 "resumed_from_step": first}
 
 
 def save_checkpoint(path: Path, step: int, net, ema, opt, generator: torch.Generator, losses) -> None:
@@ -102,6 +107,7 @@ def save_checkpoint(path: Path, step: int, net, ema, opt, generator: torch.Gener
     state = {"step": step, "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
              "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses.cpu(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    state["digest"] = integrity.tensors_digest(state)  # checked on load: a damaged file is not resumed
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -109,8 +115,19 @@ def save_checkpoint(path: Path, step: int, net, ema, opt, generator: torch.Gener
     os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint intact
 
 
-def load_checkpoint(path: Path, net, ema, opt, generator: torch.Generator, losses) -> int:
+def _read_checkpoint(path: Path) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
+    digest = state.pop("digest", None)
+    if digest is not None and digest != integrity.tensors_digest(state):
+        raise integrity.Damaged("content does not match the hash saved with it")
+    return state
+
+
+def load_checkpoint(path: Path, net, ema, opt, generator: torch.Generator, losses) -> int:
+    """The step to continue from; 0 (start afresh, nothing changed) when the file is damaged."""
+    state = integrity.load_or_move_aside(Path(path), _read_checkpoint, "training checkpoint")
+    if state is None:
+        return 0
     net.load_state_dict(state["net"])
     ema.load_state_dict(state["ema"])
     opt.load_state_dict(state["opt"])

@@ -4,9 +4,14 @@ zip of PNG/JPG) and the per-image gender labels are supplied by the user; nothin
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
+import sys
+import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -15,6 +20,8 @@ import torch
 
 from tiwbench.data.base import DataError
 from tiwbench.data.images import LabelledImageDataset, require_path
+from tiwbench.integrity import Damaged, load_or_move_aside
+from tiwbench.results import atomic_write_json
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 HOW_IMAGES = ("expected a folder or a .zip of PNG/JPG face images (e.g. FFHQ from "
@@ -23,6 +30,8 @@ HOW_IMAGES = ("expected a folder or a .zip of PNG/JPG face images (e.g. FFHQ fro
 HOW_LABELS = ("expected a labels file: a CSV with header `image,gender` or a JSON object {image id: gender}, "
               "gender being female/male (or f/m, 0/1 = female/male); pass it as labels with --data-param labels=FILE "
               "(or suite: dataset_params.ffhq_gender.labels)")
+DECODED_CACHE_ENV = "TIWBENCH_DECODED_CACHE"
+DECODED_VERSION = 1  # bump when decoding or resizing changes, so old caches are not reused
 GENDERS = {"female": 0, "f": 0, "woman": 0, "0": 0, "male": 1, "m": 1, "man": 1, "1": 1}
 
 
@@ -79,29 +88,99 @@ def _decode(raw: bytes, resolution: int, where: str) -> np.ndarray:
         raise DataError(f"cannot decode image {where} ({e}); {HOW_IMAGES}") from None
 
 
+def index_images(root: Path) -> tuple[dict[str, Any], Callable[[Any], bytes], list[tuple]]:
+    """Image id -> file (folder) or member name (zip), a reader of its bytes, and a cheap content
+    signature: per file its relative path, size and mtime (folder: one stat each, ~70k stats in well
+    under a second, where hashing FFHQ's bytes would read tens of GB), or its name, size and CRC-32 from
+    the zip's central directory (content-based, nothing decompressed)."""
+    entries: dict[str, Any] = {}
+    signature: list[tuple] = []
+    if root.is_dir():
+        for rel, size, mtime in sorted(_scan(root)):
+            entries.setdefault(image_id(rel), root / rel)
+            signature.append((rel, size, mtime))
+        return entries, Path.read_bytes, signature
+    if zipfile.is_zipfile(root):
+        zf = zipfile.ZipFile(root)
+        for info in zf.infolist():
+            if PurePosixPath(info.filename).suffix.lower() in IMAGE_EXTS:
+                entries.setdefault(image_id(info.filename), info.filename)
+                signature.append((info.filename, info.file_size, info.CRC))
+        return entries, zf.read, signature
+    raise DataError(f"{root} is neither a folder nor a zip archive; {HOW_IMAGES}")
+
+
+def _scan(root: Path, prefix: str = ""):
+    """(relative path, size, mtime) of every image file under ``root``: one stat per file (scandir
+    knows the file type already), which is most of the cost of the signature."""
+    with os.scandir(root) as it:
+        for e in it:
+            if e.is_dir():
+                yield from _scan(Path(e.path), f"{prefix}{e.name}/")
+            elif e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS:
+                st = e.stat()
+                yield f"{prefix}{e.name}", st.st_size, st.st_mtime_ns
+
+
 def read_images(root: Path, wanted: dict[str, int], resolution: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Decoded images that have a label, in sorted id order, their labels and the number of images seen."""
-    entries: dict[str, Any] = {}
-    if root.is_dir():
-        for f in root.rglob("*"):
-            if f.suffix.lower() in IMAGE_EXTS and f.is_file():
-                entries.setdefault(image_id(f.name), f)
-        reader = Path.read_bytes
-    elif zipfile.is_zipfile(root):
-        zf = zipfile.ZipFile(root)
-        for n in zf.namelist():
-            if PurePosixPath(n).suffix.lower() in IMAGE_EXTS:
-                entries.setdefault(image_id(n), n)
+    entries, reader, _ = index_images(root)
+    return _decode_all(root, entries, reader, wanted, resolution)
 
-        def reader(name):
-            return zf.read(name)
-    else:
-        raise DataError(f"{root} is neither a folder nor a zip archive; {HOW_IMAGES}")
+
+def _decode_all(root: Path, entries: dict[str, Any], reader, wanted: dict[str, int],
+                resolution: int) -> tuple[np.ndarray, np.ndarray, int]:
     ids = sorted(set(entries) & set(wanted))
     images = np.empty((len(ids), 3, resolution, resolution), dtype=np.uint8)
     for i, key in enumerate(ids):
         images[i] = _decode(reader(entries[key]), resolution, f"{root}:{entries[key]}")
     return images, np.array([wanted[k] for k in ids], dtype=np.int64), len(entries)
+
+
+def decoded_cache_dir(root: Path) -> Path:
+    """``$TIWBENCH_DECODED_CACHE`` if set, else a folder beside the source (``data/ffhq.decoded``)."""
+    return Path(os.environ.get(DECODED_CACHE_ENV) or root.with_name(root.name + ".decoded"))
+
+
+def cached_images(root: Path, wanted: dict[str, int], resolution: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`read_images` through an on-disk uint8 cache that later runs map instead of decoding.
+
+    Keyed by the source's signature (:func:`index_images`), the labels and the resolution: a changed,
+    added or removed image or label gives a new key. ``<key>.npy`` holds [N, 3, r, r] uint8 (mapped
+    read-only), ``<key>.json`` the labels; the sidecar is written last, so its presence means the
+    array is complete. An unwritable cache folder only costs the decode.
+    """
+    entries, reader, signature = index_images(root)
+    src = {"signature": signature, "labels": sorted(wanted.items()), "resolution": resolution,
+           "version": DECODED_VERSION}
+    key = hashlib.sha256(json.dumps(src).encode()).hexdigest()[:20]
+    folder = decoded_cache_dir(root)
+    npy, side = folder / f"{key}-{resolution}px.npy", folder / f"{key}-{resolution}px.json"
+    if npy.is_file() and side.is_file():
+        hit = load_or_move_aside(npy, lambda p: _map_decoded(p, side), "decoded image cache", companions=(side,))
+        if hit is not None:
+            return hit
+    images, labels, seen = _decode_all(root, entries, reader, wanted, resolution)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{npy.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, images)
+        os.replace(tmp, npy)
+        atomic_write_json(side, {"labels": labels.tolist(), "seen": seen, "shape": list(images.shape),
+                                 "source": str(root)})
+    except OSError as e:
+        print(f"note: cannot write the decoded image cache under {folder} ({e}); set ${DECODED_CACHE_ENV}",
+              file=sys.stderr, flush=True)
+    return images, labels, seen
+
+
+def _map_decoded(npy: Path, side: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    meta = json.loads(side.read_text())
+    images = np.load(npy, mmap_mode="r")  # a short file fails here (the header says how long it must be)
+    if list(images.shape) != meta["shape"] or images.dtype != np.uint8:
+        raise Damaged(f"array {images.dtype} {list(images.shape)} is not the uint8 {meta['shape']} recorded")
+    return images, np.asarray(meta["labels"], dtype=np.int64), int(meta["seen"])
 
 
 class FFHQGender(LabelledImageDataset):
@@ -146,7 +225,7 @@ class FFHQGender(LabelledImageDataset):
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         root, labels_path = self._paths()
         wanted = read_labels(labels_path)
-        images, labels, seen = read_images(root, wanted, int(self.params["resolution"]))
+        images, labels, seen = cached_images(root, wanted, int(self.params["resolution"]))
         if not len(images):
             raise DataError(f"none of the {seen} images under {root} has a label in {labels_path} "
                             f"({len(wanted)} labels); check that the ids match the file names; {HOW_LABELS}")
@@ -154,7 +233,8 @@ class FFHQGender(LabelledImageDataset):
         if missing:
             raise DataError(f"no {missing[0]} images among the {len(images)} labelled ones under {root}; "
                             f"both genders are needed (D_ref and the target are 50/50); {HOW_LABELS}")
-        return torch.from_numpy(images).float() / 127.5 - 1, torch.from_numpy(labels)
+        # astype: the mapped cache is read-only; the float copy is exact either way
+        return torch.from_numpy(images.astype(np.float32)) / 127.5 - 1, torch.from_numpy(labels)
 
     def bias_weights(self) -> torch.Tensor:
         m = float(self.params["majority"])

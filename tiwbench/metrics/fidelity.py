@@ -40,6 +40,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from tiwbench.data.base import content_hash
+from tiwbench.integrity import load_or_move_aside
 from tiwbench.metrics.base import EvalContext, Metric, MetricError, check_enough_samples
 
 EVALUATOR_EXTRACTOR = "tiwbench-evaluator"
@@ -279,6 +280,11 @@ def _atomic_savez(path: Path, **arrays) -> None:
         raise
 
 
+def _read_reference(path: Path) -> dict[str, Any]:
+    with np.load(path) as z:  # members are read (and their CRC checked) here, not later
+        return {"meta": json.loads(str(z["meta"])), "features": z["features"], "mu": z["mu"], "sigma": z["sigma"]}
+
+
 def reference_features(target: torch.Tensor, space: Space, backend: str, cache_dir: Path | None,
                        n_ref: int = 0, seed: int = 2020, batch_size: int = 64) -> dict[str, Any]:
     """Features, mean and covariance of the target under ``space`` and ``backend``, cached as .npz.
@@ -287,11 +293,9 @@ def reference_features(target: torch.Tensor, space: Space, backend: str, cache_d
     """
     key, parts = reference_key(target, space, backend, n_ref, seed)
     path = cache_dir / "reference" / f"{space.name}-{backend}-{key}.npz" if cache_dir else None
-    if path is not None and path.exists():
-        with np.load(path) as z:
-            if json.loads(str(z["meta"])) == parts:
-                return {"features": z["features"], "mu": z["mu"], "sigma": z["sigma"], "key": key,
-                        "status": "hit", "path": str(path)}
+    cached = load_or_move_aside(path, _read_reference, "reference statistics") if path and path.exists() else None
+    if cached is not None and cached.pop("meta") == parts:
+        return {**cached, "key": key, "status": "hit", "path": str(path)}
     x = _reference_subset(target, n_ref, seed)
     if backend == "torch-fidelity":
         feats = _tf_features(space, x, batch_size)
