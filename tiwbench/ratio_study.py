@@ -104,11 +104,13 @@ def outcome_frame(records: list[dict[str, Any]], suites: set[str] | None = None,
         method, est = _method_estimator(r)
         value = next((m["value"] for m in r.get("metrics") or [] if m["name"] == metric), math.nan)
         err = math.nan
-        for info in (r.get("ratio") or {}).values():
-            if (info.get("kind") or "time") == "time" and estimator_name(info) == est and info.get("per_sigma"):
+        for key, info in (r.get("ratio") or {}).items():
+            kind = info.get("kind") or key.partition("@")[0]
+            if kind == "time" and estimator_name(info) == est and info.get("per_sigma"):
                 bands = [b for b in info["per_sigma"] if b["sigma_lo"] >= correction_from and "shift_mse" in b]
                 norm = sum(b["shift_norm"] for b in bands)
                 err = sum(b["shift_mse"] for b in bands) / norm if norm > 0 else math.nan
+                break
         rows.append({"suite": suite, "dataset": r["dataset"], "ref_frac": float(r["ref_frac"]), "seed": r.get("seed"),
                      "method": r["method"], "base": method, "estimator": est, "correction_error": err, metric: value})
     return pd.DataFrame(rows, columns=["suite", "dataset", "ref_frac", "seed", "method", "base", "estimator",
@@ -224,8 +226,10 @@ def error_figure(records: list[dict[str, Any]]):
             ax.set_xlabel("σ (band centre)")
             ax.set_title(f"{ds} · ref {rf:g} · {MEASURES[col][2]}", fontsize=8)
             ax.grid(True, alpha=0.3)
-    handles, labels = axes[0, -1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False)
+    seen: dict = {}
+    for ax in axes.flat:
+        seen.update({lab: h for h, lab in zip(*ax.get_legend_handles_labels(), strict=True)})
+    fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(len(seen), 5), frameon=False)
     fig.suptitle(f"ratio estimators against the closed form; bars: {CONFIDENCE:.0%} Student-t CI over seeds",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.96))
@@ -240,13 +244,14 @@ def outcome_figure(records: list[dict[str, Any]], metric: str = "bias"):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import blended_transform_factory
 
     out = outcome_frame(records, compared_suites(records), metric)
     tiw = out[(out.base == "tiw_dsm") & out.correction_error.notna()]
     if tiw.empty:
         return None
     groups = list(tiw.groupby(["suite", "dataset"], sort=True))
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.4 * len(groups), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(max(8.0, 5.4 * len(groups)), 5.0), squeeze=False)
     estimators = sorted(tiw.estimator.unique())
     colors = {e: plt.get_cmap("tab10")(i % 10) for i, e in enumerate(estimators)}
     fracs = sorted(out.ref_frac.unique())
@@ -259,16 +264,16 @@ def outcome_figure(records: list[dict[str, Any]], metric: str = "bias"):
             ref = out[(out.suite == suite) & (out.dataset == ds) & (out.method == level)]
             for rf, r in ref.groupby("ref_frac"):
                 ax.axhline(r[metric].mean(), ls=style, color="0.3", lw=1)
-                ax.annotate(f"{level}, ref {rf:g}", (ax.get_xlim()[0], r[metric].mean()), fontsize=7, color="0.3",
-                            va="bottom")
+                ax.text(0.01, r[metric].mean(), f"{level}, ref {rf:g}", fontsize=7, color="0.3", va="bottom",
+                        transform=blended_transform_factory(ax.transAxes, ax.transData))
         ax.set_xscale("log")
         ax.set_xlabel("correction error Σ‖σ²(∇ℓ̂ − ∇ℓ)‖² / Σ‖σ²∇ℓ‖² (all σ bands)")
         ax.set_ylabel(f"final {metric} of tiw_dsm trained with it")
         ax.set_title(f"{ds} (suite {suite})", fontsize=9)
         ax.grid(True, alpha=0.3)
     h, lab = axes[0, 0].get_legend_handles_labels()
-    fig.legend(h, lab, loc="lower center", ncol=min(len(lab), 4), frameon=False, fontsize=7)
-    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    fig.legend(h, lab, loc="lower center", ncol=min(len(lab), 3), frameon=False, fontsize=7)
+    fig.tight_layout(rect=(0, 0.05 + 0.035 * math.ceil(len(lab) / 3), 1, 1))
     return fig
 
 
