@@ -228,3 +228,20 @@ def test_smooth_penalty_shrinks_the_correction_at_high_noise(toy_split):
         _, grad = model.log_ratio_and_grad(x, sig)
         norms[name] = float((sig[:, None] ** 2 * grad).pow(2).sum(1).mean())
     assert norms["discriminator_smooth"] < norms["discriminator_precond"], norms
+
+
+def test_labelled_denoiser_on_images_sees_the_class_as_a_plane():
+    """Images: the class is one more constant input plane; the output keeps the image's channels, and
+    the two classes give different outputs from one shared network."""
+    from tiwbench.diffusion.unet import UNet
+    from tiwbench.estimators import _Labelled
+
+    torch.manual_seed(0)
+    net = UNet(in_channels=2, resolution=8, channels=8)
+    for p in net.out.parameters():  # zero-initialised output: give it weights so the classes can differ
+        torch.nn.init.normal_(p, std=0.1)
+    x, c = torch.randn(3, 1, 8, 8), torch.zeros(3)
+    ref, bias = _Labelled(net, 1.0)(x, c), _Labelled(net, 0.0)(x, c)
+    assert ref.shape == x.shape and not torch.allclose(ref, bias)
+    plane = torch.cat([x, torch.ones_like(x)], dim=1)
+    assert torch.equal(ref, net(plane, c)[:, :1])

@@ -119,13 +119,17 @@ class SmoothDiscriminator(Discriminator):
 
 
 class _Labelled(nn.Module):
-    """F(x_in, c_noise) of a network shared by two classes: the class enters as one more input."""
+    """F(x_in, c_noise) of a network shared by two classes: the class enters as one more input
+    feature (vectors) or a constant input plane (images, whose extra output plane is dropped)."""
 
     def __init__(self, net: nn.Module, label: float):
         super().__init__()
         self.net, self.label = net, label
 
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        if x_in.ndim == 4:
+            plane = torch.full_like(x_in[:, :1], self.label)
+            return self.net(torch.cat([x_in, plane], dim=1), c_noise)[:, : x_in.shape[1]]
         flat = x_in.flatten(1)
         lab = torch.full((len(flat), 1), self.label, dtype=flat.dtype, device=flat.device)
         return self.net(torch.cat([flat, lab], dim=1), c_noise).reshape(x_in.shape)
@@ -199,10 +203,14 @@ class DenoiserDifference(Discriminator):
         disc, info = super().fit(bias, ref, generator, device, progress)
         if not self.time_dependent:
             return disc, info
-        if self.dataset.kind != "vector":
-            raise NotImplementedError("denoiser_diff is implemented for vector data only")
-        dim = math.prod(self.dataset.shape)
-        net = MLP(dim + 1, out_dim=dim, hidden=self.cfg.hidden, depth=self.cfg.depth, time=True)
+        if self.dataset.kind == "vector":
+            dim = math.prod(self.dataset.shape)
+            net: nn.Module = MLP(dim + 1, out_dim=dim, hidden=self.cfg.hidden, depth=self.cfg.depth, time=True)
+        else:
+            from tiwbench.diffusion.unet import UNet
+
+            c, h, _ = self.dataset.shape
+            net = UNet(in_channels=c + 1, resolution=h, channels=self.cfg.channels)
         model = DenoiserDifferenceRatio(disc, net).to(device)
         info.update(train_labelled_denoiser(model.d_ref, model.d_bias, bias, ref, self.train_config(), generator,
                                             device, progress))
