@@ -80,3 +80,27 @@ def test_report_adds_the_study_only_for_suites_comparing_estimators(tmp_path):
     assert (tmp_path / "fig_ratio_error.png").stat().st_size > 0
     assert (tmp_path / "fig_ratio_outcome.png").stat().st_size > 0
     assert ratio_study.to_markdown([r for r in _records() if "@" not in r["method"]]) == ""
+
+
+def test_run_then_report_end_to_end(tmp_path):
+    """A suite training tiw_dsm with two estimators: two cells, two rows, and the study's tables."""
+    from typer.testing import CliRunner
+
+    from tiwbench.cli import app
+
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(
+        "name: tiny\ndatasets: [toy2d]\nmethods: [tiw_dsm, tiw_dsm@exact]\nref_fracs: [0.25]\nseeds: [0]\n"
+        "dataset_params: {toy2d: {n_bias: 400}}\n"
+        "profiles:\n  default:\n    toy2d:\n      train: {steps: 30, hidden: 16}\n"
+        "      ratio: {steps: 30, hidden: 16}\n      sample: {n: 200, steps: 4}\n")
+    out = tmp_path / "runs"
+    r = CliRunner().invoke(app, ["run", "--suite", str(suite), "--out", str(out), "--no-report"])
+    assert r.exit_code == 0, r.output
+    recs = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in out.rglob("record.json")}
+    assert set(recs) == {"tiw_dsm", "tiw_dsm@exact"}
+    assert recs["tiw_dsm@exact"]["ratio"]["time@exact"]["provider"] == "exact"
+    assert recs["tiw_dsm"]["ratio"]["time"]["provider"] == "discriminator"
+    r = CliRunner().invoke(app, ["report", "--runs", str(out)])
+    assert r.exit_code == 0 and "| tiw_dsm@exact |" in r.output and "## Ratio study" in r.output
+    assert "| discriminator |" in r.output
