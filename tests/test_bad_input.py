@@ -61,6 +61,17 @@ CASES = {
     "out-of-range budget": (lambda t: ["--suite", _suite(t, GOOD + "profiles: {default: {toy2d: "
                                                             "{sample: {steps: 1}}}}\n")],
                             ["sample.steps = 1 must be at least 2"]),
+    "unknown ratio estimator": (lambda t: ["--suite", _suite(t, GOOD), "--ratio", "discrimnator"],
+                                ["unknown ratio 'discrimnator'", "Did you mean 'discriminator'", "ls ratios"]),
+    "unknown ratio in a suite": (lambda t: ["--suite", _suite(t, GOOD + "ratio: exakt\n")],
+                                 ["unknown ratio 'exakt'", "Did you mean 'exact'"]),
+    "ratio for a ratio-free method": (lambda t: ["--suite", _suite(t, GOOD.replace("[dsm_obs]", "[dsm_obs@exact]"))],
+                                      ["uses no density ratio", "drop '@exact'"]),
+    "unknown per-method ratio": (lambda t: ["--suite", _suite(t, GOOD.replace("[dsm_obs]", "[tiw_dsm@denoiser]"))],
+                                 ["unknown ratio 'denoiser'", "Did you mean 'denoiser_diff'"]),
+    "exact ratio without a closed form": (lambda t: ["--suite", _suite(t, GOOD.replace("[toy2d]", "[digits_lt]")
+                                                                       .replace("[dsm_obs]", "[tiw_dsm@exact]"))],
+                                          ["no exact density ratio"]),
     "cuda without a GPU": (lambda t: ["--suite", _suite(t, GOOD), "--device", "cuda"], ["--device cpu"]),
     "out not writable": (lambda t: ["--suite", _suite(t, GOOD), "--out", str(t / "afile" / "runs")],
                          ["not writable"]),

@@ -115,7 +115,7 @@ def run(
     data_param: Annotated[Optional[list[str]], typer.Option(help="dataset parameter KEY=VALUE (repeatable), "
                                                                   "e.g. labels=ffhq_gender.csv or rho=0.02")] = None,
     ratio: Annotated[Optional[str], typer.Option(
-        help="density ratio: learned (discriminator) or exact (mixtures)")] = None,
+        help="density-ratio estimator (see `tiwbench ls ratios`), e.g. discriminator or exact")] = None,
 ):
     """Run a suite: every (dataset, method, ref_frac, seed) cell, skipping cells already recorded.
 
@@ -152,8 +152,10 @@ def run(
         cells = expand(s, profile, _csv(dataset, str), _csv(methods, str), _csv(ref_fracs, float), _csv(seeds, int))
         _apply_data_options(cells, data_root, data_param or [])
         if ratio is not None:
-            if ratio not in ("learned", "exact"):
-                raise UserError(f"--ratio {ratio!r}: use learned or exact")
+            from tiwbench.registry import RATIOS
+
+            if ratio not in RATIOS:
+                raise UserError(f"--ratio: {RATIOS.unknown_message(ratio)}")
             for cell in cells:
                 cell.budget.ratio.provider = ratio
         if fid_backend is not None:
@@ -295,18 +297,18 @@ def check(
 
 
 @app.command("ls")
-def ls(what: Annotated[str, typer.Argument(help="methods, datasets, metrics or suites")]):
+def ls(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, ratios or suites")]):
     """List what is registered (built in, or from installed plugins)."""
     from tiwbench.config import available_suites
-    from tiwbench.registry import DATASETS, METHODS, METRICS
+    from tiwbench.registry import DATASETS, METHODS, METRICS, RATIOS
 
-    registries = {"methods": METHODS, "datasets": DATASETS, "metrics": METRICS}
+    registries = {"methods": METHODS, "datasets": DATASETS, "metrics": METRICS, "ratios": RATIOS}
     if what == "suites":
         for name in available_suites():
             typer.echo(name)
         return
     if what not in registries:
-        _fail(f"cannot list {what!r}; use one of methods, datasets, metrics, suites")
+        _fail(f"cannot list {what!r}; use one of methods, datasets, metrics, ratios, suites")
     reg = registries[what]
     for name in reg.names():
         obj = reg.get(name)

@@ -41,7 +41,7 @@ class TrainConfig:
 
 @dataclass
 class RatioConfig:
-    provider: str = "learned"  # "learned" (discriminator/classifier) or "exact" (mixtures only)
+    provider: str = "learned"  # ratio estimator (`tiwbench ls ratios`); "learned" = "discriminator"
     steps: int = 1500
     batch_size: int = 256  # per class
     lr: float = 1e-3
@@ -254,8 +254,10 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
                              ("sample.batch_size", budget.sample.batch_size, 1)):
         if value < low:
             raise ConfigError(f"{where}: {name} = {value} must be at least {low}")
-    if budget.ratio.provider not in ("learned", "exact"):
-        raise ConfigError(f"{suite.source}: ratio provider {budget.ratio.provider!r}: use 'learned' or 'exact'")
+    from tiwbench.registry import RATIOS
+
+    if budget.ratio.provider not in RATIOS:
+        raise ConfigError(f"{suite.source}: ratio: {RATIOS.unknown_message(budget.ratio.provider)}")
     return budget, seeds
 
 

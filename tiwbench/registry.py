@@ -116,12 +116,19 @@ class Registry(Generic[T]):
 METHODS: Registry = Registry("method", "tiwbench.methods:Method", entry_point_group="tiwbench.methods")
 DATASETS: Registry = Registry("dataset", "tiwbench.data.base:BiasedDataset", entry_point_group="tiwbench.datasets")
 METRICS: Registry = Registry("metric", "tiwbench.metrics.base:Metric", entry_point_group="tiwbench.metrics")
+# Density-ratio estimators (tiwbench/estimators.py); `learned` is the discriminator's older name.
+RATIOS: Registry = Registry("ratio", "tiwbench.estimators:RatioEstimator", entry_point_group="tiwbench.ratios")
 
 METHODS.register("tiw_dsm", "tiwbench.methods:TIWDSM")
 DATASETS.register("toy2d", "tiwbench.data.mixtures:Toy2D")
 DATASETS.register("digits_lt", "tiwbench.data.digits:DigitsLT")
 DATASETS.register("cifar10_lt", "tiwbench.data.cifar10:CIFAR10LT")
 DATASETS.register("ffhq_gender", "tiwbench.data.ffhq:FFHQGender")
+RATIOS.register("exact", "tiwbench.estimators:Exact")
+RATIOS.register("discriminator", "tiwbench.estimators:Discriminator", aliases=("learned",))
+RATIOS.register("discriminator_precond", "tiwbench.estimators:PrecondDiscriminator")
+RATIOS.register("discriminator_smooth", "tiwbench.estimators:SmoothDiscriminator")
+RATIOS.register("denoiser_diff", "tiwbench.estimators:DenoiserDifference")
 METRICS.register("fd", "tiwbench.metrics.base:FD")
 METRICS.register("bias", "tiwbench.metrics.base:Bias")
 METRICS.register("fid", "tiwbench.metrics.fidelity:FID")  # ↓, direction from the class

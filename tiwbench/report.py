@@ -370,12 +370,19 @@ def summarize(runs: Path) -> pd.DataFrame:
 
 def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None) -> str:
     """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given."""
-    agg = summarize(runs)
+    records = load_runs(runs)
+    agg = aggregate(records_frame(records))
     text = render(agg, fmt)
+    if fmt == "markdown":  # suites comparing ratio estimators (method@ratio) get the ratio study's tables
+        from tiwbench.ratio_study import to_markdown as ratio_study_markdown
+
+        text += ratio_study_markdown(records)
     if output is not None:
         atomic_write_text(Path(output), text)
     if plot is not None:
         from tiwbench.plots import save_plot
+        from tiwbench.ratio_study import save_figures
 
         save_plot(agg, Path(plot))
+        save_figures(records, Path(plot))
     return text

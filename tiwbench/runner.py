@@ -20,8 +20,8 @@ from tiwbench.data.base import DataError
 from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
 from tiwbench.locks import LOCK_NAME, claim
 from tiwbench.metrics.base import EvalContext
-from tiwbench.ratio import RatioTrainConfig, ratio_diagnostics, train_ratio
-from tiwbench.registry import DATASETS, METHODS, METRICS
+from tiwbench.ratio import ratio_diagnostics
+from tiwbench.registry import DATASETS, METHODS, METRICS, RATIOS
 from tiwbench.results import RECORD_NAME, SCHEMA_VERSION, atomic_write_json, cell_dir, environment
 from tiwbench.threads import apply_threads
 from tiwbench.train import CellTimeout, NonFiniteLoss, train_score, weight_stats
@@ -63,10 +63,11 @@ class Cell:
 
 
 def _pick(names: list[str], allowed: list[str] | None, registry, what: str) -> list[str]:
+    check = check_method_name if registry is METHODS else registry.get  # unknown name: "did you mean"
     for n in allowed or []:
-        registry.get(n)  # unknown name: "did you mean"
+        check(n)
     for n in names:
-        registry.get(n)
+        check(n)
     return list(allowed) if allowed else names
 
 
@@ -89,7 +90,8 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
                     cells.append(Cell(suite.name, ds, m, float(rf), int(seed), profile,
                                       dataclasses.replace(budget), list(suite.metrics),
                                       dict(suite.dataset_params.get(ds, {})),
-                                      dict(suite.method_options.get(m, {}))))
+                                      dict(suite.method_options.get(m, suite.method_options.get(
+                                          method_and_ratio(m)[0], {})))))
     return cells
 
 
@@ -125,11 +127,19 @@ class Group:
         self.ratios: dict[str, Any] = {}
         self.ratio_info: dict[str, Any] = {}
 
-    def ratio(self, kind: str | None):
+    def ratio(self, kind: str | None, provider: str | None = None):
+        """The ratio model of ``kind`` ("time" or "clean") from estimator ``provider`` (default: the
+        suite's ``ratio``), fitted once per group and estimator and shared by its cells."""
         if kind is None:
             return None
-        if kind not in self.ratios:
-            cfg = self.cell.budget.ratio
+        cfg = self.cell.budget.ratio
+        estimator = RATIOS.get(provider or cfg.provider)
+        # the default estimator keeps the plain key (records' ratio.time / ratio.clean); others are named
+        key = kind if estimator is RATIOS.get(cfg.provider) else f"{kind}@{estimator.name}"
+        if key not in self.ratios:
+            # an estimator's seeds do not depend on which one is the default (the discriminator keeps
+            # its historical tags, so its records are unchanged)
+            tag = kind if estimator.name == "discriminator" else f"{kind}@{estimator.name}"
             time_dependent = kind == "time"
             t0 = time.monotonic()
             exact = None
@@ -137,40 +147,52 @@ class Group:
                 exact = self.dataset.exact_ratio(time_dependent)
                 exact.logit_max = cfg.logit_max
             except DataError:
-                if cfg.provider == "exact":
-                    raise
-            if cfg.provider == "exact":
-                model, info = exact, {"provider": "exact"}
-            else:
-                from tiwbench.networks import make_ratio
-
-                # its own init seed: otherwise the init depended on the cells run before it (a resumed or
-                # per-job sweep gave other numbers than a fresh one)
-                torch.manual_seed(derived_seed(self.cell.seed, "ratio-init", kind))
-                model = make_ratio(self.dataset, cfg, time_dependent)
-                tcfg = RatioTrainConfig(**{k: getattr(cfg, k) for k in dataclasses.asdict(RatioTrainConfig())})
-                g = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio", kind))
-                task = self.reporter.phase(f"ratio ({kind})", tcfg.steps)
-                info = {"provider": "learned",
-                        **train_ratio(model, self.split.bias, self.split.ref, tcfg, g, self.device, task)}
-                gd = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio-diag", kind))
+                pass
+            # its own init seed: otherwise the init depended on the cells run before it (a resumed or
+            # per-job sweep gave other numbers than a fresh one)
+            torch.manual_seed(derived_seed(self.cell.seed, "ratio-init", tag))
+            g = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio", tag))
+            task = self.reporter.phase(f"ratio ({key})", cfg.steps)
+            model, fitted = estimator(self.dataset, cfg, time_dependent).fit(
+                self.split.bias, self.split.ref, g, self.device, task)
+            info = {"provider": estimator.name, "kind": kind, **fitted}
+            if estimator.learned:
+                gd = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio-diag", tag))
                 info["per_sigma"] = ratio_diagnostics(model, self.split.bias.to(self.device),
                                                       self.split.ref.to(self.device), gd, exact=exact,
                                                       device=self.device)
+            if isinstance(model, torch.nn.Module):
                 info["checkpoint_hash"] = hashlib.sha256(
                     b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values())
                 ).hexdigest()[:16]
             info["seconds"] = time.monotonic() - t0
             distributed.broadcast_module(model)  # every rank trained it alike; make it exactly rank 0's
-            self.ratios[kind], self.ratio_info[kind] = model, info
-        return self.ratios[kind]
+            self.ratios[key], self.ratio_info[key] = model, info
+        return self.ratios[key]
+
+
+def method_and_ratio(name: str) -> tuple[str, str | None]:
+    """``tiw_dsm@denoiser_diff``: a method trained with another ratio estimator than the suite's; a
+    leaderboard row and cell of its own."""
+    method, _, ratio = name.partition("@")
+    return method, ratio or None
+
+
+def check_method_name(name: str) -> None:
+    method, ratio = method_and_ratio(name)
+    cls = METHODS.get(method)  # unknown name: "did you mean"
+    if ratio is not None:
+        RATIOS.get(ratio)
+        if cls.ratio is None:
+            raise ConfigError(f"method {method!r} uses no density ratio; drop '@{ratio}' from {name!r}")
 
 
 def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path | None = None) -> dict[str, Any]:
     from tiwbench.networks import make_denoiser
 
     timing: dict[str, float] = {}
-    method = METHODS.get(cell.method)(**cell.method_options)
+    method_name, ratio_name = method_and_ratio(cell.method)
+    method = METHODS.get(method_name)(**cell.method_options)
     split = group.split
     if method.train_on == "ref":
         x, is_ref = split.ref, torch.ones(len(split.ref), dtype=torch.bool)
@@ -179,7 +201,7 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     else:
         x, is_ref = split.observed()
     t0 = time.monotonic()
-    ratio = group.ratio(method.ratio)
+    ratio = group.ratio(method.ratio, ratio_name)
     timing["ratio"] = time.monotonic() - t0
     if ratio is not None and hasattr(ratio, "clipped"):
         ratio.clipped, ratio.seen = ratio.clipped * 0, ratio.seen * 0  # clip rate of this cell only
@@ -387,13 +409,14 @@ def preflight(cells: list[Cell]) -> None:
             continue
         seen.add(key)
         try:
-            METHODS.get(c.method)(**c.method_options)
+            METHODS.get(method_and_ratio(c.method)[0])(**c.method_options)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"method_options.{c.method}: {e}") from None
         ds = DATASETS.get(c.dataset)(**c.dataset_params)
         ds.split(c.ref_frac, c.seed)  # a missing file or an impossible ref_frac fails here
-        if c.budget.ratio.provider == "exact":
-            ds.exact_ratio()
+        for name in {c.budget.ratio.provider} | {method_and_ratio(o.method)[1] or c.budget.ratio.provider
+                                                  for o in cells}:
+            RATIOS.get(name).check(ds)  # e.g. `exact` on a dataset without a closed form
 
 
 def base_record(cell: Cell, device: str) -> dict[str, Any]:

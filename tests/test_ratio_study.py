@@ -1,0 +1,106 @@
+"""The ratio study's numbers from hand-made records: relative errors, intervals over seeds, the pooled
+correction error, differences paired by seed; and the report's hook."""
+
+import json
+import math
+
+import pytest
+from scipy import stats
+
+from tiwbench import ratio_study
+from tiwbench.report import report
+
+
+def _band(lo, hi, shift_mse, shift_norm=0.2, log_mse=0.01, log_norm=0.1, acc=0.6):
+    return {"sigma_lo": lo, "sigma_hi": hi, "accuracy": acc, "ece": 0.01, "clip_rate": 0.0,
+            "ratio_mse": 2 * log_mse, "ratio_norm": 2 * log_norm, "log_ratio_mse": log_mse,
+            "log_ratio_norm": log_norm, "shift_mse": shift_mse, "shift_norm": shift_norm}
+
+
+def _record(method, seed, bias, ratio, provider="learned"):
+    return {"suite": "s", "dataset": "toy2d", "method": method, "ref_frac": 0.05, "seed": seed, "status": "ok",
+            "profile": "default", "ref_size": 100, "config_hash": f"{method}{seed}",
+            "config": {"method": method, "seed": seed, "ratio": {"provider": provider}},
+            "metrics": [{"name": "bias", "value": bias, "higher_is_better": False}], "ratio": ratio}
+
+
+def _records():
+    recs = []
+    for seed, (disc_err, dd_err) in enumerate([(1.0, 0.02), (3.0, 0.06)]):
+        time_disc = {"provider": "learned", "per_sigma": [_band(0.2, 1.0, 0.01), _band(5.0, 80.0, disc_err)]}
+        clean = {"provider": "learned", "per_sigma": [{"sigma_lo": 0.0, "sigma_hi": 0.0, "accuracy": 0.7,
+                                                      "ece": 0.02, "ratio_mse": 0.3, "ratio_norm": 1.5,
+                                                      "log_ratio_mse": 0.2, "log_ratio_norm": 0.8}]}
+        dd = {"provider": "denoiser_diff", "kind": "time",
+              "per_sigma": [_band(0.2, 1.0, 0.002), _band(5.0, 80.0, dd_err)]}
+        recs += [_record("iw_dsm", seed, 0.10 + 0.01 * seed, {"clean": clean}),
+                 _record("tiw_dsm", seed, 0.14 + 0.03 * seed, {"time": time_disc, "clean": clean}),
+                 _record("tiw_dsm@denoiser_diff", seed, 0.05 + 0.02 * seed,
+                         {"time": time_disc, "clean": clean, "time@denoiser_diff": dd})]
+    return recs
+
+
+def test_relative_errors_and_their_intervals_over_seeds():
+    df = ratio_study.band_frame(_records())
+    agg = ratio_study.aggregate_bands(df).set_index(["estimator", "sigma_lo"])
+    hi = agg.loc[("discriminator", 5.0)]
+    errs = [1.0 / 0.2, 3.0 / 0.2]  # mse / signal per seed
+    assert hi.correction == pytest.approx(sum(errs) / 2)
+    half = stats.t.ppf(0.975, 1) * abs(errs[1] - errs[0]) / math.sqrt(2) / math.sqrt(2)  # std of two = |Δ|/√2
+    assert hi.correction_ci == pytest.approx(half)
+    assert hi.log_w == pytest.approx(0.1) and hi.w == pytest.approx(0.1) and hi.correction_n == 2
+    clean = agg.loc[(ratio_study.CLEAN, 0.0)]
+    assert clean.log_w == pytest.approx(0.25) and clean.w == pytest.approx(0.2) and clean.accuracy == 0.7
+    assert math.isnan(clean.correction)  # a clean classifier has no correction
+    assert agg.loc[("denoiser_diff", 0.2)].correction == pytest.approx(0.01)
+
+
+def test_pooled_correction_error_and_paired_differences():
+    out = ratio_study.outcome_frame(_records())
+    row = out[(out.method == "tiw_dsm@denoiser_diff") & (out.seed == 1)].iloc[0]
+    assert row.estimator == "denoiser_diff"
+    assert row.correction_error == pytest.approx((0.002 + 0.06) / 0.4)  # Σ mse / Σ signal over the bands
+    plain = out[(out.method == "tiw_dsm") & (out.seed == 0)].iloc[0]
+    assert plain.estimator == "discriminator" and plain.correction_error == pytest.approx(1.01 / 0.4)
+    d = ratio_study.paired_differences(out).set_index("method")
+    # tiw_dsm@denoiser_diff − iw_dsm per seed: 0.05−0.10 = −0.05, 0.07−0.11 = −0.04
+    assert d.loc["tiw_dsm@denoiser_diff", "diff"] == pytest.approx(-0.045)
+    assert d.loc["tiw_dsm@denoiser_diff", "ci"] == pytest.approx(stats.t.ppf(0.975, 1) * 0.01 / math.sqrt(2)
+                                                                 / math.sqrt(2))
+    assert d.loc["tiw_dsm", "diff"] == pytest.approx(0.05) and d.loc["tiw_dsm", "n"] == 2
+
+
+def test_report_adds_the_study_only_for_suites_comparing_estimators(tmp_path):
+    for i, rec in enumerate(_records()):
+        p = tmp_path / "runs" / f"c{i}" / "record.json"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps({"schema_version": 1, "timing": {}, "env": {}, **rec}))
+    text = report(tmp_path / "runs", plot=tmp_path / "fig.png")
+    assert "## Ratio study" in text and "| denoiser_diff |" in text and "| tiw_dsm@denoiser_diff |" in text
+    assert (tmp_path / "fig_ratio_error.png").stat().st_size > 0
+    assert (tmp_path / "fig_ratio_outcome.png").stat().st_size > 0
+    assert ratio_study.to_markdown([r for r in _records() if "@" not in r["method"]]) == ""
+
+
+def test_run_then_report_end_to_end(tmp_path):
+    """A suite training tiw_dsm with two estimators: two cells, two rows, and the study's tables."""
+    from typer.testing import CliRunner
+
+    from tiwbench.cli import app
+
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(
+        "name: tiny\ndatasets: [toy2d]\nmethods: [tiw_dsm, tiw_dsm@exact]\nref_fracs: [0.25]\nseeds: [0]\n"
+        "dataset_params: {toy2d: {n_bias: 400}}\n"
+        "profiles:\n  default:\n    toy2d:\n      train: {steps: 30, hidden: 16}\n"
+        "      ratio: {steps: 30, hidden: 16}\n      sample: {n: 200, steps: 4}\n")
+    out = tmp_path / "runs"
+    r = CliRunner().invoke(app, ["run", "--suite", str(suite), "--out", str(out), "--no-report"])
+    assert r.exit_code == 0, r.output
+    recs = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in out.rglob("record.json")}
+    assert set(recs) == {"tiw_dsm", "tiw_dsm@exact"}
+    assert recs["tiw_dsm@exact"]["ratio"]["time@exact"]["provider"] == "exact"
+    assert recs["tiw_dsm"]["ratio"]["time"]["provider"] == "discriminator"
+    r = CliRunner().invoke(app, ["report", "--runs", str(out)])
+    assert r.exit_code == 0 and "| tiw_dsm@exact |" in r.output and "## Ratio study" in r.output
+    assert "| discriminator |" in r.output

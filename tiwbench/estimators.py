@@ -1,0 +1,218 @@
+"""Density-ratio estimators: the providers of w_σ(x) (time-dependent) or w(y) (clean) registered in
+``tiwbench.registry.RATIOS`` (entry-point group ``tiwbench.ratios``).
+
+An estimator is built from ``(dataset, RatioConfig, time_dependent)``; ``fit(bias, ref, generator,
+device, progress)`` returns ``(model, info)``. The model offers
+
+- ``logit(x, σ)``: the raw estimate of log w_σ(x) (for diagnostics: accuracy, calibration);
+- ``log_ratio(x, σ)``: the clipped log w_σ(x), what a method's weight uses;
+- ``log_ratio_and_grad(x, σ)``: the clipped log w_σ(x) and ∇ₓ log w_σ(x), what the score correction
+  σ²∇ₓ log w_σ uses;
+- ``logit_max``, ``time_dependent``, and the clip counters ``clipped``, ``seen``, ``clip_rate``.
+
+A clean model (``time_dependent=False``) ignores σ. ``info`` is recorded with every cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from tiwbench.config import RatioConfig
+from tiwbench.diffusion.losses import edm_weight
+from tiwbench.diffusion.nets import MLP
+from tiwbench.diffusion.precond import EDMPrecond, expand_like
+from tiwbench.ratio import LearnedRatio, RatioTrainConfig, draw_ratio_sigma, train_ratio
+
+
+class RatioEstimator:
+    """Base class of registered ratio estimators; third parties subclass it and register an entry
+    point in the group ``tiwbench.ratios``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    learned: ClassVar[bool] = True  # False: nothing is fitted and there is no estimation error to diagnose
+
+    def __init__(self, dataset, cfg: RatioConfig, time_dependent: bool = True):
+        self.dataset, self.cfg, self.time_dependent = dataset, cfg, time_dependent
+
+    @classmethod
+    def check(cls, dataset) -> None:
+        """Raise DataError before any cell runs if this estimator cannot serve ``dataset``."""
+
+    def fit(self, bias: torch.Tensor, ref: torch.Tensor, generator: torch.Generator, device="cpu",
+            progress=None) -> tuple[Any, dict]:
+        raise NotImplementedError
+
+    def train_config(self) -> RatioTrainConfig:
+        return RatioTrainConfig(**{k: getattr(self.cfg, k) for k in dataclasses.asdict(RatioTrainConfig())})
+
+
+class Exact(RatioEstimator):
+    name = "exact"
+    description = "closed-form w_σ and ∇log w_σ of the dataset's mixtures (toy2d): no estimation error"
+    learned = False
+
+    @classmethod
+    def check(cls, dataset) -> None:
+        dataset.exact_ratio()
+
+    def fit(self, bias, ref, generator, device="cpu", progress=None):
+        model = self.dataset.exact_ratio(self.time_dependent)
+        model.logit_max = self.cfg.logit_max
+        return model, {}
+
+
+class Discriminator(RatioEstimator):
+    """d = sigmoid(ℓ(x, σ)) by class-balanced BCE, ∇log w = ∇ₓℓ by autograd (METHOD.md §3)."""
+
+    name = "discriminator"
+    description = "time-conditioned discriminator by balanced BCE; ∇log w from its logit's x-gradient"
+    precond: ClassVar[bool | None] = None  # None: as RatioConfig.precond
+
+    def build(self) -> LearnedRatio:
+        from tiwbench.networks import make_ratio
+
+        cfg = self.cfg if self.precond is None else dataclasses.replace(self.cfg, precond=self.precond)
+        return make_ratio(self.dataset, cfg, self.time_dependent)
+
+    def fit(self, bias, ref, generator, device="cpu", progress=None):
+        model = self.build()
+        return model, train_ratio(model, bias, ref, self.train_config(), generator, device, progress)
+
+
+class PrecondDiscriminator(Discriminator):
+    name = "discriminator_precond"
+    description = "discriminator whose logit is output·σ_data/sqrt(σ²+σ_data²): bounded correction at high σ"
+    precond = True
+
+
+class SmoothDiscriminator(Discriminator):
+    """The preconditioned discriminator with a penalty on the score correction it implies:
+    BCE + γ·E‖σ²∇ₓℓ‖²/σ_data². The correction is what TIW-DSM's target uses; where the data cannot
+    resolve it (high σ, few reference points) the penalty shrinks it toward zero instead of letting
+    the logit's x-slope follow noise. γ is fixed a priori (0.1: a correction of σ_data costs as much
+    as a 0.1 nat rise of the BCE), not tuned on outcomes."""
+
+    name = "discriminator_smooth"
+    description = "preconditioned discriminator + penalty γ·E‖σ²∇ℓ‖²/σ_data² on its score correction"
+    precond = True
+    gamma: ClassVar[float] = 0.1
+
+    def fit(self, bias, ref, generator, device="cpu", progress=None):
+        model = self.build()
+        if not self.time_dependent:  # a clean classifier has no correction to smooth
+            return model, train_ratio(model, bias, ref, self.train_config(), generator, device, progress)
+        sd2 = model.sigma_data**2
+
+        def penalty(x, sigma):
+            x = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(model.logit(x, sigma).sum(), x, create_graph=True)
+            return self.gamma * ((expand_like(sigma, g) ** 2 * g) ** 2).flatten(1).sum(1).mean() / sd2
+
+        return model, train_ratio(model, bias, ref, self.train_config(), generator, device, progress,
+                                  regulariser=penalty)
+
+
+class _Labelled(nn.Module):
+    """F(x_in, c_noise) of a network shared by two classes: the class enters as one more input
+    feature (vectors) or a constant input plane (images, whose extra output plane is dropped)."""
+
+    def __init__(self, net: nn.Module, label: float):
+        super().__init__()
+        self.net, self.label = net, label
+
+    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        if x_in.ndim == 4:
+            plane = torch.full_like(x_in[:, :1], self.label)
+            return self.net(torch.cat([x_in, plane], dim=1), c_noise)[:, : x_in.shape[1]]
+        flat = x_in.flatten(1)
+        lab = torch.full((len(flat), 1), self.label, dtype=flat.dtype, device=flat.device)
+        return self.net(torch.cat([flat, lab], dim=1), c_noise).reshape(x_in.shape)
+
+
+class DenoiserDifferenceRatio(LearnedRatio):
+    """log w_σ from a discriminator's logit; the correction from two denoisers:
+    σ²∇log w_σ(x) = E_data[y|x] − E_bias[y|x] ≈ D(x; σ, ref) − D(x; σ, bias) (Tweedie on both marginals).
+
+    EDM's preconditioning makes D = c_skip·x + c_out·F with c_out ≤ σ_data, so the difference stays
+    O(σ_data) at every σ, as the true one does (it tends to E_data[y] − E_bias[y]), instead of
+    σ²·(error of a slope)."""
+
+    kind = "denoiser_diff"
+
+    def __init__(self, discriminator: LearnedRatio, denoiser_net: nn.Module):
+        super().__init__(discriminator.net, discriminator.sigma_data, True, discriminator.logit_max,
+                         discriminator.precond)
+        self.denoiser_net = denoiser_net
+        self.d_ref = EDMPrecond(_Labelled(denoiser_net, 1.0), discriminator.sigma_data)
+        self.d_bias = EDMPrecond(_Labelled(denoiser_net, 0.0), discriminator.sigma_data)
+
+    def log_ratio_and_grad(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(len(x))
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            xf = x.float()
+            shift = self.d_ref(xf, sigma) - self.d_bias(xf, sigma)
+            logit = self.logit(xf, sigma)
+        clipped, _ = self._clip(logit)
+        # the correction does not depend on the weight's clip: it is the difference of two denoisers
+        return clipped.to(x.dtype), (shift / expand_like(sigma, shift) ** 2).to(x.dtype)
+
+
+def train_labelled_denoiser(d_ref: EDMPrecond, d_bias: EDMPrecond, bias: torch.Tensor, ref: torch.Tensor,
+                            cfg: RatioTrainConfig, generator: torch.Generator, device="cpu", progress=None) -> dict:
+    """Plain DSM on class-balanced batches, each half through its class's denoiser, σ from the
+    ratio models' widened noise distribution (so that the difference is trained over the sampler's range)."""
+    params = list(d_ref.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    b = cfg.batch_size
+    losses = torch.zeros(cfg.steps, device=device)
+    d_ref.train()
+    for step in range(cfg.steps):
+        i_ref = torch.randint(len(ref), (b,), generator=generator)
+        i_bias = torch.randint(len(bias), (b,), generator=generator)
+        y = torch.cat([ref[i_ref], bias[i_bias]]).to(device)
+        sigma = draw_ratio_sigma(2 * b, cfg, generator, device)
+        x = y + expand_like(sigma, y) * torch.randn(y.shape, generator=generator).to(device)
+        denoised = torch.cat([d_ref(x[:b], sigma[:b]), d_bias(x[b:], sigma[b:])])
+        loss = (expand_like(edm_weight(sigma, d_ref.sigma_data), y) * (denoised - y) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses[step] = loss.detach()
+        if progress is not None:
+            progress(step + 1, cfg.steps)
+    d_ref.eval()
+    if not torch.isfinite(losses).all():
+        raise FloatingPointError("labelled-denoiser training produced a non-finite loss; lower ratio.lr")
+    return {"final_dsm": float(losses[-max(1, cfg.steps // 10):].mean())}
+
+
+class DenoiserDifference(Discriminator):
+    """Weight from the discriminator, correction from a class-labelled denoiser (one network for
+    D_ref and D_bias, so the tail classes' denoiser shares what the head's data teach)."""
+
+    name = "denoiser_diff"
+    description = "correction D(x;σ,ref) − D(x;σ,bias) of a class-labelled denoiser; weight from the discriminator"
+
+    def fit(self, bias, ref, generator, device="cpu", progress=None):
+        disc, info = super().fit(bias, ref, generator, device, progress)
+        if not self.time_dependent:
+            return disc, info
+        if self.dataset.kind == "vector":
+            dim = math.prod(self.dataset.shape)
+            net: nn.Module = MLP(dim + 1, out_dim=dim, hidden=self.cfg.hidden, depth=self.cfg.depth, time=True)
+        else:
+            from tiwbench.diffusion.unet import UNet
+
+            c, h, _ = self.dataset.shape
+            net = UNet(in_channels=c + 1, resolution=h, channels=self.cfg.channels)
+        model = DenoiserDifferenceRatio(disc, net).to(device)
+        info.update(train_labelled_denoiser(model.d_ref, model.d_bias, bias, ref, self.train_config(), generator,
+                                            device, progress))
+        model.eval()
+        return model, info
