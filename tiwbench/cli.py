@@ -294,6 +294,58 @@ def check(
         raise typer.Exit(1)
 
 
+@app.command()
+def bench(
+    dataset: Annotated[str, typer.Option(help="a registered dataset: its suite networks are timed")] = "toy2d",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    profile: Annotated[str, typer.Option(help="the suite profile whose networks and batch are timed")] = "smoke",
+    suite: Annotated[str, typer.Option(help="suite name or .yaml path")] = "ref_size",
+    peak_tflops: Annotated[Optional[float], typer.Option(help="bf16 peak for the share column "
+                                                         "(default: the table of known GPUs)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="timed steps per method")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile",
+                                                    help="torch.compile (default: the suite's)")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="comma-separated methods (default: all six)")] = None,
+    threads: Annotated[int, typer.Option(help="CPU intra-op threads (1: a neighbour's load does not stall "
+                                         "small kernels)")] = 1,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the rows here")] = None,
+):
+    """Time a training step of every method and the sampler: ms/step, ratio to dsm_obs, FLOPs per step
+    (torch.utils.flop_counter), TFLOP/s, share of peak, hours of the profile's cell.
+
+    Example:\n
+      tiwbench bench --dataset cifar10_lt --device cuda --profile paper --json results/bench_gpu.json
+    """
+    try:
+        import json
+
+        from tiwbench.bench import METHOD_NAMES, format_table, run_bench
+        from tiwbench.config import PROFILES
+        from tiwbench.registry import DATASETS, METHODS
+
+        _check_device(device)
+        DATASETS.get(dataset)
+        if profile not in PROFILES:
+            raise UserError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+        names = tuple(_csv(methods, str) or METHOD_NAMES)
+        for m in names:
+            METHODS.get(m)
+        if peak_tflops is not None and peak_tflops <= 0:
+            raise UserError(f"--peak-tflops {peak_tflops} must be positive; pass the GPU's bf16 peak in TFLOP/s")
+        if device == "cpu":
+            import torch
+
+            torch.set_num_threads(max(1, threads))
+        result = run_bench(dataset, device, profile, suite, names, steps=steps, peak_tflops=peak_tflops,
+                           compile=compile)
+    except _user_errors() as e:
+        _fail(str(e))
+    typer.echo(format_table(result), nl=False)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 @app.command("ls")
 def ls(what: Annotated[str, typer.Argument(help="methods, datasets, metrics or suites")]):
     """List what is registered (built in, or from installed plugins)."""
