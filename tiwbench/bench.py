@@ -149,9 +149,6 @@ def run_bench(dataset: str, device: str = "cpu", profile: str = "smoke", suite: 
     budget, _ = resolve_budget(load_suite(suite), profile, dataset)
     if compile is not None:
         budget.train.compile = budget.sample.compile = compile
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: each is tuned once
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     peak = peak_tflops if peak_tflops else (known_peak(name) if cuda else None)
     ds = dataset_shape(dataset)
@@ -207,3 +204,45 @@ def format_table(result: dict) -> str:
                      f"{f(r['tflops'], '8.3f')} {f(r['share_of_peak'], '8.1%')} {f(r.get('cell_hours'), '8.2f')} "
                      f"{f(r.get('images_per_s'), '9.1f')}")
     return "\n".join(lines) + "\n"
+
+
+def ratio_precision(dataset: str, profile: str = "smoke", suite: str = "ref_size", ref_frac: float = 0.1,
+                    n: int = 2000, seed: int = 0) -> list[dict]:
+    """The error bf16 autocast of the discriminator's forward and input gradient causes, against
+    float32, in w = exp(ℓ) and in the score correction σ²∇log w, per σ band, on D_bias samples of
+    the dataset with the profile's trained time-dependent ratio model (CPU bf16 arithmetic)."""
+    from tiwbench.diffusion.precond import expand_like
+    from tiwbench.networks import make_ratio
+    from tiwbench.ratio import SIGMA_BANDS, RatioTrainConfig, train_ratio
+
+    budget, _ = resolve_budget(load_suite(suite), profile, dataset)
+    ds = DATASETS.get(dataset)()
+    split = ds.split(ref_frac, seed)
+    torch.manual_seed(seed)
+    model = make_ratio(ds, budget.ratio, True)
+    tcfg = RatioTrainConfig(**{k: getattr(budget.ratio, k) for k in dataclasses.asdict(RatioTrainConfig())})
+    train_ratio(model, split.bias, split.ref, tcfg, torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    rows = []
+    for lo, hi in SIGMA_BANDS:
+        y = split.bias[torch.randint(len(split.bias), (n,), generator=g)]
+        sigma = (torch.rand(n, generator=g) * math.log(hi / lo) + math.log(lo)).exp()
+        x = y + expand_like(sigma, y) * torch.randn(y.shape, generator=g)
+        out = {}
+        for name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+            xr = x.clone().requires_grad_(True)
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                logit = model._logit(xr, sigma)  # _logit: the forward without logit()'s float32 guard
+            (grad,) = torch.autograd.grad(logit.float().sum(), xr)
+            lw = logit.detach().float().clamp(-model.logit_max, model.logit_max)
+            out[name] = (lw.exp(), expand_like(sigma, grad) ** 2 * grad.float())
+        (w32, s32), (w16, s16) = out["float32"], out["bfloat16"]
+        w_err = ((w16 - w32).abs() / w32).double()
+        s_err = (s16 - s32).flatten(1).norm(dim=1).double()
+        s_norm = s32.flatten(1).norm(dim=1).double()
+        rows.append({"sigma_lo": lo, "sigma_hi": hi, "w_rel_err_median": float(w_err.median()),
+                     "w_rel_err_p99": float(w_err.quantile(0.99)),
+                     "shift_rel_err": float(s_err.pow(2).mean().sqrt() / s_norm.pow(2).mean().sqrt().clamp_min(1e-30)),
+                     "shift_err_rms": float(s_err.pow(2).mean().sqrt()),
+                     "shift_rms": float(s_norm.pow(2).mean().sqrt())})
+    return rows

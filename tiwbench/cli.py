@@ -309,6 +309,8 @@ def bench(
     threads: Annotated[int, typer.Option(help="CPU intra-op threads (1: a neighbour's load does not stall "
                                          "small kernels)")] = 1,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the rows here")] = None,
+    ratio_precision: Annotated[bool, typer.Option(help="instead: the error of bf16 in w and σ²∇log w against "
+                                                  "float32, per σ band (trains the profile's ratio model)")] = False,
 ):
     """Time a training step of every method and the sampler: ms/step, ratio to dsm_obs, FLOPs per step
     (torch.utils.flop_counter), TFLOP/s, share of peak, hours of the profile's cell.
@@ -336,11 +338,20 @@ def bench(
             import torch
 
             torch.set_num_threads(max(1, threads))
-        result = run_bench(dataset, device, profile, suite, names, steps=steps, peak_tflops=peak_tflops,
-                           compile=compile)
+        if ratio_precision:
+            from tiwbench.bench import ratio_precision as measure
+
+            result = {"dataset": dataset, "profile": profile, "ratio_precision": measure(dataset, profile, suite)}
+        else:
+            result = run_bench(dataset, device, profile, suite, names, steps=steps, peak_tflops=peak_tflops,
+                               compile=compile)
     except _user_errors() as e:
         _fail(str(e))
-    typer.echo(format_table(result), nl=False)
+    if ratio_precision:
+        for r in result["ratio_precision"]:
+            typer.echo("  ".join(f"{k} {v:.4g}" for k, v in r.items()))
+    else:
+        typer.echo(format_table(result), nl=False)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n")

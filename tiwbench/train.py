@@ -45,6 +45,8 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
     """
     net.to(device).train()
     cuda = str(device).startswith("cuda")
+    if cuda:  # every step has the same shapes (methods see the whole batch): each is tuned once
+        torch.backends.cudnn.benchmark = True
     if cfg.channels_last and cuda:
         net.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores; no-op for MLPs
     ema = copy.deepcopy(net).eval().requires_grad_(False)
