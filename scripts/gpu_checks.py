@@ -31,7 +31,7 @@ def train_tiw(budget, ds, x, is_ref, device, compile_: bool) -> tuple[float, flo
     cfg = dataclasses.replace(budget.train, steps=8, check_every=1, compile=compile_)
     _, info = train_score(METHODS.get("tiw_dsm")(), net, x, is_ref, ratio, cfg, torch.Generator().manual_seed(0),
                           device)
-    return info["final_loss"], float(sum(p.double().norm() ** 2 for p in net.parameters()) ** 0.5)
+    return info["final_loss"], float(sum(p.detach().double().norm() ** 2 for p in net.parameters()) ** 0.5)
 
 
 def main() -> int:

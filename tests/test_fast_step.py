@@ -196,3 +196,13 @@ def test_bf16_sampler_stays_close_to_float32():
     assert low.dtype == torch.float32 and not torch.equal(low, full)  # bf16 really ran
     err = (low - full).norm(dim=1) / full.norm(dim=1).clamp_min(1e-3)
     assert err.median() < 0.05
+
+
+def test_bad_sample_dtype_is_a_config_error(tmp_path):
+    from tiwbench.config import ConfigError, load_suite
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\ndatasets: [toy2d]\nmethods: [dsm_obs]\nref_fracs: [0.1]\nseeds: [0]\n"
+                     "profiles: {smoke: {toy2d: {sample: {dtype: float16}}}}\n")
+    with pytest.raises(ConfigError, match="sample.dtype.*bfloat16"):
+        load_suite(str(suite))
