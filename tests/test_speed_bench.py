@@ -20,7 +20,7 @@ def linear_flops(widths, batch):
 def toy_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     res = CliRunner().invoke(app, ["bench", "--dataset", "toy2d", "--device", "cpu", "--profile", "smoke",
-                                   "--steps", "3", "--peak-tflops", "2.5", "--json", str(out)])
+                                   "--steps", "3", "--repeats", "1", "--peak-tflops", "2.5", "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "tiw_dsm" in res.output and "sampler" in res.output
     return json.loads(out.read_text())

@@ -303,6 +303,8 @@ def bench(
     peak_tflops: Annotated[Optional[float], typer.Option(help="bf16 peak for the share column "
                                                          "(default: the table of known GPUs)")] = None,
     steps: Annotated[Optional[int], typer.Option(help="timed steps per method")] = None,
+    repeats: Annotated[Optional[int], typer.Option(help="timings per method, round-robin; the fastest is kept "
+                                                   "(default: 3 on the CPU, 1 on CUDA)")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile",
                                                     help="torch.compile (default: the suite's)")] = None,
     methods: Annotated[Optional[str], typer.Option(help="comma-separated methods (default: all six)")] = None,
@@ -344,7 +346,7 @@ def bench(
             result = {"dataset": dataset, "profile": profile, "ratio_precision": measure(dataset, profile, suite)}
         else:
             result = run_bench(dataset, device, profile, suite, names, steps=steps, peak_tflops=peak_tflops,
-                               compile=compile)
+                               compile=compile, repeats=repeats)
     except _user_errors() as e:
         _fail(str(e))
     if ratio_precision:

@@ -146,13 +146,14 @@ def weight_stats(method, ratio, x: torch.Tensor, is_ref: torch.Tensor, generator
     if ratio is None or method.ratio is None:
         return {"ess": 1.0}
     ess = []
+    dev = next(ratio.parameters()).device if isinstance(ratio, torch.nn.Module) else "cpu"  # the ratio's device
     for _ in range(n_batches):
         idx = torch.randint(len(x), (batch_size,), generator=generator)
         b = Batch.draw(x[idx], is_ref[idx], generator)
         w = torch.ones(batch_size, dtype=torch.float64)
         bi = b.bias_idx
         xin = b.x[bi] if method.ratio == "time" else b.y[bi]
-        w[bi] = ratio.log_ratio(xin, b.sigma[bi]).double().exp()
+        w[bi] = ratio.log_ratio(xin.to(dev), b.sigma[bi].to(dev)).double().cpu().exp()
         if "alpha" in method.options:
             w[bi] = w[bi] ** method.options["alpha"]
         ess.append(float(effective_sample_size(w)))
