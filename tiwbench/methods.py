@@ -52,7 +52,7 @@ def neutral_on_ref(batch: Batch, bias_values: torch.Tensor, fill: float, like: t
     """``bias_values`` (one per sample of the whole batch) on D_bias rows, ``fill`` on D_ref rows.
     A select, not a multiply, so a non-finite value on a D_ref row never leaks into its loss."""
     keep = expand_like(~batch.is_ref, like)
-    return torch.where(keep, bias_values.to(like.dtype), torch.full((), fill, dtype=like.dtype, device=like.device))
+    return torch.where(keep, bias_values.to(like.dtype), fill)
 
 
 def ratio_on_batch(ratio, batch: Batch, inputs: str = "x", grad: bool = False):
