@@ -308,6 +308,8 @@ def bench(
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile",
                                                     help="torch.compile (default: the suite's)")] = None,
     methods: Annotated[Optional[str], typer.Option(help="comma-separated methods (default: all six)")] = None,
+    sample_batch: Annotated[Optional[int], typer.Option(help="sampler batch (default: the profile's "
+                                                        "sample.batch_size)")] = None,
     threads: Annotated[int, typer.Option(help="CPU intra-op threads (1: a neighbour's load does not stall "
                                          "small kernels)")] = 1,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the rows here")] = None,
@@ -346,7 +348,7 @@ def bench(
             result = {"dataset": dataset, "profile": profile, "ratio_precision": measure(dataset, profile, suite)}
         else:
             result = run_bench(dataset, device, profile, suite, names, steps=steps, peak_tflops=peak_tflops,
-                               compile=compile, repeats=repeats)
+                               compile=compile, repeats=repeats, sample_batch=sample_batch)
     except _user_errors() as e:
         _fail(str(e))
     if ratio_precision:
