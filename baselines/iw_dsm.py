@@ -1,5 +1,5 @@
 from tiwbench.diffusion.losses import dsm_loss
-from tiwbench.methods import Method, scatter_bias
+from tiwbench.methods import Method, ratio_on_batch
 
 
 class IWDSM(Method):
@@ -12,7 +12,5 @@ class IWDSM(Method):
     defaults = {"alpha": 1.0}  # flattening exponent of the weights
 
     def loss(self, net, batch, ratio=None):
-        idx = batch.bias_idx
-        log_w = ratio.log_ratio(batch.y[idx], batch.sigma[idx])
-        weight = scatter_bias(batch, 1.0, (self.options["alpha"] * log_w).exp(), batch.sigma)
-        return dsm_loss(net, batch, weight=weight)
+        log_w = ratio_on_batch(ratio, batch, inputs="y")  # 0 on D_ref rows: weight 1
+        return dsm_loss(net, batch, weight=(self.options["alpha"] * log_w).exp())

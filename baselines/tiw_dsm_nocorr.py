@@ -1,5 +1,5 @@
 from tiwbench.diffusion.losses import dsm_loss
-from tiwbench.methods import Method, scatter_bias
+from tiwbench.methods import Method, ratio_on_batch
 
 
 class TIWDSMNoCorr(Method):
@@ -11,6 +11,5 @@ class TIWDSMNoCorr(Method):
     description = "TIW-DSM without the score correction (weight w_σ(x) only)"
 
     def loss(self, net, batch, ratio=None):
-        idx = batch.bias_idx
-        log_w = ratio.log_ratio(batch.x[idx], batch.sigma[idx])
-        return dsm_loss(net, batch, weight=scatter_bias(batch, 1.0, log_w.exp(), batch.sigma))
+        log_w = ratio_on_batch(ratio, batch)  # 0 on D_ref rows: weight 1
+        return dsm_loss(net, batch, weight=log_w.exp())

@@ -296,6 +296,73 @@ def check(
         raise typer.Exit(1)
 
 
+@app.command()
+def bench(
+    dataset: Annotated[str, typer.Option(help="a registered dataset: its suite networks are timed")] = "toy2d",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    profile: Annotated[str, typer.Option(help="the suite profile whose networks and batch are timed")] = "smoke",
+    suite: Annotated[str, typer.Option(help="suite name or .yaml path")] = "ref_size",
+    peak_tflops: Annotated[Optional[float], typer.Option(help="bf16 peak for the share column "
+                                                         "(default: the table of known GPUs)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="timed steps per method")] = None,
+    repeats: Annotated[Optional[int], typer.Option(help="timings per method, round-robin; the fastest is kept "
+                                                   "(default: 3 on the CPU, 1 on CUDA)")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile",
+                                                    help="torch.compile (default: the suite's)")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="comma-separated methods (default: all six)")] = None,
+    sample_batch: Annotated[Optional[int], typer.Option(help="sampler batch (default: the profile's "
+                                                        "sample.batch_size)")] = None,
+    threads: Annotated[int, typer.Option(help="CPU intra-op threads (1: a neighbour's load does not stall "
+                                         "small kernels)")] = 1,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the rows here")] = None,
+    ratio_precision: Annotated[bool, typer.Option(help="instead: the error of bf16 in w and σ²∇log w against "
+                                                  "float32, per σ band (trains the profile's ratio model)")] = False,
+):
+    """Time a training step of every method and the sampler: ms/step, ratio to dsm_obs, FLOPs per step
+    (torch.utils.flop_counter), TFLOP/s, share of peak, hours of the profile's cell.
+
+    Example:\n
+      tiwbench bench --dataset cifar10_lt --device cuda --profile paper --json results/bench_gpu.json
+    """
+    try:
+        import json
+
+        from tiwbench.bench import METHOD_NAMES, format_table, run_bench
+        from tiwbench.config import PROFILES
+        from tiwbench.registry import DATASETS, METHODS
+
+        _check_device(device)
+        DATASETS.get(dataset)
+        if profile not in PROFILES:
+            raise UserError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+        names = tuple(_csv(methods, str) or METHOD_NAMES)
+        for m in names:
+            METHODS.get(m)
+        if peak_tflops is not None and peak_tflops <= 0:
+            raise UserError(f"--peak-tflops {peak_tflops} must be positive; pass the GPU's bf16 peak in TFLOP/s")
+        if device == "cpu":
+            import torch
+
+            torch.set_num_threads(max(1, threads))
+        if ratio_precision:
+            from tiwbench.bench import ratio_precision as measure
+
+            result = {"dataset": dataset, "profile": profile, "ratio_precision": measure(dataset, profile, suite)}
+        else:
+            result = run_bench(dataset, device, profile, suite, names, steps=steps, peak_tflops=peak_tflops,
+                               compile=compile, repeats=repeats, sample_batch=sample_batch)
+    except _user_errors() as e:
+        _fail(str(e))
+    if ratio_precision:
+        for r in result["ratio_precision"]:
+            typer.echo("  ".join(f"{k} {v:.4g}" for k, v in r.items()))
+    else:
+        typer.echo(format_table(result), nl=False)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 @app.command("ls")
 def ls(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, ratios or suites")]):
     """List what is registered (built in, or from installed plugins)."""

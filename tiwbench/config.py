@@ -37,6 +37,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between atomic training checkpoints, resumed after a kill; 0 = none
     amp: bool = False  # CUDA only: bf16 autocast of the training forward pass (ignored on CPU)
     channels_last: bool = False  # CUDA only: channels-last image nets (ignored on CPU and for MLPs)
+    compile: bool = False  # torch.compile the score and ratio networks (same numbers, faster steps on a GPU)
 
 
 @dataclass
@@ -66,6 +67,8 @@ class SampleConfig:
     sigma_max: float = 80.0
     rho: float = 7.0
     batch_size: int = 2000
+    dtype: str = "float32"  # the denoiser's precision when sampling: "float32" or "bfloat16" (autocast)
+    compile: bool = False  # torch.compile the denoiser for sampling
 
 
 @dataclass
@@ -254,6 +257,8 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
                              ("sample.batch_size", budget.sample.batch_size, 1)):
         if value < low:
             raise ConfigError(f"{where}: {name} = {value} must be at least {low}")
+    if budget.sample.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"{where}: sample.dtype = {budget.sample.dtype!r}: use 'float32' or 'bfloat16'")
     from tiwbench.registry import RATIOS
 
     if budget.ratio.provider not in RATIOS:

@@ -5,9 +5,10 @@ An estimator is built from ``(dataset, RatioConfig, time_dependent)``; ``fit(bia
 device, progress)`` returns ``(model, info)``. The model offers
 
 - ``logit(x, σ)``: the raw estimate of log w_σ(x) (for diagnostics: accuracy, calibration);
-- ``log_ratio(x, σ)``: the clipped log w_σ(x), what a method's weight uses;
-- ``log_ratio_and_grad(x, σ)``: the clipped log w_σ(x) and ∇ₓ log w_σ(x), what the score correction
-  σ²∇ₓ log w_σ uses;
+- ``log_ratio(x, σ, count=None)``: the clipped log w_σ(x), what a method's weight uses;
+- ``log_ratio_and_grad(x, σ, count=None)``: the clipped log w_σ(x) and ∇ₓ log w_σ(x), what the score
+  correction σ²∇ₓ log w_σ uses. Methods evaluate the whole batch (a fixed shape) and pass ``count``,
+  the bool mask of the D_bias rows, so that the clip rate counts those rows only;
 - ``logit_max``, ``time_dependent``, and the clip counters ``clipped``, ``seen``, ``clip_rate``.
 
 A clean model (``time_dependent=False``) ignores σ. ``info`` is recorded with every cell.
@@ -152,13 +153,14 @@ class DenoiserDifferenceRatio(LearnedRatio):
         self.d_ref = EDMPrecond(_Labelled(denoiser_net, 1.0), discriminator.sigma_data)
         self.d_bias = EDMPrecond(_Labelled(denoiser_net, 0.0), discriminator.sigma_data)
 
-    def log_ratio_and_grad(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_ratio_and_grad(self, x: torch.Tensor, sigma,
+                           count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(len(x))
         with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
             xf = x.float()
             shift = self.d_ref(xf, sigma) - self.d_bias(xf, sigma)
             logit = self.logit(xf, sigma)
-        clipped, _ = self._clip(logit)
+        clipped, _ = self._clip(logit, count)
         # the correction does not depend on the weight's clip: it is the difference of two denoisers
         return clipped.to(x.dtype), (shift / expand_like(sigma, shift) ** 2).to(x.dtype)
 

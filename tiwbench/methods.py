@@ -48,6 +48,29 @@ def scatter_bias(batch: Batch, fill: float, values: torch.Tensor, like: torch.Te
     return out.index_put((batch.bias_idx,), values.to(out.dtype))
 
 
+def neutral_on_ref(batch: Batch, bias_values: torch.Tensor, fill: float, like: torch.Tensor) -> torch.Tensor:
+    """``bias_values`` (one per sample of the whole batch) on D_bias rows, ``fill`` on D_ref rows.
+    A select, not a multiply, so a non-finite value on a D_ref row never leaks into its loss."""
+    keep = expand_like(~batch.is_ref, like)
+    return torch.where(keep, bias_values.to(like.dtype), fill)
+
+
+def ratio_on_batch(ratio, batch: Batch, inputs: str = "x", grad: bool = False):
+    """log w (and ∇log w with ``grad``) of every sample of the batch at its σ, D_ref rows neutral
+    (log w = 0, ∇log w = 0).
+
+    The ratio model sees the whole batch, a fixed shape, however many D_bias samples it holds: no
+    host sync to find them, and one shape for cudnn's autotuning, torch.compile and CUDA graphs.
+    ``inputs``: "x" (noisy, time-dependent ratio) or "y" (clean data, IW-DSM's classifier).
+    """
+    xin = batch.x if inputs == "x" else batch.y
+    count = ~batch.is_ref  # the clip rate counts D_bias samples only
+    if grad:
+        log_w, g = ratio.log_ratio_and_grad(xin, batch.sigma, count=count)
+        return neutral_on_ref(batch, log_w, 0.0, batch.sigma), neutral_on_ref(batch, g, 0.0, batch.y)
+    return neutral_on_ref(batch, ratio.log_ratio(xin, batch.sigma, count=count), 0.0, batch.sigma)
+
+
 class TIWDSM(Method):
     """Time-dependent importance reweighting with score correction (Kim et al. 2024, Thm. 1):
     D_bias samples get weight w_σ(x) and target y + σ² ∇_x log w_σ(x)."""
@@ -57,9 +80,6 @@ class TIWDSM(Method):
     description = "TIW-DSM: time-dependent weight w_σ(x) and score correction σ²∇log w_σ(x)"
 
     def loss(self, net, batch: Batch, ratio=None) -> torch.Tensor:
-        idx = batch.bias_idx
-        sigma = batch.sigma[idx]
-        log_w, grad = ratio.log_ratio_and_grad(batch.x[idx], sigma)
-        weight = scatter_bias(batch, 1.0, log_w.exp(), batch.sigma)
-        shift = scatter_bias(batch, 0.0, expand_like(sigma, grad) ** 2 * grad, batch.y)
-        return dsm_loss(net, batch, weight=weight, target_shift=shift)
+        log_w, grad = ratio_on_batch(ratio, batch, grad=True)  # D_ref rows: weight 1, shift 0
+        shift = expand_like(batch.sigma, grad) ** 2 * grad
+        return dsm_loss(net, batch, weight=log_w.exp(), target_shift=shift)

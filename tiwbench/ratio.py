@@ -54,23 +54,29 @@ class LearnedRatio(nn.Module):
             logit = logit * (self.sigma_data / (sigma**2 + self.sigma_data**2).sqrt())
         return logit
 
-    def _clip(self, logit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _clip(self, logit: torch.Tensor, count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count``: bool mask of the rows the clip rate counts (all when None)."""
         inside = logit.abs() <= self.logit_max
-        self.clipped += (~inside).sum()  # stays on device: no host sync per step
-        self.seen += len(logit)
+        if count is None:
+            self.clipped += (~inside).sum()  # stays on device: no host sync per step
+            self.seen += len(logit)
+        else:
+            self.clipped += (~inside & count).sum()
+            self.seen += count.sum()
         return logit.clamp(-self.logit_max, self.logit_max), inside
 
     @torch.no_grad()
-    def log_ratio(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        return self._clip(self.logit(x, sigma))[0]
+    def log_ratio(self, x: torch.Tensor, sigma, count: torch.Tensor | None = None) -> torch.Tensor:
+        return self._clip(self.logit(x, sigma), count)[0]
 
-    def log_ratio_and_grad(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_ratio_and_grad(self, x: torch.Tensor, sigma,
+                           count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Clipped ℓ and ∇_x ℓ (zero where the clip binds, as the clipped function is flat there)."""
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             logit = self.logit(x, sigma)
             (grad,) = torch.autograd.grad(logit.sum(), x)
-        clipped, inside = self._clip(logit.detach())
+        clipped, inside = self._clip(logit.detach(), count)
         return clipped, grad * expand_like(inside.to(grad.dtype), grad)
 
     @property

@@ -225,9 +225,11 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     seeds = [cell.seed * 1_000_003 + i for i in range(s.n)]  # common to all methods of a seed
     seeds = seeds[distributed.shard(s.n)]  # under torchrun each rank samples its part of the seeds
     task = reporter.phase("sample", len(seeds))
+    if s.compile:
+        ema.compile()
     for i in range(0, len(seeds), s.batch_size):
         lat = per_sample_latents(seeds[i : i + s.batch_size], group.dataset.shape, device)
-        samples.append(edm_sampler(ema, lat, s.steps, s.sigma_min, s.sigma_max, s.rho).cpu())
+        samples.append(edm_sampler(ema, lat, s.steps, s.sigma_min, s.sigma_max, s.rho, dtype=s.dtype).cpu())
         task(min(i + s.batch_size, len(seeds)), len(seeds))
     samples = torch.cat(samples) if samples else torch.empty(0, *group.dataset.shape)
     samples = distributed.gather_cat(samples, s.n)  # in seed order, on every rank

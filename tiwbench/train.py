@@ -39,13 +39,23 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
     """Train ``net`` with ``method.loss``; return the EMA network and training statistics.
 
     Batches are drawn uniformly from (x, is_ref), so D_ref and D_bias are mixed in proportion to
-    their sizes (METHOD.md §4). Indices are drawn on the host, so D_bias positions need no sync.
+    their sizes (METHOD.md §4). The data and every draw (indices, σ, noise) live on ``device``,
+    from a generator there, so a step is launches only; methods see the whole batch, D_ref rows
+    masked, never a data-dependent shape.
     """
     net.to(device).train()
     cuda = str(device).startswith("cuda")
+    if cuda:  # every step has the same shapes (methods see the whole batch): each is tuned once
+        torch.backends.cudnn.benchmark = True
     if cfg.channels_last and cuda:
         net.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores; no-op for MLPs
     ema = copy.deepcopy(net).eval().requires_grad_(False)
+    x, is_ref = x.to(device), is_ref.to(device)
+    generator = device_generator(generator, device)  # the one whose state a checkpoint saves
+    if cfg.compile:  # in place: parameter names (checkpoints, the EMA copy) stay as they are
+        net.compile()
+        if isinstance(getattr(ratio, "net", None), torch.nn.Module):
+            ratio.net.compile()
     model = distributed.wrap(net, device)  # DDP under torchrun: gradients averaged over ranks
     world, part = distributed.world_size(), distributed.shard(cfg.batch_size)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)  # one kernel for all tensors: 3x faster step
@@ -57,12 +67,10 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
     if checkpoint is not None and Path(checkpoint).exists():
         first = checked = load_checkpoint(checkpoint, net, ema, opt, generator, losses)
     for step in range(first, cfg.steps):
-        idx = torch.randint(len(x), (cfg.batch_size,), generator=generator)
+        idx = torch.randint(len(x), (cfg.batch_size,), generator=generator, device=generator.device)
         batch = Batch.draw(x[idx], is_ref[idx], generator)
         if world > 1:  # every rank drew the same global batch; it keeps its own part
             batch = distributed.slice_batch(batch, part)
-        batch.bias_idx  # noqa: B018 - found on the host before the move
-        batch = batch.to(device)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.lr_warmup, 1))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and cuda):
@@ -100,6 +108,15 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
     tail = losses[-max(1, cfg.steps // 10):]
     return ema, {"final_loss": float(tail.mean()), "steps": cfg.steps, "seconds": time.monotonic() - start,
                  "resumed_from_step": first}
+
+
+def device_generator(generator: torch.Generator, device) -> torch.Generator:
+    """``generator`` itself if it lives on ``device``'s kind, else one there seeded from it (one draw),
+    so the same seed gives the same run on each kind of device."""
+    if generator.device.type == torch.device(device).type:
+        return generator
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def save_checkpoint(path: Path, step: int, net, ema, opt, generator: torch.Generator, losses) -> None:
@@ -146,13 +163,14 @@ def weight_stats(method, ratio, x: torch.Tensor, is_ref: torch.Tensor, generator
     if ratio is None or method.ratio is None:
         return {"ess": 1.0}
     ess = []
+    dev = next(ratio.parameters()).device if isinstance(ratio, torch.nn.Module) else "cpu"  # the ratio's device
     for _ in range(n_batches):
         idx = torch.randint(len(x), (batch_size,), generator=generator)
         b = Batch.draw(x[idx], is_ref[idx], generator)
         w = torch.ones(batch_size, dtype=torch.float64)
         bi = b.bias_idx
         xin = b.x[bi] if method.ratio == "time" else b.y[bi]
-        w[bi] = ratio.log_ratio(xin, b.sigma[bi]).double().exp()
+        w[bi] = ratio.log_ratio(xin.to(dev), b.sigma[bi].to(dev)).double().cpu().exp()
         if "alpha" in method.options:
             w[bi] = w[bi] ** method.options["alpha"]
         ess.append(float(effective_sample_size(w)))

@@ -88,10 +88,12 @@ class ExactRatio:
         s = self._sigma(sigma)
         return (self.data.log_prob(flat, s) - self.bias.log_prob(flat, s)).to(x.dtype)
 
-    def log_ratio(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        return self.log_ratio_and_grad(x, sigma)[0]
+    def log_ratio(self, x: torch.Tensor, sigma, count: torch.Tensor | None = None) -> torch.Tensor:
+        return self.log_ratio_and_grad(x, sigma, count)[0]
 
-    def log_ratio_and_grad(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_ratio_and_grad(self, x: torch.Tensor, sigma,
+                           count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count``: bool mask of the rows the clip rate counts (all when None)."""
         flat = x.flatten(1)
         s = self._sigma(sigma)
         logit = self.data.log_prob(flat, s) - self.bias.log_prob(flat, s)
@@ -99,8 +101,9 @@ class ExactRatio:
         if not self.time_dependent:
             grad = torch.zeros_like(grad)
         inside = logit.abs() <= self.logit_max
-        self.clipped += int((~inside).sum())
-        self.seen += len(x)
+        count = torch.ones_like(inside) if count is None else count.to(inside.device)
+        self.clipped += int((~inside & count).sum())
+        self.seen += int(count.sum())
         logit = logit.clamp(-self.logit_max, self.logit_max)
         grad = grad * inside[:, None]
         return logit.to(x.dtype), grad.reshape(x.shape).to(x.dtype)

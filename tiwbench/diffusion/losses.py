@@ -33,7 +33,8 @@ class Batch:
     is_ref: torch.Tensor  # bool [B]: from D_ref (weight 1, no correction) or from D_bias
     sigma: torch.Tensor  # [B]
     noise: torch.Tensor  # like y, standard normal
-    bias_idx_: torch.Tensor | None = None  # indices of D_bias samples, known on the host when drawn
+    bias_idx_: torch.Tensor | None = None  # indices of D_bias samples, found when first asked (a host sync on
+    # a GPU); the training step never asks: methods use is_ref as a mask over the whole batch
 
     @property
     def bias_idx(self) -> torch.Tensor:

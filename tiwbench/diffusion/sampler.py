@@ -31,14 +31,18 @@ def edm_sampler(
     sigma_max: float = 80.0,  # highest noise level
     rho: float = 7.0,  # time-step exponent
     callback: Callable[[int, torch.Tensor], None] | None = None,  # called after each step
+    dtype: str = "float32",  # the denoiser's precision: "bfloat16" runs it under autocast
 ) -> torch.Tensor:
     t_steps = edm_time_steps(num_steps, sigma_min, sigma_max, rho, device=latents.device)
     x_next = latents.to(torch.float64) * t_steps[0]
     ones = torch.ones(len(latents), device=latents.device, dtype=torch.float64)
-    dtype = latents.dtype
+    io_dtype = latents.dtype
+    low = dtype == "bfloat16"
 
-    def d(x, t):  # dx/dt = (x − D(x; t)) / t
-        return (x - net(x.to(dtype), (t * ones).to(dtype)).to(torch.float64)) / t
+    def d(x, t):  # dx/dt = (x − D(x; t)) / t; the ODE state stays in float64 whatever the net's precision
+        with torch.autocast(latents.device.type, dtype=torch.bfloat16, enabled=low):
+            denoised = net(x.to(io_dtype), (t * ones).to(io_dtype))
+        return (x - denoised.to(torch.float64)) / t
 
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         x_cur = x_next
@@ -48,4 +52,4 @@ def edm_sampler(
             x_next = x_cur + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d(x_next, t_next))
         if callback is not None:
             callback(i, x_next)
-    return x_next.to(dtype)
+    return x_next.to(io_dtype)

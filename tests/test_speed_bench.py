@@ -1,0 +1,75 @@
+"""`tiwbench bench`: its JSON rows, and its FLOP counts against a count by hand."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tiwbench.bench import known_peak
+from tiwbench.cli import app
+
+KEYS = {"method", "ms_per_step", "ratio_to_dsm_obs", "flops_per_step", "tflops", "share_of_peak"}
+
+
+def linear_flops(widths, batch):
+    """2·in·out multiply-adds per Linear and sample."""
+    return sum(2 * a * b for a, b in zip(widths[:-1], widths[1:])) * batch
+
+
+@pytest.fixture(scope="module")
+def toy_bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    res = CliRunner().invoke(app, ["bench", "--dataset", "toy2d", "--device", "cpu", "--profile", "smoke",
+                                   "--steps", "3", "--repeats", "1", "--peak-tflops", "2.5", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "tiw_dsm" in res.output and "sampler" in res.output
+    return json.loads(out.read_text())
+
+
+def test_rows_hold_the_columns(toy_bench):
+    rows = {r["method"]: r for r in toy_bench["rows"]}
+    assert set(rows) == {"dsm_obs", "dsm_ref", "iw_dsm", "tiw_dsm_nocorr", "tiw_dsm", "oracle", "sampler (float32)"}
+    for r in rows.values():
+        assert KEYS <= set(r) and r["ms_per_step"] > 0 and r["flops_per_step"] > 0
+        assert r["tflops"] == pytest.approx(r["flops_per_step"] / (r["ms_per_step"] * 1e-3) / 1e12)
+        assert r["share_of_peak"] == pytest.approx(r["tflops"] / 2.5)
+    assert rows["dsm_obs"]["ratio_to_dsm_obs"] == 1.0
+    for m in ("tiw_dsm", "iw_dsm"):
+        assert rows[m]["ratio_to_dsm_obs"] == pytest.approx(rows[m]["ms_per_step"] / rows["dsm_obs"]["ms_per_step"])
+    assert rows["sampler (float32)"]["images_per_s"] > 0 and rows["sampler (float32)"]["ratio_to_dsm_obs"] is None
+    assert rows["dsm_obs"]["cell_hours"] == pytest.approx(300 * rows["dsm_obs"]["ms_per_step"] / 3.6e6)
+
+
+def test_flops_match_a_count_by_hand(toy_bench):
+    """toy2d smoke: score MLP 3×128 on [x (2), embedding (32)], ratio MLP the same with one output;
+    batch 256, sampler batch 2000."""
+    rows = {r["method"]: r for r in toy_bench["rows"]}
+    b = 256
+    score = [34, 128, 128, 128, 2]
+    fwd = linear_flops(score, b)
+    # backward: every weight gradient (= forward), every input gradient but the first layer's (no grad)
+    dsm = fwd + fwd + (fwd - linear_flops(score[:2], b))
+    for m in ("dsm_obs", "dsm_ref", "oracle"):
+        assert rows[m]["flops_per_step"] == dsm
+    disc_t = linear_flops([34, 128, 128, 128, 1], b)  # time-dependent discriminator, whole batch
+    disc_clean = linear_flops([2, 128, 128, 128, 1], b)  # IW-DSM's clean classifier
+    assert rows["tiw_dsm_nocorr"]["flops_per_step"] == dsm + disc_t
+    assert rows["tiw_dsm"]["flops_per_step"] == dsm + 2 * disc_t  # forward + input gradient
+    assert rows["iw_dsm"]["flops_per_step"] == dsm + disc_clean
+    assert rows["tiw_dsm"]["ratio_flops_per_step"] == 2 * disc_t
+    assert rows["sampler (float32)"]["flops_per_step"] == linear_flops(score, 2000)
+
+
+def test_no_peak_is_null_and_known_gpus_have_one(tmp_path):
+    assert known_peak("NVIDIA H200") == 989.0 and known_peak("NVIDIA H100 80GB HBM3") == 989.0
+    assert known_peak("NVIDIA A100-SXM4-80GB") == 312.0 and known_peak("cpu") is None
+    res = CliRunner().invoke(app, ["bench", "--dataset", "toy2d", "--steps", "1", "--methods", "dsm_obs",
+                                   "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert all(r["share_of_peak"] is None for r in data["rows"])
+
+
+def test_bad_bench_input_is_one_line():
+    res = CliRunner().invoke(app, ["bench", "--dataset", "toy2d", "--peak-tflops", "-1"])
+    assert res.exit_code == 2 and "--peak-tflops" in res.output

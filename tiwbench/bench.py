@@ -1,0 +1,254 @@
+"""Speed of a training step per method, and of the sampler, on a dataset's suite networks.
+
+Per row: ms per step, the ratio to ``dsm_obs`` in the same run, FLOPs per step counted by
+``torch.utils.flop_counter`` (matmuls, convolutions, attention; not elementwise work), achieved
+TFLOP/s, the share of a stated bf16 peak, and the hours the profile's cell would take at this speed.
+Each step goes through the project's own ``train_score`` and ``edm_sampler``, on synthetic data of
+the dataset's shape (speed does not depend on the pixel values; no download is needed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from types import SimpleNamespace
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from tiwbench.config import load_suite, resolve_budget
+from tiwbench.diffusion.sampler import edm_sampler
+from tiwbench.registry import DATASETS, METHODS
+from tiwbench.train import train_score
+
+METHOD_NAMES = ("dsm_obs", "dsm_ref", "iw_dsm", "tiw_dsm_nocorr", "tiw_dsm", "oracle")
+
+# Dense (no structured sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' datasheets, which
+# print the sparse figure: half of it. First substring match of torch.cuda.get_device_name() wins.
+# H200 and H100 SXM share the GH100 compute die at the same clocks: 1,979 sparse → 989. Sustained clocks
+# under a long load sit lower; pass --peak-tflops to state another figure (e.g. a measured matmul peak).
+PEAK_BF16_TFLOPS = (
+    ("H200 NVL", 835.0),
+    ("H200", 989.0),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+    ("RTX 4090", 165.0),
+)
+
+
+def known_peak(device_name: str) -> float | None:
+    for key, peak in PEAK_BF16_TFLOPS:
+        if key.lower() in device_name.lower():
+            return peak
+    return None
+
+
+def dataset_shape(name: str):
+    """kind, shape and σ_data of a registered dataset, without loading its data where the class
+    declares them (image sets); small sets are built."""
+    cls = DATASETS.get(name)
+    if all(isinstance(getattr(cls, a, None), (str, tuple, float)) for a in ("kind", "shape", "sigma_data")):
+        return SimpleNamespace(kind=cls.kind, shape=tuple(cls.shape), sigma_data=float(cls.sigma_data))
+    ds = cls()
+    return SimpleNamespace(kind=ds.kind, shape=tuple(ds.shape), sigma_data=float(ds.sigma_data))
+
+
+def synthetic_data(shape, n: int, ref_frac: float = 0.1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g).clamp(-1, 1)
+    return x, torch.rand(n, generator=g) < ref_frac / (1 + ref_frac)
+
+
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def _build(method_name: str, ds, budget, device):
+    from tiwbench.networks import make_denoiser, make_ratio
+
+    method = METHODS.get(method_name)()
+    torch.manual_seed(0)
+    net = make_denoiser(ds, budget.train)
+    ratio = None
+    if method.ratio is not None:
+        ratio = make_ratio(ds, budget.ratio, method.ratio == "time").to(device).eval()
+        if str(device).startswith("cuda") and budget.train.channels_last and ds.kind == "image":
+            ratio.to(memory_format=torch.channels_last)
+    return method, net, ratio
+
+
+def train_step_flops(method_name: str, ds, budget, x, is_ref, device) -> int:
+    """FLOPs of one training step (forward, backward, the ratio model's share), by the flop counter."""
+    method, net, ratio = _build(method_name, ds, budget, device)
+    cfg = dataclasses.replace(budget.train, steps=1, check_every=1, checkpoint_every=0, time_limit=0.0,
+                              compile=False)
+    with FlopCounterMode(display=False) as counter:
+        train_score(method, net, x, is_ref, ratio, cfg, torch.Generator().manual_seed(0), device)
+    return int(counter.get_total_flops())
+
+
+def time_train_step(method_name: str, ds, budget, x, is_ref, device, steps: int, warmup: int) -> float:
+    """Seconds per step, from the wall clock between the end of warm-up and the end of training
+    (the GPU synchronised at both ends only, so steps overlap as in a real run)."""
+    method, net, ratio = _build(method_name, ds, budget, device)
+    cfg = dataclasses.replace(budget.train, steps=warmup + steps, check_every=10**9, checkpoint_every=0,
+                              time_limit=0.0)
+    marks = {}
+
+    def progress(step, total):
+        if step in (warmup, total):
+            _sync(device)
+            marks[step] = time.perf_counter()
+
+    train_score(method, net, x, is_ref, ratio, cfg, torch.Generator().manual_seed(0), device, progress)
+    return (marks[warmup + steps] - marks[warmup]) / steps
+
+
+def sampler_row(ds, budget, device, dtype: str, batch: int, peak: float | None) -> dict:
+    from tiwbench.networks import make_denoiser
+
+    s = budget.sample
+    torch.manual_seed(0)
+    net = make_denoiser(ds, budget.train).to(device).eval()
+    if str(device).startswith("cuda") and budget.train.channels_last and ds.kind == "image":
+        net.to(memory_format=torch.channels_last)
+    if s.compile:
+        net.compile()
+    lat = torch.randn(batch, *ds.shape, device=device)
+    evals = 2 * s.steps - 1
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(lat, torch.ones(batch, device=device))
+    flops = int(counter.get_total_flops())
+    edm_sampler(net, lat, 2, s.sigma_min, s.sigma_max, s.rho, dtype=dtype)  # warm-up (and compilation)
+    _sync(device)
+    t0 = time.perf_counter()
+    edm_sampler(net, lat, s.steps, s.sigma_min, s.sigma_max, s.rho, dtype=dtype)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    tflops = flops * evals / seconds / 1e12
+    return {"method": f"sampler ({dtype})", "kind": "sample", "batch": batch, "evaluations": evals,
+            "ms_per_step": 1e3 * seconds / evals, "ratio_to_dsm_obs": None, "flops_per_step": flops,
+            "tflops": tflops, "share_of_peak": tflops / peak if peak else None,
+            "images_per_s": batch / seconds, "seconds": seconds}
+
+
+def run_bench(dataset: str, device: str = "cpu", profile: str = "smoke", suite: str = "ref_size",
+              methods: tuple[str, ...] = METHOD_NAMES, steps: int | None = None, warmup: int | None = None,
+              peak_tflops: float | None = None, compile: bool | None = None,
+              sample_dtypes: tuple[str, ...] | None = None, sample_batch: int | None = None,
+              repeats: int | None = None) -> dict:
+    """Time every method's training step and the sampler; return {"machine": ..., "rows": [...]}."""
+    cuda = str(device).startswith("cuda")
+    budget, _ = resolve_budget(load_suite(suite), profile, dataset)
+    if compile is not None:
+        budget.train.compile = budget.sample.compile = compile
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    peak = peak_tflops if peak_tflops else (known_peak(name) if cuda else None)
+    ds = dataset_shape(dataset)
+    steps = steps or (20 if cuda else 30 if ds.kind == "vector" else 4)
+    warmup = warmup if warmup is not None else (10 if cuda else 2)
+    x, is_ref = synthetic_data(ds.shape, max(8 * budget.train.batch_size, 1024))
+    if "dsm_obs" not in methods:
+        methods = ("dsm_obs", *methods)
+    best = dict.fromkeys(methods, math.inf)
+    for _ in range(repeats or (1 if cuda else 3)):  # round-robin, fastest kept: a neighbour's burst only adds time
+        for m in methods:
+            best[m] = min(best[m], time_train_step(m, ds, budget, x, is_ref, device, steps, warmup))
+    rows, base = [], None
+    for m in methods:
+        flops = train_step_flops(m, ds, budget, x, is_ref, device)
+        sec = best[m]
+        tflops = flops / sec / 1e12
+        rows.append({"method": m, "kind": "train", "batch": budget.train.batch_size, "ms_per_step": 1e3 * sec,
+                     "ratio_to_dsm_obs": None, "flops_per_step": flops, "tflops": tflops,
+                     "share_of_peak": tflops / peak if peak else None,
+                     "cell_hours": budget.train.steps * sec / 3600})
+        if m == "dsm_obs":
+            base = rows[-1]
+    for r in rows:
+        r["ratio_to_dsm_obs"] = r["ms_per_step"] / base["ms_per_step"]
+        r["ratio_flops_per_step"] = r["flops_per_step"] - base["flops_per_step"]  # the ratio model's share
+    for dtype in sample_dtypes or (("float32", "bfloat16") if cuda else ("float32",)):
+        rows.append(sampler_row(ds, budget, device, dtype, sample_batch or budget.sample.batch_size, peak))
+    from tiwbench.networks import make_denoiser, make_ratio
+
+    nets = {"score": _count(make_denoiser(ds, budget.train)), "ratio": _count(make_ratio(ds, budget.ratio, True))}
+    machine = {"device": name, "torch": torch.__version__, "peak_bf16_tflops": peak,
+               "threads": torch.get_num_threads(), "cuda": torch.version.cuda}
+    return {"dataset": dataset, "profile": profile, "suite": suite, "steps_timed": steps, "warmup": warmup,
+            "repeats": repeats or (1 if cuda else 3),
+            "compile": budget.train.compile, "amp": budget.train.amp and cuda,
+            "channels_last": budget.train.channels_last and cuda, "parameters": nets,
+            "cell_steps": budget.train.steps, "machine": machine, "rows": rows}
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def format_table(result: dict) -> str:
+    head = f"{'method':<20} {'ms/step':>10} {'× dsm_obs':>9} {'GFLOP/step':>11} {'ratio GFLOP':>11} " \
+           f"{'TFLOP/s':>8} {'of peak':>8} {'cell h':>8} {'img/s':>9}"
+    lines = [f"{result['dataset']} ({result['profile']}) on {result['machine']['device']}, "
+             f"peak {result['machine']['peak_bf16_tflops'] or 'unknown'} TFLOP/s, "
+             f"parameters {result['parameters']}", head]
+
+    def f(v, fmt):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    for r in result["rows"]:
+        lines.append(f"{r['method']:<20} {f(r['ms_per_step'], '10.2f')} {f(r['ratio_to_dsm_obs'], '9.2f')} "
+                     f"{f(r['flops_per_step'] / 1e9, '11.3f')} {f(r.get('ratio_flops_per_step', 0) / 1e9, '11.3f')} "
+                     f"{f(r['tflops'], '8.3f')} {f(r['share_of_peak'], '8.1%')} {f(r.get('cell_hours'), '8.2f')} "
+                     f"{f(r.get('images_per_s'), '9.1f')}")
+    return "\n".join(lines) + "\n"
+
+
+def ratio_precision(dataset: str, profile: str = "smoke", suite: str = "ref_size", ref_frac: float = 0.1,
+                    n: int = 2000, seed: int = 0) -> list[dict]:
+    """The error bf16 autocast of the discriminator's forward and input gradient causes, against
+    float32, in w = exp(ℓ) and in the score correction σ²∇log w, per σ band, on D_bias samples of
+    the dataset with the profile's trained time-dependent ratio model (CPU bf16 arithmetic)."""
+    from tiwbench.diffusion.precond import expand_like
+    from tiwbench.networks import make_ratio
+    from tiwbench.ratio import SIGMA_BANDS, RatioTrainConfig, train_ratio
+
+    budget, _ = resolve_budget(load_suite(suite), profile, dataset)
+    ds = DATASETS.get(dataset)()
+    split = ds.split(ref_frac, seed)
+    torch.manual_seed(seed)
+    model = make_ratio(ds, budget.ratio, True)
+    tcfg = RatioTrainConfig(**{k: getattr(budget.ratio, k) for k in dataclasses.asdict(RatioTrainConfig())})
+    train_ratio(model, split.bias, split.ref, tcfg, torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    rows = []
+    for lo, hi in SIGMA_BANDS:
+        y = split.bias[torch.randint(len(split.bias), (n,), generator=g)]
+        sigma = (torch.rand(n, generator=g) * math.log(hi / lo) + math.log(lo)).exp()
+        x = y + expand_like(sigma, y) * torch.randn(y.shape, generator=g)
+        out = {}
+        for name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+            xr = x.clone().requires_grad_(True)
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                logit = model._logit(xr, sigma)  # _logit: the forward without logit()'s float32 guard
+            (grad,) = torch.autograd.grad(logit.float().sum(), xr)
+            lw = logit.detach().float().clamp(-model.logit_max, model.logit_max)
+            out[name] = (lw.exp(), expand_like(sigma, grad) ** 2 * grad.float())
+        (w32, s32), (w16, s16) = out["float32"], out["bfloat16"]
+        w_err = ((w16 - w32).abs() / w32).double()
+        s_err = (s16 - s32).flatten(1).norm(dim=1).double()
+        s_norm = s32.flatten(1).norm(dim=1).double()
+        rows.append({"sigma_lo": lo, "sigma_hi": hi, "w_rel_err_median": float(w_err.median()),
+                     "w_rel_err_p99": float(w_err.quantile(0.99)),
+                     "shift_rel_err": float(s_err.pow(2).mean().sqrt() / s_norm.pow(2).mean().sqrt().clamp_min(1e-30)),
+                     "shift_err_rms": float(s_err.pow(2).mean().sqrt()),
+                     "shift_rms": float(s_norm.pow(2).mean().sqrt())})
+    return rows
