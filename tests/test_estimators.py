@@ -42,11 +42,11 @@ class HalfExact(RatioEstimator):
             def logit(self, x, sigma):
                 return exact.logit(x, sigma) / 2
 
-            def log_ratio(self, x, sigma):
-                return exact.log_ratio(x, sigma) / 2
+            def log_ratio(self, x, sigma, count=None):
+                return exact.log_ratio(x, sigma, count) / 2
 
-            def log_ratio_and_grad(self, x, sigma):
-                l, g = exact.log_ratio_and_grad(x, sigma)
+            def log_ratio_and_grad(self, x, sigma, count=None):
+                l, g = exact.log_ratio_and_grad(x, sigma, count)
                 return l / 2, g / 2
 
         return Half(), {"flattening": 0.5}
