@@ -41,23 +41,31 @@ def test_rows_hold_the_columns(toy_bench):
 
 
 def test_flops_match_a_count_by_hand(toy_bench):
-    """toy2d smoke: score MLP 3×128 on [x (2), embedding (32)], ratio MLP the same with one output;
-    batch 256, sampler batch 2000."""
+    """toy2d smoke: score MLP 3×128 on x (2) with a map of the embedding (32 -> 128) added to each
+    hidden layer; ratio MLP the same with one output; batch 256, sampler batch 2000."""
     rows = {r["method"]: r for r in toy_bench["rows"]}
     b = 256
-    score = [34, 128, 128, 128, 2]
-    fwd = linear_flops(score, b)
-    # backward: every weight gradient (= forward), every input gradient but the first layer's (no grad)
-    dsm = fwd + fwd + (fwd - linear_flops(score[:2], b))
+
+    def mlp(out, inp=2):
+        trunk = linear_flops([inp, 128, 128, 128, out], b)
+        first = linear_flops([inp, 128], b)
+        time = 3 * linear_flops([32, 128], b)
+        return trunk + time, first, time
+
+    fwd, first, time = mlp(2)
+    # backward: every weight gradient (= forward), every input gradient but those of the layers fed
+    # by x and by the embedding (neither needs a gradient)
+    dsm = fwd + fwd + (fwd - first - time)
     for m in ("dsm_obs", "dsm_ref", "oracle"):
         assert rows[m]["flops_per_step"] == dsm
-    disc_t = linear_flops([34, 128, 128, 128, 1], b)  # time-dependent discriminator, whole batch
+    disc_t, _, disc_time = mlp(1)  # time-dependent discriminator, whole batch
     disc_clean = linear_flops([2, 128, 128, 128, 1], b)  # IW-DSM's clean classifier
     assert rows["tiw_dsm_nocorr"]["flops_per_step"] == dsm + disc_t
-    assert rows["tiw_dsm"]["flops_per_step"] == dsm + 2 * disc_t  # forward + input gradient
+    # forward + input gradient down to x (the embedding's maps need none)
+    assert rows["tiw_dsm"]["flops_per_step"] == dsm + disc_t + (disc_t - disc_time)
     assert rows["iw_dsm"]["flops_per_step"] == dsm + disc_clean
-    assert rows["tiw_dsm"]["ratio_flops_per_step"] == 2 * disc_t
-    assert rows["sampler (float32)"]["flops_per_step"] == linear_flops(score, 2000)
+    assert rows["tiw_dsm"]["ratio_flops_per_step"] == disc_t + (disc_t - disc_time)
+    assert rows["sampler (float32)"]["flops_per_step"] == fwd * 2000 // b
 
 
 def test_no_peak_is_null_and_known_gpus_have_one(tmp_path):
