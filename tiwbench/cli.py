@@ -116,6 +116,8 @@ def run(
                                                                   "e.g. labels=ffhq_gender.csv or rho=0.02")] = None,
     ratio: Annotated[Optional[str], typer.Option(
         help="density ratio: learned (discriminator) or exact (mixtures)")] = None,
+    progress_every: Annotated[Optional[float], typer.Option(
+        help="seconds between progress lines of a phase when output is not a terminal (default 30)")] = None,
 ):
     """Run a suite: every (dataset, method, ref_frac, seed) cell, skipping cells already recorded.
 
@@ -130,8 +132,13 @@ def run(
         from tiwbench import distributed
         from tiwbench.config import load_suite
         from tiwbench.executors import EXECUTORS, configure_threads, submit_sweep
-        from tiwbench.runner import PlainReporter, RichReporter, expand, run_cells
+        from tiwbench.progress import INTERVAL_ENV, PlainReporter, RichReporter
+        from tiwbench.runner import expand, run_cells
 
+        if progress_every is not None:
+            if progress_every <= 0:
+                raise UserError(f"--progress-every {progress_every}: give a positive number of seconds")
+            os.environ[INTERVAL_ENV] = str(progress_every)  # jobs of the local/slurm executors inherit it
         _check_device(device)
         _check_writable(out)
         if launcher not in ("none", "torchrun"):
@@ -162,6 +169,12 @@ def run(
             for cell in cells:  # part of each cell's config, so its hash and records follow the choice
                 cell.budget.eval.fid_backend = fid_backend
         configure_threads(threads)  # 0: each group picks its own (runner.Group -> apply_threads)
+        if distributed.is_main():
+            from tiwbench.estimate import cpu_warning
+
+            note = cpu_warning(cells, device)
+            if note:
+                print(note, file=sys.stderr, flush=True)
         console = Console(stderr=True)
         echo = (lambda m: print(m, file=sys.stderr, flush=True)) if distributed.is_main() else (lambda m: None)
         if executor != "inline":

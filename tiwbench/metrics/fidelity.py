@@ -39,6 +39,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
+from tiwbench import progress
 from tiwbench.data.base import content_hash
 from tiwbench.metrics.base import EvalContext, Metric, MetricError, check_enough_samples
 
@@ -100,15 +101,19 @@ def _on_cuda(net) -> bool:
 
 
 class _Items(torch.utils.data.Dataset):
-    """Rows of a tensor as a Dataset: images for extraction, or feature vectors to pass through."""
+    """Rows of a tensor as a Dataset: images for extraction, or feature vectors to pass through.
+    ``report(done, total)`` hears of each item read (the loader reads in this process: save_cpu_ram)."""
 
-    def __init__(self, t: torch.Tensor):
-        self.t = t
+    def __init__(self, t: torch.Tensor, report=None):
+        self.t, self.report, self.read = t, report, 0
 
     def __len__(self):
         return len(self.t)
 
     def __getitem__(self, i):
+        if self.report is not None:
+            self.read += 1
+            self.report(self.read, len(self.t))
         return self.t[i]
 
 
@@ -216,9 +221,10 @@ def _memo(ctx: EvalContext) -> dict:
 
 # -- feature extraction through each library --------------------------------------------------------
 
-def _tf_features(space: Space, images: torch.Tensor, batch_size: int) -> np.ndarray:
+def _tf_features(space: Space, images: torch.Tensor, batch_size: int, what: str = "features") -> np.ndarray:
     fe = space.module()
-    fd = get_featuresdict_from_dataset(_Items(space.prepare(images)), fe, batch_size, space.cuda, True, False)
+    items = _Items(space.prepare(images), progress.phase(f"{what} ({space.name})", len(images)))
+    fd = get_featuresdict_from_dataset(items, fe, batch_size, space.cuda, True, False)
     return fd[space.layer].numpy()
 
 
@@ -230,7 +236,7 @@ def _cleanfid_callable(space: Space, channels: int):
     return lambda b: fe(b[:, :channels] / 127.5 - 1)[0]
 
 
-def _cleanfid_features(space: Space, images: torch.Tensor, batch_size: int) -> np.ndarray:
+def _cleanfid_features(space: Space, images: torch.Tensor, batch_size: int, what: str = "features") -> np.ndarray:
     x = space.prepare(images)
     if space.name == "inception":
         x = x.to(torch.float64)
@@ -239,9 +245,11 @@ def _cleanfid_features(space: Space, images: torch.Tensor, batch_size: int) -> n
         x = x.repeat(1, 3 // x.shape[1], 1, 1) if x.shape[1] == 1 else x
     n, bs = len(x), min(batch_size, len(x))
     starts = iter(range(0, n, bs))
+    report = progress.phase(f"{what} ({space.name})", n)
 
     def serve(z):  # clean-fid's "generator": hands out the next batch, padded to its fixed batch size
         i = next(starts)
+        report(i, n)
         b = x[i : i + bs]
         return torch.cat([b, b[-1:].expand(bs - len(b), *b.shape[1:])]) if len(b) < bs else b
 
@@ -249,6 +257,7 @@ def _cleanfid_features(space: Space, images: torch.Tensor, batch_size: int) -> n
         feats = cleanfid.get_model_features(serve, _cleanfid_callable(space, images.shape[1]), mode="clean",
                                             z_dim=1, num_gen=n, batch_size=bs, device=torch.device("cpu"),
                                             verbose=False, custom_fn_resize=lambda a: a)
+    report(n, n)
     return np.asarray(feats)
 
 
@@ -294,11 +303,11 @@ def reference_features(target: torch.Tensor, space: Space, backend: str, cache_d
                         "status": "hit", "path": str(path)}
     x = _reference_subset(target, n_ref, seed)
     if backend == "torch-fidelity":
-        feats = _tf_features(space, x, batch_size)
+        feats = _tf_features(space, x, batch_size, "reference features")
         st = fid_features_to_statistics(torch.from_numpy(feats))
         mu, sigma = st["mu"], st["sigma"]
     else:
-        feats = _cleanfid_features(space, x, batch_size)
+        feats = _cleanfid_features(space, x, batch_size, "reference features")
         mu, sigma = np.mean(feats, axis=0), np.cov(feats, rowvar=False)  # as cleanfid.fid_from_feats does
     if path is not None:
         _atomic_savez(path, features=feats, mu=mu, sigma=sigma, meta=np.array(json.dumps(parts, sort_keys=True)))
@@ -334,7 +343,7 @@ class Comparison:
         n_ref = len(self.ref["features"])
         check_enough_samples(n_ref, space.dim, f"{space.name} features (reference set)")
         extract = _tf_features if self.backend == "torch-fidelity" else _cleanfid_features
-        self.features = extract(space, x, opts.fid_batch_size)
+        self.features = extract(space, x, opts.fid_batch_size, "sample features")
         if not np.isfinite(self.features).all():
             raise MetricError("generated samples have non-finite features; the model diverged")
         self.kid_size = max(2, min(opts.kid_subset_size, len(x), n_ref))
