@@ -218,13 +218,16 @@ def report(
     format: Annotated[str, typer.Option("--format", help="markdown, csv, latex, html or json")] = "markdown",
     output: Annotated[Optional[Path], typer.Option(help="write the report to this file instead of stdout")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="also draw metric vs ref_frac with 95% CIs to this .png")] = None,
+    vs: Annotated[Optional[str], typer.Option(help="also each method's per-seed difference to this method, with a "
+                                                   "paired 95% t-interval (markdown, html)")] = None,
 ):
     """Leaderboard from the records under --runs: mean ± std, 95% CI and seed count per cell.
 
     Examples:\n
       tiwbench report --runs results/runs\n
       tiwbench report --format html --output report.html\n
-      tiwbench report --format latex --output tables.tex --plot ref_size.png
+      tiwbench report --format latex --output tables.tex --plot ref_size.png\n
+      tiwbench report --vs dsm_obs
     """
     try:
         from tiwbench.report import FORMATS, ReportError
@@ -233,7 +236,7 @@ def report(
         if format not in FORMATS:
             raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
         try:
-            text = make_report(runs, format, output=output, plot=plot)
+            text = make_report(runs, format, output=output, plot=plot, vs=vs)
         except ReportError as e:
             raise UserError(str(e)) from None
     except _user_errors() as e:

@@ -314,8 +314,10 @@ img{max-width:100%}
 """
 
 
-def to_html(agg: pd.DataFrame, png: bytes | None = None) -> str:
-    """One self-contained page: tables, and the plot embedded as a base64 PNG."""
+def to_html(agg: pd.DataFrame, png: bytes | None = None, extra: str = "") -> str:
+    """One self-contained page: tables, the plot embedded as a base64 PNG, then ``extra`` (the samples)."""
+    from tiwbench.gallery import GALLERY_STYLE
+
     body = ["<h1>tiwbench report</h1>", f"<p><small>{html.escape(LEGEND)}</small></p>"]
     if png:
         b64 = base64.b64encode(png).decode("ascii")
@@ -337,17 +339,28 @@ def to_html(agg: pd.DataFrame, png: bytes | None = None) -> str:
         body.append(f"<h2>{html.escape(_title(t))}</h2><table>{''.join(rows)}</table>")
     if agg.empty:
         body.append("<p>no records found</p>")
+    if extra:
+        body.append(extra)
     return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>tiwbench report</title>'
-            f"<style>{HTML_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{HTML_STYLE}{GALLERY_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def render(agg: pd.DataFrame, fmt: str = "markdown") -> str:
+def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any]] | None = None,
+           vs: str | None = None) -> str:
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    paired = ""
+    if vs is not None:  # per-seed differences to one method (tiwbench.paired)
+        from tiwbench.paired import paired_section
+
+        paired = paired_section(records or [], vs, fmt)
     if fmt == "html":
+        from tiwbench.gallery import gallery_html
         from tiwbench.plots import figure_png
 
-        return to_html(agg, figure_png(agg) if len(agg) else None)
+        return to_html(agg, figure_png(agg) if len(agg) else None, paired + gallery_html(records or []))
+    if paired:
+        return to_markdown(agg) + "\n" + paired
     return {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json}[fmt](agg)
 
 
@@ -368,10 +381,13 @@ def summarize(runs: Path) -> pd.DataFrame:
     return aggregate(records_frame(load_runs(runs)))
 
 
-def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None) -> str:
-    """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given."""
-    agg = summarize(runs)
-    text = render(agg, fmt)
+def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None,
+           vs: str | None = None) -> str:
+    """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given; with
+    ``vs``, the paired differences of every method to that one."""
+    records = load_runs(runs)
+    agg = aggregate(records_frame(records))
+    text = render(agg, fmt, records, vs)
     if output is not None:
         atomic_write_text(Path(output), text)
     if plot is not None:
