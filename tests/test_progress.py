@@ -61,7 +61,7 @@ profiles:
     proc = subprocess.run([sys.executable, "-m", "tiwbench", "run", "--suite", str(suite), "--profile", "smoke",
                            "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--threads", "1",
                            "--no-report", "--progress-every", "0.2"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     label = "[1/1] digits_lt tiw_dsm ref=0.05 seed=0 · "

@@ -161,9 +161,10 @@ class Group:
                 info = {"provider": "learned",
                         **train_ratio(model, self.split.bias, self.split.ref, tcfg, g, self.device, task)}
                 gd = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio-diag", kind))
+                # as many draws per class as the cell draws samples (at most 2000): smoke budgets stay small
                 info["per_sigma"] = ratio_diagnostics(model, self.split.bias.to(self.device),
                                                       self.split.ref.to(self.device), gd, exact=exact,
-                                                      device=self.device)
+                                                      n=min(2000, self.cell.budget.sample.n), device=self.device)
                 info["checkpoint_hash"] = hashlib.sha256(
                     b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values())
                 ).hexdigest()[:16]
