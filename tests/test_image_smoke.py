@@ -26,6 +26,9 @@ def _check(tmp_path, dataset, proc):
     rec = json.loads((cell / "record.json").read_text())
     values = {m["name"]: m["value"] for m in rec["metrics"]}
     assert set(values) == {"fd", "bias"} and all(v == v and v >= 0 for v in values.values())
+    fd = next(m for m in rec["metrics"] if m["name"] == "fd")
+    assert set(fd["variant"]) >= {"backend", "weights", "resize", "reference_size", "reference_hash"}
+    assert fd["variant"]["reference_size"] == fd["n_ref"] == min(1000, len_target(dataset))
     assert rec["config"]["evaluator"] == {"epochs": 1, "width": 8, "batch_size": 0, "max_images": 2000}
     assert rec["evaluator"]["classifier"] == "EvalCNN(width=8)"
     assert "evaluator training" in proc.stderr  # the phase the issue found silent
@@ -53,3 +56,8 @@ def test_ffhq_gender_smoke_cell(tmp_path, faces):  # noqa: F811
     html = subprocess.run([sys.executable, "-m", "tiwbench", "report", "--runs", str(tmp_path / "runs"),
                            "--format", "html"], capture_output=True, text=True, timeout=300)
     assert html.returncode == 0 and 'alt="samples of tiw_dsm"' in html.stdout
+
+
+def len_target(dataset: str) -> int:
+    """The fixtures' target sizes: all 1,500 CIFAR images; 24 + 24 gender-balanced faces."""
+    return {"cifar10_lt": 1500, "ffhq_gender": 48}[dataset]

@@ -250,6 +250,56 @@ def report(
 
 
 @app.command()
+def stats(
+    dataset: Annotated[str, typer.Option(help="an image dataset, e.g. cifar10_lt")],
+    data_root: Annotated[Optional[Path], typer.Option(help="where the dataset files are")] = None,
+    data_param: Annotated[Optional[list[str]], typer.Option(help="dataset parameter KEY=VALUE (repeatable)")] = None,
+    suite: Annotated[str, typer.Option(help="the suite whose metrics and eval options to follow")] = "ref_size",
+    profile: Annotated[str, typer.Option(help="budget profile whose eval options to follow")] = "paper",
+    cache_dir: Annotated[Path, typer.Option(help="cache of evaluators and reference statistics")] = Path(
+        "results/cache"),
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    fid_backend: Annotated[Optional[str], typer.Option(help="torch-fidelity or clean-fid")] = None,
+):
+    """Precompute and cache the reference statistics of a dataset's target (and its evaluator), exactly as
+    `tiwbench run` with the same suite and profile would use them; print each one's FID variant.
+
+    Example:\n
+      tiwbench stats --dataset cifar10_lt --data-root data/cifar10
+    """
+    import json
+
+    try:
+        from tiwbench.metrics.fidelity import precompute_references
+        from tiwbench.progress import PlainReporter, using
+        from tiwbench.runner import Group, expand
+
+        _check_device(device)
+        from tiwbench.config import load_suite
+
+        s = load_suite(suite)
+        cells = expand(s, profile, [dataset])[:1]
+        _apply_data_options(cells, data_root, data_param or [])
+        cell = cells[0]
+        if fid_backend is not None:
+            cell.budget.eval.fid_backend = fid_backend
+        reporter = PlainReporter(1, echo=lambda m: print(m, file=sys.stderr, flush=True))
+        with using(reporter):
+            group = Group(cell, device, cache_dir, reporter)
+            if getattr(group.evaluator, "network", None) is None:
+                raise UserError(f"dataset {dataset!r} has no image evaluator: its statistics are exact, "
+                                "nothing to precompute")
+            import dataclasses
+
+            rows = precompute_references(group.evaluator, dataclasses.asdict(cell.budget.eval), cell.metrics,
+                                         cache_dir)
+    except _user_errors() as e:
+        _fail(str(e))
+    for row in rows:
+        typer.echo(json.dumps(row, sort_keys=True))
+
+
+@app.command()
 def baseline(
     from_: Annotated[Path, typer.Option("--from", help="directory of records to take the baseline from")],
     output: Annotated[Path, typer.Option(help="baseline JSON to write, e.g. results/baselines/smoke.json")],

@@ -79,6 +79,7 @@ class EvalConfig:
     kid_subsets: int = 100  # kid: number of subsets averaged
     prc_neighborhood: int = 3  # precision/recall: k of the k-NN balls
     fid_batch_size: int = 64  # feature-extraction batch size (memory only; results do not depend on it)
+    fid_ref_stats: str = ""  # fid: published reference statistics (.npz with mu, sigma) instead of the target's
 
 
 @dataclass

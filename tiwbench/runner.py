@@ -43,13 +43,11 @@ class Cell:
 
     def config(self) -> dict[str, Any]:
         """The resolved config: everything the result depends on, saved with it and hashed."""
-        budget = dataclasses.asdict(self.budget)
-        if not self.budget.evaluator.overrides():
-            del budget["evaluator"]  # the dataset's own evaluator: hashes as before the section existed
         return {
             "suite": self.suite, "dataset": self.dataset, "dataset_params": self.dataset_params,
             "method": self.method, "method_options": self.method_options, "ref_frac": self.ref_frac,
-            "seed": self.seed, "profile": self.profile, "metrics": self.metrics, **budget,
+            "seed": self.seed, "profile": self.profile, "metrics": self.metrics,
+            **dataclasses.asdict(self.budget),
         }
 
     @property
