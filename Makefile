@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint setup clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the exact CPU builds of these machines; the package itself only states ranges.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 torchvision==0.28.0
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[fid,cluster,dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt torch torchvision
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[fid,cluster,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-from tiwbench.report import CONFIDENCE, ReportError, direction
+from tiwbench.intervals import CONFIDENCE, ReportError
+from tiwbench.report import direction
 
 COLUMNS = ["suite", "dataset", "metric", "ref_frac", "method", "vs", "n", "diff", "paired_half", "unpaired_half",
            "narrower", "higher_is_better"]

@@ -122,7 +122,7 @@ DATASETS.register("toy2d", "tiwbench.data.mixtures:Toy2D")
 DATASETS.register("digits_lt", "tiwbench.data.digits:DigitsLT")
 DATASETS.register("cifar10_lt", "tiwbench.data.cifar10:CIFAR10LT")
 DATASETS.register("ffhq_gender", "tiwbench.data.ffhq:FFHQGender")
-METRICS.register("fd", "tiwbench.metrics.base:FD")
+METRICS.register("fd", "tiwbench.metrics.fd:FD")
 METRICS.register("bias", "tiwbench.metrics.base:Bias")
 METRICS.register("fid", "tiwbench.metrics.fidelity:FID")  # ↓, direction from the class
 METRICS.register("kid", "tiwbench.metrics.fidelity:KID")  # ↓

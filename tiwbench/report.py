@@ -16,30 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from scipy import stats
 
 from tiwbench.config import config_hash
+from tiwbench.intervals import CONFIDENCE, ReportError, ci_halfwidth
 from tiwbench.registry import METRICS, RegistryError
 from tiwbench.results import atomic_write_text, load_records
 
-CONFIDENCE = 0.95
 FORMATS = ("markdown", "csv", "latex", "html", "json")
 KEY = ["suite", "dataset", "metric", "method", "ref_frac"]
 ANY_METRIC = "(all metrics)"  # stands for the metrics of a failed record that does not list them
 
 
-class ReportError(ValueError):
-    """Records or a baseline that cannot be read; the message names the fix."""
-
-
 # -- statistics -------------------------------------------------------------------------------------
-def ci_halfwidth(std: float, n: int, confidence: float = CONFIDENCE) -> float:
-    """Half-width of the Student-t interval for a mean of ``n`` seeds; NaN when n < 2 (no interval)."""
-    if n < 2 or std is None or not math.isfinite(std):
-        return math.nan
-    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
-
-
 def direction(metric: str, recorded: Any = None) -> bool:
     """True when higher is better: from the metric registry, else from what the records say."""
     try:

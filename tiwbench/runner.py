@@ -310,9 +310,21 @@ def preflight(cells: list[Cell]) -> None:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"method_options.{c.method}: {e}") from None
         ds = DATASETS.get(c.dataset)(**c.dataset_params)
+        missing_extra(c.metrics, ds)
         ds.split(c.ref_frac, c.seed)  # a missing file or an impossible ref_frac fails here
         if c.budget.ratio.provider == "exact":
             ds.exact_ratio()
+
+
+def missing_extra(metrics: list[str], dataset) -> None:
+    """A metric whose libraries are not installed: stop before any cell runs, naming the extra."""
+    import importlib.util
+
+    for name in metrics:
+        for module, extra in METRICS.get(name).needs(dataset).items():
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(f"metric {name!r} on {dataset.name} needs {module}, which is not installed; "
+                                  f"pip install 'tiwbench[{extra}]' (or drop {name} from the suite's metrics)")
 
 
 def base_record(cell: Cell, device: str) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from tiwbench import progress
 from tiwbench.data.base import content_hash
-from tiwbench.metrics.base import EvalContext, Metric, MetricError, check_enough_samples
+from tiwbench.metrics.base import FIDELITY_MODULES, EvalContext, Metric, MetricError, check_enough_samples
 
 EVALUATOR_EXTRACTOR = "tiwbench-evaluator"
 EVALUATOR_FEATURES = "features"
@@ -491,7 +491,15 @@ def evaluator_fd(ctx: EvalContext) -> dict[str, Any]:
     return {"value": c.fd(), **c.info}
 
 
-class FID(Metric):
+class _Fidelity(Metric):
+    """The metrics of this module: they import torch-fidelity and clean-fid on every dataset."""
+
+    @classmethod
+    def needs(cls, dataset) -> dict[str, str]:
+        return dict(FIDELITY_MODULES)
+
+
+class FID(_Fidelity):
     """Fréchet Inception distance (pool3 of the FID Inception-v3) to the unbiased target."""
 
     name = "fid"
@@ -503,7 +511,7 @@ class FID(Metric):
         return {"value": c.fd(), **c.info}
 
 
-class KID(Metric):
+class KID(_Fidelity):
     """Kernel (Inception) distance, in eval.feature_space (the evaluator's features by default)."""
 
     name = "kid"
@@ -517,7 +525,7 @@ class KID(Metric):
                 **c.info}
 
 
-class Precision(Metric):
+class Precision(_Fidelity):
     """Fraction of generated samples inside the target's k-NN manifold (torch-fidelity)."""
 
     name = "precision"
@@ -529,7 +537,7 @@ class Precision(Metric):
         return {"value": c.precision_recall()[0], "k": c.opts.prc_neighborhood, **c.info}
 
 
-class Recall(Metric):
+class Recall(_Fidelity):
     """Fraction of target samples inside the generated samples' k-NN manifold (torch-fidelity)."""
 
     name = "recall"
