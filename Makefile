@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint setup clean
+.PHONY: run test bench lint setup clean browser
 
 # constraints.txt pins the exact CPU builds of these machines; the package itself only states ranges.
 $(STAMP): pyproject.toml constraints.txt
@@ -17,6 +17,7 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/tiwbench run --suite ref_size --executor local --threads 1
+	$(BIN)/tiwbench report --format html --output results/runs/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -26,6 +27,14 @@ bench: $(STAMP)
 	# tests/benchmarks/conftest.py also writes results/bench_summary.json.
 	$(BIN)/python -m pytest tests/benchmarks -o addopts=-q -p no:cacheprovider --benchmark-only \
 		--benchmark-columns=mean,stddev,rounds --benchmark-json=results/bench.json
+
+# Chromium for the HTML report's browser test (tests/test_browser.py skips without it). Kept out of `make test`:
+# a fresh `apt-get install -y chromium` took 98 s here and needs root; where apt is absent it only says so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	echo "chromium not installed (no apt or not root): the browser test will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
