@@ -227,7 +227,7 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         value = res.pop("value")
         metrics.append({"name": name, "value": value, "higher_is_better": m.higher_is_better, **res})
     timing["metrics"] = time.monotonic() - t0
-    picture = sample_picture(group.dataset, samples, cell.label()) if distributed.is_main() else None
+    picture = sample_picture(group.dataset, samples) if distributed.is_main() else None
     return {"metrics": metrics, "timing": timing, "train": train_info, "_picture": picture}
 
 
