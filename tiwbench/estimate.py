@@ -3,6 +3,8 @@ one timed denoiser evaluation of each dataset's actual networks, extrapolated to
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from typing import Any
 
@@ -58,13 +60,13 @@ def sweep_hours(cells: list[Any]) -> dict[str, float]:
     from tiwbench.registry import DATASETS
 
     per_ds: dict[str, float] = {}
-    probes: dict[tuple, dict[str, float]] = {}
+    probes: dict[str, dict[str, float]] = {}  # one probe per distinct (dataset, budget): methods share it
     groups = set()
     for c in cells:
         ds = DATASETS.get(c.dataset)(**c.dataset_params)
         if ds.kind != "image":
             continue
-        key = (c.dataset, c.hash)
+        key = json.dumps([c.dataset, c.dataset_params, dataclasses.asdict(c.budget)], sort_keys=True, default=str)
         if key not in probes:
             probes[key] = cell_seconds(ds, c.budget)
         sec = probes[key]["train"] + probes[key]["sample"]
