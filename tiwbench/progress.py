@@ -110,7 +110,7 @@ class RichReporter(PlainReporter):
 
         super().__init__(total, echo=console.print)
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console)
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console)
         self.progress.start()
         self.cells = self.progress.add_task("cells", total=total)
         self.sub = self.progress.add_task("", total=1, visible=False)
