@@ -36,7 +36,7 @@ def gallery_html(records: list[dict[str, Any]], max_seeds: int = 1) -> str:
     pics = pictures(records)
     if not pics:
         return ""
-    parts = ["<h2>Samples</h2>",
+    parts = ['<h2 id="samples">Samples</h2>',
              "<p><small>The first samples of each cell; within a seed every method starts from the same "
              "latents. Image datasets: a grid; 2-D mixtures: samples (blue) over the true modes (red).</small></p>"]
     cells = sorted({k[:3] for k in pics})
