@@ -4,18 +4,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-gpu lint setup clean
+.PHONY: run test bench bench-gpu lint setup clean browser
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the exact CPU builds of these machines; the package itself only states ranges.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 torchvision==0.28.0
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[fid,cluster,dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt torch torchvision
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[fid,cluster,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/tiwbench run --suite ref_size --executor local --threads 1
+	$(BIN)/tiwbench report --format html --output results/runs/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -32,6 +34,14 @@ bench: $(STAMP)
 # On a CUDA machine: the paper-network figures of docs/benchmarks.md (JSON under results/gpu/).
 bench-gpu:
 	OUT=results/gpu PY=$(PY) bash scripts/gpu_bench.sh
+
+# Chromium for the HTML report's browser test (tests/test_browser.py skips without it). Kept out of `make test`:
+# a fresh `apt-get install -y chromium` took 98 s here and needs root; where apt is absent it only says so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	echo "chromium not installed (no apt or not root): the browser test will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -116,6 +116,8 @@ def run(
                                                                   "e.g. labels=ffhq_gender.csv or rho=0.02")] = None,
     ratio: Annotated[Optional[str], typer.Option(
         help="density-ratio estimator (see `tiwbench ls ratios`), e.g. discriminator or exact")] = None,
+    progress_every: Annotated[Optional[float], typer.Option(
+        help="seconds between progress lines of a phase when output is not a terminal (default 30)")] = None,
 ):
     """Run a suite: every (dataset, method, ref_frac, seed) cell, skipping cells already recorded.
 
@@ -130,8 +132,13 @@ def run(
         from tiwbench import distributed
         from tiwbench.config import load_suite
         from tiwbench.executors import EXECUTORS, configure_threads, submit_sweep
-        from tiwbench.runner import PlainReporter, RichReporter, expand, run_cells
+        from tiwbench.progress import INTERVAL_ENV, PlainReporter, RichReporter
+        from tiwbench.runner import expand, run_cells
 
+        if progress_every is not None:
+            if progress_every <= 0:
+                raise UserError(f"--progress-every {progress_every}: give a positive number of seconds")
+            os.environ[INTERVAL_ENV] = str(progress_every)  # jobs of the local/slurm executors inherit it
         _check_device(device)
         _check_writable(out)
         if launcher not in ("none", "torchrun"):
@@ -164,6 +171,12 @@ def run(
             for cell in cells:  # part of each cell's config, so its hash and records follow the choice
                 cell.budget.eval.fid_backend = fid_backend
         configure_threads(threads)  # 0: each group picks its own (runner.Group -> apply_threads)
+        if distributed.is_main():
+            from tiwbench.estimate import cpu_warning
+
+            note = cpu_warning(cells, device)
+            if note:
+                print(note, file=sys.stderr, flush=True)
         console = Console(stderr=True)
         echo = (lambda m: print(m, file=sys.stderr, flush=True)) if distributed.is_main() else (lambda m: None)
         if executor != "inline":
@@ -207,13 +220,16 @@ def report(
     format: Annotated[str, typer.Option("--format", help="markdown, csv, latex, html or json")] = "markdown",
     output: Annotated[Optional[Path], typer.Option(help="write the report to this file instead of stdout")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="also draw metric vs ref_frac with 95% CIs to this .png")] = None,
+    vs: Annotated[Optional[str], typer.Option(help="also each method's per-seed difference to this method, with a "
+                                                   "paired 95% t-interval (markdown, html)")] = None,
 ):
     """Leaderboard from the records under --runs: mean ± std, 95% CI and seed count per cell.
 
     Examples:\n
       tiwbench report --runs results/runs\n
       tiwbench report --format html --output report.html\n
-      tiwbench report --format latex --output tables.tex --plot ref_size.png
+      tiwbench report --format latex --output tables.tex --plot ref_size.png\n
+      tiwbench report --vs dsm_obs
     """
     try:
         from tiwbench.report import FORMATS, ReportError
@@ -222,7 +238,7 @@ def report(
         if format not in FORMATS:
             raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
         try:
-            text = make_report(runs, format, output=output, plot=plot)
+            text = make_report(runs, format, output=output, plot=plot, vs=vs)
         except ReportError as e:
             raise UserError(str(e)) from None
     except _user_errors() as e:
@@ -233,6 +249,56 @@ def report(
         typer.echo(f"report written to {output}", err=True)
     if plot is not None:
         typer.echo(f"plot written to {plot}", err=True)
+
+
+@app.command()
+def stats(
+    dataset: Annotated[str, typer.Option(help="an image dataset, e.g. cifar10_lt")],
+    data_root: Annotated[Optional[Path], typer.Option(help="where the dataset files are")] = None,
+    data_param: Annotated[Optional[list[str]], typer.Option(help="dataset parameter KEY=VALUE (repeatable)")] = None,
+    suite: Annotated[str, typer.Option(help="the suite whose metrics and eval options to follow")] = "ref_size",
+    profile: Annotated[str, typer.Option(help="budget profile whose eval options to follow")] = "paper",
+    cache_dir: Annotated[Path, typer.Option(help="cache of evaluators and reference statistics")] = Path(
+        "results/cache"),
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    fid_backend: Annotated[Optional[str], typer.Option(help="torch-fidelity or clean-fid")] = None,
+):
+    """Precompute and cache the reference statistics of a dataset's target (and its evaluator), exactly as
+    `tiwbench run` with the same suite and profile would use them; print each one's FID variant.
+
+    Example:\n
+      tiwbench stats --dataset cifar10_lt --data-root data/cifar10
+    """
+    import json
+
+    try:
+        from tiwbench.metrics.fidelity import precompute_references
+        from tiwbench.progress import PlainReporter, using
+        from tiwbench.runner import Group, expand
+
+        _check_device(device)
+        from tiwbench.config import load_suite
+
+        s = load_suite(suite)
+        cells = expand(s, profile, [dataset])[:1]
+        _apply_data_options(cells, data_root, data_param or [])
+        cell = cells[0]
+        if fid_backend is not None:
+            cell.budget.eval.fid_backend = fid_backend
+        reporter = PlainReporter(1, echo=lambda m: print(m, file=sys.stderr, flush=True))
+        with using(reporter):
+            group = Group(cell, device, cache_dir, reporter)
+            if getattr(group.evaluator, "network", None) is None:
+                raise UserError(f"dataset {dataset!r} has no image evaluator: its statistics are exact, "
+                                "nothing to precompute")
+            import dataclasses
+
+            rows = precompute_references(group.evaluator, dataclasses.asdict(cell.budget.eval), cell.metrics,
+                                         cache_dir)
+    except _user_errors() as e:
+        _fail(str(e))
+    for row in rows:
+        typer.echo(json.dumps(row, sort_keys=True))
 
 
 @app.command()

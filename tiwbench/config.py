@@ -82,6 +82,20 @@ class EvalConfig:
     kid_subsets: int = 100  # kid: number of subsets averaged
     prc_neighborhood: int = 3  # precision/recall: k of the k-NN balls
     fid_batch_size: int = 64  # feature-extraction batch size (memory only; results do not depend on it)
+    fid_ref_stats: str = ""  # fid: published reference statistics (.npz with mu, sigma) instead of the target's
+
+
+@dataclass
+class EvaluatorConfig:
+    """The image evaluator's training budget; 0 keeps the dataset's own value. Part of its cache key."""
+
+    epochs: int = 0
+    width: int = 0
+    batch_size: int = 0
+    max_images: int = 0  # train on a seeded subset of the target of this size; 0 = all of it
+
+    def overrides(self) -> dict[str, int]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v}
 
 
 @dataclass
@@ -90,6 +104,7 @@ class Budget:
     ratio: RatioConfig = field(default_factory=RatioConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
 
 
 PROFILES = ("smoke", "default", "paper")
@@ -254,7 +269,9 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
                              ("train.check_every", budget.train.check_every, 1),
                              ("ratio.steps", budget.ratio.steps, 1), ("ratio.batch_size", budget.ratio.batch_size, 1),
                              ("sample.n", budget.sample.n, 1), ("sample.steps", budget.sample.steps, 2),
-                             ("sample.batch_size", budget.sample.batch_size, 1)):
+                             ("sample.batch_size", budget.sample.batch_size, 1),
+                             ("evaluator.epochs", budget.evaluator.epochs, 0),
+                             ("evaluator.max_images", budget.evaluator.max_images, 0)):
         if value < low:
             raise ConfigError(f"{where}: {name} = {value} must be at least {low}")
     if budget.sample.dtype not in ("float32", "bfloat16"):

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tiwbench import progress
 from tiwbench.data.base import DataError, Evaluator, content_hash
 from tiwbench.integrity import Damaged, load_or_move_aside
 from tiwbench.results import atomic_write_json
@@ -122,7 +123,9 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     t0 = time.monotonic()
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(images), generator=g)
-    n_test = max(1, int(round(cfg["holdout"] * len(images))))
+    if cfg.get("max_images"):  # a budget (smoke profiles): a seeded subset of the target
+        perm = perm[: cfg["max_images"]]
+    n_test = max(1, int(round(cfg["holdout"] * len(perm))))
     test, train = perm[:n_test], perm[n_test:]
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
         torch.manual_seed(0)
@@ -132,6 +135,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     total = cfg["epochs"] * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total, pct_start=0.15)
     net.train()
+    report = progress.phase(f"evaluator training ({len(train)} images, {cfg['epochs']} epochs)", total)
+    done = 0
     for _ in range(cfg["epochs"]):
         order = train[torch.randperm(len(train), generator=g)]
         for i in range(steps_per_epoch):
@@ -145,6 +150,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
             loss.backward()
             opt.step()
             sched.step()
+            done += 1
+            report(done, total)
     net.eval()
     pred = batched(net, images[test], device).argmax(dim=1).cpu()
     acc = float((pred == labels[test]).double().mean())

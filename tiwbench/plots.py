@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from tiwbench.report import CONFIDENCE, ReportError  # noqa: E402
+from tiwbench.intervals import CONFIDENCE, ReportError  # noqa: E402
 from tiwbench.results import atomic_write_bytes  # noqa: E402
 
 

@@ -129,7 +129,7 @@ RATIOS.register("discriminator", "tiwbench.estimators:Discriminator", aliases=("
 RATIOS.register("discriminator_precond", "tiwbench.estimators:PrecondDiscriminator")
 RATIOS.register("discriminator_smooth", "tiwbench.estimators:SmoothDiscriminator")
 RATIOS.register("denoiser_diff", "tiwbench.estimators:DenoiserDifference")
-METRICS.register("fd", "tiwbench.metrics.base:FD")
+METRICS.register("fd", "tiwbench.metrics.fd:FD")
 METRICS.register("bias", "tiwbench.metrics.base:Bias")
 METRICS.register("fid", "tiwbench.metrics.fidelity:FID")  # ↓, direction from the class
 METRICS.register("kid", "tiwbench.metrics.fidelity:KID")  # ↓

@@ -16,30 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from scipy import stats
 
 from tiwbench.config import config_hash
+from tiwbench.intervals import CONFIDENCE, ReportError, ci_halfwidth
 from tiwbench.registry import METRICS, RegistryError
 from tiwbench.results import atomic_write_text, load_records
 
-CONFIDENCE = 0.95
 FORMATS = ("markdown", "csv", "latex", "html", "json")
 KEY = ["suite", "dataset", "metric", "method", "ref_frac"]
 ANY_METRIC = "(all metrics)"  # stands for the metrics of a failed record that does not list them
 
 
-class ReportError(ValueError):
-    """Records or a baseline that cannot be read; the message names the fix."""
-
-
 # -- statistics -------------------------------------------------------------------------------------
-def ci_halfwidth(std: float, n: int, confidence: float = CONFIDENCE) -> float:
-    """Half-width of the Student-t interval for a mean of ``n`` seeds; NaN when n < 2 (no interval)."""
-    if n < 2 or std is None or not math.isfinite(std):
-        return math.nan
-    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
-
-
 def direction(metric: str, recorded: Any = None) -> bool:
     """True when higher is better: from the metric registry, else from what the records say."""
     try:
@@ -314,8 +302,10 @@ img{max-width:100%}
 """
 
 
-def to_html(agg: pd.DataFrame, png: bytes | None = None) -> str:
-    """One self-contained page: tables, and the plot embedded as a base64 PNG."""
+def to_html(agg: pd.DataFrame, png: bytes | None = None, extra: str = "") -> str:
+    """One self-contained page: tables, the plot embedded as a base64 PNG, then ``extra`` (the samples)."""
+    from tiwbench.gallery import GALLERY_STYLE
+
     body = ["<h1>tiwbench report</h1>", f"<p><small>{html.escape(LEGEND)}</small></p>"]
     if png:
         b64 = base64.b64encode(png).decode("ascii")
@@ -337,17 +327,28 @@ def to_html(agg: pd.DataFrame, png: bytes | None = None) -> str:
         body.append(f"<h2>{html.escape(_title(t))}</h2><table>{''.join(rows)}</table>")
     if agg.empty:
         body.append("<p>no records found</p>")
+    if extra:
+        body.append(extra)
     return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>tiwbench report</title>'
-            f"<style>{HTML_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{HTML_STYLE}{GALLERY_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def render(agg: pd.DataFrame, fmt: str = "markdown") -> str:
+def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any]] | None = None,
+           vs: str | None = None) -> str:
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    paired = ""
+    if vs is not None:  # per-seed differences to one method (tiwbench.paired)
+        from tiwbench.paired import paired_section
+
+        paired = paired_section(records or [], vs, fmt)
     if fmt == "html":
+        from tiwbench.gallery import gallery_html
         from tiwbench.plots import figure_png
 
-        return to_html(agg, figure_png(agg) if len(agg) else None)
+        return to_html(agg, figure_png(agg) if len(agg) else None, paired + gallery_html(records or []))
+    if paired:
+        return to_markdown(agg) + "\n" + paired
     return {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json}[fmt](agg)
 
 
@@ -368,11 +369,13 @@ def summarize(runs: Path) -> pd.DataFrame:
     return aggregate(records_frame(load_runs(runs)))
 
 
-def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None) -> str:
-    """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given."""
+def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None,
+           vs: str | None = None) -> str:
+    """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given; with
+    ``vs``, the paired differences of every method to that one."""
     records = load_runs(runs)
     agg = aggregate(records_frame(records))
-    text = render(agg, fmt)
+    text = render(agg, fmt, records, vs)
     if fmt == "markdown":  # suites comparing ratio estimators (method@ratio) get the ratio study's tables
         from tiwbench.ratio_study import to_markdown as ratio_study_markdown
 

@@ -14,15 +14,17 @@ from typing import Any
 
 import torch
 
-from tiwbench import distributed
+from tiwbench import distributed, progress
 from tiwbench.config import Budget, ConfigError, Suite, config_hash, resolve_budget
 from tiwbench.data.base import DataError
 from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
 from tiwbench.locks import LOCK_NAME, claim
 from tiwbench.metrics.base import EvalContext
+from tiwbench.pictures import GRID_NAME, sample_picture
+from tiwbench.progress import PlainReporter, RichReporter  # noqa: F401  (where callers found them)
 from tiwbench.ratio import ratio_diagnostics
 from tiwbench.registry import DATASETS, METHODS, METRICS, RATIOS
-from tiwbench.results import RECORD_NAME, SCHEMA_VERSION, atomic_write_json, cell_dir, environment
+from tiwbench.results import RECORD_NAME, SCHEMA_VERSION, atomic_write_bytes, atomic_write_json, cell_dir, environment
 from tiwbench.threads import apply_threads
 from tiwbench.train import CellTimeout, NonFiniteLoss, train_score, weight_stats
 
@@ -56,7 +58,8 @@ class Cell:
     @property
     def group(self) -> tuple:
         return (self.dataset, json.dumps(self.dataset_params, sort_keys=True), self.ref_frac, self.seed,
-                json.dumps(dataclasses.asdict(self.budget.ratio), sort_keys=True))
+                json.dumps(dataclasses.asdict(self.budget.ratio), sort_keys=True),
+                json.dumps(self.budget.evaluator.overrides(), sort_keys=True))
 
     def label(self) -> str:
         return f"{self.dataset} {self.method} ref={self.ref_frac:g} seed={self.seed}"
@@ -122,6 +125,9 @@ class Group:
         apply_threads(self.dataset)  # 1 thread for small MLPs, the cores for images (unless --threads)
         self.split = self.dataset.split(cell.ref_frac, cell.seed)
         t1 = time.monotonic()
+        if cell.budget.evaluator.overrides() and hasattr(self.dataset, "evaluator_config"):
+            # the profile's evaluator budget: on this instance, so it enters the evaluator's cache key
+            self.dataset.evaluator_config = {**self.dataset.evaluator_config, **cell.budget.evaluator.overrides()}
         self.evaluator = self.dataset.evaluator(cache_dir=cache_dir, device=device)
         self.timing = {"split": t1 - t0, "evaluator": time.monotonic() - t1}
         self.ratios: dict[str, Any] = {}
@@ -160,6 +166,7 @@ class Group:
                 gd = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio-diag", tag))
                 info["per_sigma"] = ratio_diagnostics(model, self.split.bias.to(self.device),
                                                       self.split.ref.to(self.device), gd, exact=exact,
+                                                      n=min(2000, self.cell.budget.sample.n),
                                                       device=self.device)
             if isinstance(model, torch.nn.Module):
                 info["checkpoint_hash"] = hashlib.sha256(
@@ -246,65 +253,8 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         value = res.pop("value")
         metrics.append({"name": name, "value": value, "higher_is_better": m.higher_is_better, **res})
     timing["metrics"] = time.monotonic() - t0
-    return {"metrics": metrics, "timing": timing, "train": train_info}
-
-
-class PlainReporter:
-    """Log lines for a non-terminal (CI logs, pipes): rich's bar would print only at the end."""
-
-    def __init__(self, total: int, echo=print):
-        self.total, self.done, self.echo = total, 0, echo
-
-    def start(self, cell: Cell):
-        self.echo(f"[{self.done + 1}/{self.total}] {cell.label()} ...")
-
-    def phase(self, name: str, total: int):
-        return lambda done, total: None
-
-    def finish(self, cell: Cell, rec: dict, skipped: bool = False):
-        self.done += 1
-        if skipped:
-            self.echo(f"[{self.done}/{self.total}] {cell.label()}: done earlier (config unchanged), skipped")
-        elif rec["status"] == "ok":
-            vals = ", ".join(f"{m['name']}={m['value']:.4g}" for m in rec["metrics"])
-            self.echo(f"[{self.done}/{self.total}] {cell.label()}: {vals} ({rec['timing']['total']:.1f} s)")
-        else:
-            self.echo(f"[{self.done}/{self.total}] {cell.label()}: FAILED: {rec['error']['message']}")
-
-    def close(self):
-        pass
-
-
-class RichReporter(PlainReporter):
-    def __init__(self, total: int, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        super().__init__(total, echo=console.print)
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console)
-        self.progress.start()
-        self.cells = self.progress.add_task("cells", total=total)
-        self.sub = self.progress.add_task("", total=1, visible=False)
-
-    def start(self, cell: Cell):
-        self.progress.update(self.cells, description=f"cells: {cell.label()}")
-
-    def phase(self, name: str, total: int):
-        self.progress.reset(self.sub, total=total, description=f"  {name}", visible=True)
-        every = max(1, total // 100)
-
-        def update(done: int, total: int):
-            if done % every == 0 or done == total:
-                self.progress.update(self.sub, completed=done)
-
-        return update
-
-    def finish(self, cell: Cell, rec: dict, skipped: bool = False):
-        super().finish(cell, rec, skipped)
-        self.progress.advance(self.cells)
-
-    def close(self):
-        self.progress.stop()
+    picture = sample_picture(group.dataset, samples) if distributed.is_main() else None
+    return {"metrics": metrics, "timing": timing, "train": train_info, "_picture": picture}
 
 
 def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path | None = None,
@@ -312,6 +262,11 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
     """Run every cell not already recorded with the same config hash; return ok/skipped/failed."""
     out = Path(out)
     reporter = reporter or PlainReporter(len(cells))
+    with progress.using(reporter):
+        return _run_groups(cells, out, device, cache_dir, reporter)
+
+
+def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | None, reporter) -> dict[str, list]:
     summary: dict[str, list] = {"ok": [], "skipped": [], "failed": []}
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
@@ -343,6 +298,10 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
                     if group is None:
                         group = Group(cell, device, cache_dir, reporter)
                     result = run_cell(cell, group, device, reporter, checkpoint=checkpoint_path(path.parent, cell))
+                    picture = result.pop("_picture", None)
+                    if picture is not None and distributed.is_main():
+                        atomic_write_bytes(path.parent / GRID_NAME, picture)  # before the record that names it
+                        result["pictures"] = {"samples": GRID_NAME}
                     rec.update(status="ok", **result)
                 except (NonFiniteLoss, CellTimeout) as e:
                     rec.update(status="failed", error={"type": type(e).__name__, "message": str(e), "step": e.step})
@@ -415,10 +374,22 @@ def preflight(cells: list[Cell]) -> None:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"method_options.{c.method}: {e}") from None
         ds = DATASETS.get(c.dataset)(**c.dataset_params)
+        missing_extra(c.metrics, ds)
         ds.split(c.ref_frac, c.seed)  # a missing file or an impossible ref_frac fails here
         for name in {c.budget.ratio.provider} | {method_and_ratio(o.method)[1] or c.budget.ratio.provider
                                                   for o in cells}:
             RATIOS.get(name).check(ds)  # e.g. `exact` on a dataset without a closed form
+
+
+def missing_extra(metrics: list[str], dataset) -> None:
+    """A metric whose libraries are not installed: stop before any cell runs, naming the extra."""
+    import importlib.util
+
+    for name in metrics:
+        for module, extra in METRICS.get(name).needs(dataset).items():
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(f"metric {name!r} on {dataset.name} needs {module}, which is not installed; "
+                                  f"pip install 'tiwbench[{extra}]' (or drop {name} from the suite's metrics)")
 
 
 def base_record(cell: Cell, device: str) -> dict[str, Any]:

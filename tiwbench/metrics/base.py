@@ -10,6 +10,9 @@ import numpy as np
 import scipy.linalg
 import torch
 
+# what the image metrics import (tiwbench.metrics.fidelity) and the extra that installs it
+FIDELITY_MODULES = {"torchvision": "fid", "torch_fidelity": "fid", "cleanfid": "fid"}
+
 
 class MetricError(ValueError):
     """A metric cannot be computed on this input; the message says why and what to do."""
@@ -37,6 +40,11 @@ class Metric(ABC):
     name: ClassVar[str]
     higher_is_better: ClassVar[bool]
     description: ClassVar[str] = ""
+
+    @classmethod
+    def needs(cls, dataset) -> dict[str, str]:
+        """Modules this metric imports on ``dataset`` -> the extra that installs them (checked before a sweep)."""
+        return {}
 
     @abstractmethod
     def __call__(self, ctx: EvalContext) -> dict[str, Any]:
@@ -69,17 +77,14 @@ def check_enough_samples(n: int, dim: int, what: str = "features") -> None:
 
 
 class FD(Metric):
-    """Fréchet distance in the evaluator's feature space (raw coordinates on mixtures)."""
+    """Fréchet distance in the evaluator's feature space (raw coordinates on mixtures); on images the
+    registered ``fd`` (tiwbench.metrics.fd) goes through eval.fid_backend instead."""
 
     name = "fd"
     higher_is_better = False
     description = "Fréchet distance to the unbiased target in the evaluator's feature space"
 
     def __call__(self, ctx: EvalContext) -> dict[str, Any]:
-        if getattr(ctx.evaluator, "network", None) is not None:  # images: through eval.fid_backend
-            from tiwbench.metrics.fidelity import evaluator_fd
-
-            return evaluator_fd(ctx)
         f = ctx.features()
         if not torch.isfinite(f).all():
             raise MetricError("generated samples have non-finite features; the model diverged")

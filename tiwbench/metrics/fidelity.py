@@ -33,15 +33,16 @@ from tiwbench import tv_shim  # noqa: F401  (must precede torch_fidelity / clean
 import torch_fidelity
 from cleanfid import fid as cleanfid
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
+from tiwbench import progress
 from tiwbench.data.base import content_hash
 from tiwbench.integrity import load_or_move_aside
-from tiwbench.metrics.base import EvalContext, Metric, MetricError, check_enough_samples
+from tiwbench.metrics.base import FIDELITY_MODULES, EvalContext, Metric, MetricError, check_enough_samples
 
 EVALUATOR_EXTRACTOR = "tiwbench-evaluator"
 EVALUATOR_FEATURES = "features"
@@ -101,15 +102,19 @@ def _on_cuda(net) -> bool:
 
 
 class _Items(torch.utils.data.Dataset):
-    """Rows of a tensor as a Dataset: images for extraction, or feature vectors to pass through."""
+    """Rows of a tensor as a Dataset: images for extraction, or feature vectors to pass through.
+    ``report(done, total)`` hears of each item read (the loader reads in this process: save_cpu_ram)."""
 
-    def __init__(self, t: torch.Tensor):
-        self.t = t
+    def __init__(self, t: torch.Tensor, report=None):
+        self.t, self.report, self.read = t, report, 0
 
     def __len__(self):
         return len(self.t)
 
     def __getitem__(self, i):
+        if self.report is not None:
+            self.read += 1
+            self.report(self.read, len(self.t))
         return self.t[i]
 
 
@@ -128,6 +133,7 @@ class FidelityOptions:
     prc_neighborhood: int = 3
     feature_space: str = "evaluator"
     fid_batch_size: int = 64
+    fid_ref_stats: str = ""
     seed: int = 2020
 
     @classmethod
@@ -217,9 +223,10 @@ def _memo(ctx: EvalContext) -> dict:
 
 # -- feature extraction through each library --------------------------------------------------------
 
-def _tf_features(space: Space, images: torch.Tensor, batch_size: int) -> np.ndarray:
+def _tf_features(space: Space, images: torch.Tensor, batch_size: int, what: str = "features") -> np.ndarray:
     fe = space.module()
-    fd = get_featuresdict_from_dataset(_Items(space.prepare(images)), fe, batch_size, space.cuda, True, False)
+    items = _Items(space.prepare(images), progress.phase(f"{what} ({space.name})", len(images)))
+    fd = get_featuresdict_from_dataset(items, fe, batch_size, space.cuda, True, False)
     return fd[space.layer].numpy()
 
 
@@ -231,7 +238,7 @@ def _cleanfid_callable(space: Space, channels: int):
     return lambda b: fe(b[:, :channels] / 127.5 - 1)[0]
 
 
-def _cleanfid_features(space: Space, images: torch.Tensor, batch_size: int) -> np.ndarray:
+def _cleanfid_features(space: Space, images: torch.Tensor, batch_size: int, what: str = "features") -> np.ndarray:
     x = space.prepare(images)
     if space.name == "inception":
         x = x.to(torch.float64)
@@ -240,9 +247,11 @@ def _cleanfid_features(space: Space, images: torch.Tensor, batch_size: int) -> n
         x = x.repeat(1, 3 // x.shape[1], 1, 1) if x.shape[1] == 1 else x
     n, bs = len(x), min(batch_size, len(x))
     starts = iter(range(0, n, bs))
+    report = progress.phase(f"{what} ({space.name})", n)
 
     def serve(z):  # clean-fid's "generator": hands out the next batch, padded to its fixed batch size
         i = next(starts)
+        report(i, n)
         b = x[i : i + bs]
         return torch.cat([b, b[-1:].expand(bs - len(b), *b.shape[1:])]) if len(b) < bs else b
 
@@ -250,6 +259,7 @@ def _cleanfid_features(space: Space, images: torch.Tensor, batch_size: int) -> n
         feats = cleanfid.get_model_features(serve, _cleanfid_callable(space, images.shape[1]), mode="clean",
                                             z_dim=1, num_gen=n, batch_size=bs, device=torch.device("cpu"),
                                             verbose=False, custom_fn_resize=lambda a: a)
+    report(n, n)
     return np.asarray(feats)
 
 
@@ -280,11 +290,6 @@ def _atomic_savez(path: Path, **arrays) -> None:
         raise
 
 
-def _read_reference(path: Path) -> dict[str, Any]:
-    with np.load(path) as z:  # members are read (and their CRC checked) here, not later
-        return {"meta": json.loads(str(z["meta"])), "features": z["features"], "mu": z["mu"], "sigma": z["sigma"]}
-
-
 def reference_features(target: torch.Tensor, space: Space, backend: str, cache_dir: Path | None,
                        n_ref: int = 0, seed: int = 2020, batch_size: int = 64) -> dict[str, Any]:
     """Features, mean and covariance of the target under ``space`` and ``backend``, cached as .npz.
@@ -293,21 +298,61 @@ def reference_features(target: torch.Tensor, space: Space, backend: str, cache_d
     """
     key, parts = reference_key(target, space, backend, n_ref, seed)
     path = cache_dir / "reference" / f"{space.name}-{backend}-{key}.npz" if cache_dir else None
-    cached = load_or_move_aside(path, _read_reference, "reference statistics") if path and path.exists() else None
-    if cached is not None and cached.pop("meta") == parts:
-        return {**cached, "key": key, "status": "hit", "path": str(path)}
+    if path is not None and path.exists():
+        hit = load_or_move_aside(path, lambda p: load_reference(p, parts), "reference statistics")
+        if hit is not None:
+            if hit["ref_hash"] is None:  # written before files kept it
+                hit["ref_hash"] = content_hash(_reference_subset(target, n_ref, seed))
+            return {**hit, "key": key, "status": "hit", "path": str(path)}
     x = _reference_subset(target, n_ref, seed)
+    ref_hash = content_hash(x)
     if backend == "torch-fidelity":
-        feats = _tf_features(space, x, batch_size)
+        feats = _tf_features(space, x, batch_size, "reference features")
         st = fid_features_to_statistics(torch.from_numpy(feats))
         mu, sigma = st["mu"], st["sigma"]
     else:
-        feats = _cleanfid_features(space, x, batch_size)
+        feats = _cleanfid_features(space, x, batch_size, "reference features")
         mu, sigma = np.mean(feats, axis=0), np.cov(feats, rowvar=False)  # as cleanfid.fid_from_feats does
     if path is not None:
-        _atomic_savez(path, features=feats, mu=mu, sigma=sigma, meta=np.array(json.dumps(parts, sort_keys=True)))
-    return {"features": feats, "mu": mu, "sigma": sigma, "key": key, "status": "miss" if path else "off",
-            "path": str(path) if path else None}
+        _atomic_savez(path, features=feats, mu=mu, sigma=sigma, meta=np.array(json.dumps(parts, sort_keys=True)),
+                      ref_hash=np.array(ref_hash))
+    return {"features": feats, "mu": mu, "sigma": sigma, "ref_hash": ref_hash, "key": key,
+            "status": "miss" if path else "off", "path": str(path) if path else None}
+
+
+def load_reference(path: Path, parts: dict[str, Any]) -> dict[str, Any] | None:
+    """A cached reference file's arrays, or None when it was made for other inputs (its meta differs)."""
+    with np.load(path) as z:
+        if json.loads(str(z["meta"])) != parts:
+            return None
+        return {"features": z["features"], "mu": z["mu"], "sigma": z["sigma"],
+                "ref_hash": str(z["ref_hash"]) if "ref_hash" in z.files else None}
+
+
+def load_published_stats(path: str | Path) -> dict[str, Any]:
+    """Published reference statistics: an .npz with ``mu`` [D] and ``sigma`` [D, D] (the format pytorch-fid
+    and clean-fid publish), identified by the file's hash."""
+    from tiwbench.metrics.inception import file_hash
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise MetricError(f"eval.fid_ref_stats {p} does not exist; pass an .npz with arrays mu and sigma")
+    try:
+        with np.load(p) as z:
+            mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
+    except (KeyError, ValueError, OSError) as e:
+        raise MetricError(f"eval.fid_ref_stats {p}: not an .npz with arrays mu and sigma ({e})") from None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise MetricError(f"eval.fid_ref_stats {p}: mu {mu.shape} and sigma {sigma.shape} do not match")
+    return {"features": None, "mu": mu, "sigma": sigma, "ref_hash": f"file:{file_hash(p)}", "key": file_hash(p),
+            "status": "published", "path": str(p)}
+
+
+def variant(space: Space, backend: str, ref: dict[str, Any], n_ref: int | None) -> dict[str, Any]:
+    """What an FID number depends on besides the samples: what the field reports with a score."""
+    return {"backend": backend, "feature_space": space.name, "weights": space.key["weights"],
+            "resize": space.key["preprocess"], "reference_size": n_ref, "reference_hash": ref.get("ref_hash"),
+            "reference": "published" if ref["status"] == "published" else "computed"}
 
 
 # -- the metrics ----------------------------------------------------------------------------------
@@ -333,18 +378,25 @@ class Comparison:
         x = samples[:n_max] if n_max else samples
         check_enough_samples(len(x), space.dim, f"{space.name} features (generated samples)")
         self.space, self.opts, self.backend = space, opts, opts.fid_backend
-        self.ref = reference_features(target, space, self.backend, cache_dir, opts.fid_ref_samples, opts.seed,
-                                      opts.fid_batch_size)
-        n_ref = len(self.ref["features"])
-        check_enough_samples(n_ref, space.dim, f"{space.name} features (reference set)")
+        if opts.fid_ref_stats and space.name == "inception":  # a published file: FID only (no features)
+            self.ref = load_published_stats(opts.fid_ref_stats)
+            if len(self.ref["mu"]) != space.dim:
+                raise MetricError(f"eval.fid_ref_stats {opts.fid_ref_stats}: {len(self.ref['mu'])}-dimensional, "
+                                  f"the {space.name} features are {space.dim}-dimensional")
+            n_ref = None
+        else:
+            self.ref = reference_features(target, space, self.backend, cache_dir, opts.fid_ref_samples, opts.seed,
+                                          opts.fid_batch_size)
+            n_ref = len(self.ref["features"])
+            check_enough_samples(n_ref, space.dim, f"{space.name} features (reference set)")
         extract = _tf_features if self.backend == "torch-fidelity" else _cleanfid_features
-        self.features = extract(space, x, opts.fid_batch_size)
+        self.features = extract(space, x, opts.fid_batch_size, "sample features")
         if not np.isfinite(self.features).all():
             raise MetricError("generated samples have non-finite features; the model diverged")
-        self.kid_size = max(2, min(opts.kid_subset_size, len(x), n_ref))
+        self.kid_size = max(2, min(opts.kid_subset_size, len(x), n_ref or len(x)))
         self.info = {"backend": self.backend, "feature_space": space.name, "extractor": space.extractor,
                      "weights": space.key["weights"], "n": len(x), "n_ref": n_ref, "reference": self.ref["status"],
-                     "reference_key": self.ref["key"]}
+                     "reference_key": self.ref["key"], "variant": variant(space, self.backend, self.ref, n_ref)}
         self._results: dict[str, Any] = {}
 
     def _calculate(self, **which) -> dict[str, Any]:
@@ -357,9 +409,18 @@ class Comparison:
             kid_subsets=o.kid_subsets, prc_neighborhood=o.prc_neighborhood, rng_seed=o.seed,
             **self.space.kwargs, **which)
 
+    def _need_features(self, what: str) -> None:
+        if self.ref["features"] is None:
+            raise MetricError(f"{what} needs the reference features; published statistics (eval.fid_ref_stats) "
+                              "give FID only")
+
     def fd(self) -> float:
         if "fd" not in self._results:
-            if self.backend == "torch-fidelity":
+            if self.ref["features"] is None and self.backend == "torch-fidelity":
+                mine = fid_features_to_statistics(torch.from_numpy(self.features))
+                value = fid_statistics_to_metric(mine, {"mu": self.ref["mu"], "sigma": self.ref["sigma"]},
+                                                 False)[KEY_METRIC_FID]
+            elif self.backend == "torch-fidelity":
                 value = self._calculate(fid=True)[KEY_METRIC_FID]
             else:
                 f = self.features
@@ -369,6 +430,7 @@ class Comparison:
         return self._results["fd"]
 
     def kid(self) -> tuple[float, float | None]:
+        self._need_features("kid")
         if "kid" not in self._results:
             if self.backend == "torch-fidelity":
                 m = self._calculate(kid=True)
@@ -386,6 +448,7 @@ class Comparison:
 
     def precision_recall(self) -> tuple[float, float]:
         # clean-fid has no precision/recall: with either backend they come from torch-fidelity
+        self._need_features("precision/recall")
         if "prc" not in self._results:
             m = self._calculate(prc=True)
             self._results["prc"] = (m[KEY_METRIC_PRECISION], m[KEY_METRIC_RECALL])
@@ -429,7 +492,15 @@ def evaluator_fd(ctx: EvalContext) -> dict[str, Any]:
     return {"value": c.fd(), **c.info}
 
 
-class FID(Metric):
+class _Fidelity(Metric):
+    """The metrics of this module: they import torch-fidelity and clean-fid on every dataset."""
+
+    @classmethod
+    def needs(cls, dataset) -> dict[str, str]:
+        return dict(FIDELITY_MODULES)
+
+
+class FID(_Fidelity):
     """Fréchet Inception distance (pool3 of the FID Inception-v3) to the unbiased target."""
 
     name = "fid"
@@ -441,7 +512,7 @@ class FID(Metric):
         return {"value": c.fd(), **c.info}
 
 
-class KID(Metric):
+class KID(_Fidelity):
     """Kernel (Inception) distance, in eval.feature_space (the evaluator's features by default)."""
 
     name = "kid"
@@ -455,7 +526,7 @@ class KID(Metric):
                 **c.info}
 
 
-class Precision(Metric):
+class Precision(_Fidelity):
     """Fraction of generated samples inside the target's k-NN manifold (torch-fidelity)."""
 
     name = "precision"
@@ -467,7 +538,7 @@ class Precision(Metric):
         return {"value": c.precision_recall()[0], "k": c.opts.prc_neighborhood, **c.info}
 
 
-class Recall(Metric):
+class Recall(_Fidelity):
     """Fraction of target samples inside the generated samples' k-NN manifold (torch-fidelity)."""
 
     name = "recall"
@@ -477,3 +548,35 @@ class Recall(Metric):
     def __call__(self, ctx: EvalContext) -> dict[str, Any]:
         c = comparison(ctx)
         return {"value": c.precision_recall()[1], "k": c.opts.prc_neighborhood, **c.info}
+
+
+# -- precomputing the reference statistics (`tiwbench stats`) ----------------------------------------
+
+METRIC_SPACES = {"fd": "evaluator", "fid": "inception"}  # kid, precision, recall: eval.feature_space
+
+
+def precompute_references(evaluator, options: dict[str, Any], metrics: list[str],
+                          cache_dir: Path | None) -> list[dict[str, Any]]:
+    """Extract and cache the target's reference features for every feature space ``metrics`` use, as a
+    run with these eval ``options`` would; one entry (space, status, path, variant) per space."""
+    ctx = EvalContext(samples=torch.empty(0), evaluator=evaluator, options=options,
+                      cache_dir=str(cache_dir) if cache_dir is not None else None)
+    opts = FidelityOptions.from_ctx(ctx)
+    spaces = []
+    for m in metrics:
+        name = METRIC_SPACES.get(m, opts.feature_space if m in ("kid", "precision", "recall") else None)
+        if name is not None and name not in spaces:
+            spaces.append(name)
+    out = []
+    for name in spaces:
+        if name == "inception" and opts.fid_ref_stats:
+            ref = load_published_stats(opts.fid_ref_stats)
+            out.append({"space": name, "status": "published", "path": ref["path"],
+                        "variant": variant(space_for(ctx, opts, name), opts.fid_backend, ref, None)})
+            continue
+        space = space_for(ctx, opts, name)
+        ref = reference_features(evaluator.target, space, opts.fid_backend, cache_dir, opts.fid_ref_samples,
+                                 opts.seed, opts.fid_batch_size)
+        out.append({"space": name, "status": ref["status"], "path": ref["path"],
+                    "variant": variant(space, opts.fid_backend, ref, len(ref["features"]))})
+    return out

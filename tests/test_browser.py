@@ -1,0 +1,95 @@
+"""The HTML report in a real headless browser (Debian's chromium): it loads without console errors and
+every inlined picture decodes. Skipped, with the reason, where chromium is not installed
+(`make browser` installs it where apt is available)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_report import record, write  # noqa: I001  (the synthetic records of the report tests)
+
+from tiwbench.report import report
+from tiwbench.results import atomic_write_bytes
+
+CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--enable-logging=stderr", "--v=0"]
+
+# put in the head of a copy of the page: records script errors and console.error calls, and checks every image
+SENTINEL = """<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(String(e.message || e.type)), true);
+const _err = console.error; console.error = (...a) => { window.__errors.push(a.join(" ")); _err(...a); };
+window.addEventListener("load", () => {
+  const imgs = [...document.images];
+  const broken = imgs.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt);
+  const out = document.createElement("pre"); out.id = "sentinel";
+  out.textContent = JSON.stringify({errors: window.__errors, images: imgs.length, broken: broken});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def browse(page: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *extra, page.as_uri()],
+                          capture_output=True, text=True, timeout=180)
+
+
+def console_messages(stderr: str) -> list[str]:
+    """Console messages as chromium logs them (``[...:INFO:CONSOLE:1] "msg", source: ...``; it logs
+    console.error at INFO too). The report has no script of its own, so any message is a fault."""
+    return [line for line in stderr.splitlines() if re.search(r":CONSOLE[:(]", line)]
+
+
+def sentinel(stdout: str) -> dict:
+    import html
+
+    m = re.search(r'<pre id="sentinel">(.*?)</pre>', stdout, re.S)
+    assert m, "the page's load handler never ran"
+    return json.loads(html.unescape(m.group(1)))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make browser` installs it with apt)")
+def test_html_report_loads_in_headless_chromium(tmp_path):
+    import torch
+
+    from tiwbench.pictures import GRID_NAME, image_grid, png_bytes
+
+    recs = [record(m, f, s, 0.1 * (i + 1) + 0.01 * s) for i, m in enumerate(("dsm_obs", "tiw_dsm"))
+            for f in (0.05, 0.25) for s in range(3)]
+    for r in recs:
+        r["dataset"], r["pictures"] = "digits_lt", {"samples": GRID_NAME}
+    runs = write(tmp_path / "runs", recs)
+    for p in runs.rglob("record.json"):  # a grid beside each record, as the runner writes it
+        atomic_write_bytes(p.parent / GRID_NAME, png_bytes(image_grid(torch.rand(16, 1, 8, 8) * 2 - 1)))
+    page = tmp_path / "report.html"
+    report(runs, "html", output=page, vs="dsm_obs")
+    text = page.read_text()
+    assert text.count('alt="samples of ') == 4 and "Paired differences to dsm_obs" in text
+
+    checked = tmp_path / "checked.html"
+    checked.write_text(text.replace("</head>", SENTINEL + "</head>", 1))  # before anything can fail
+    proc = browse(checked, tmp_path, "--virtual-time-budget=5000", "--dump-dom")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = sentinel(proc.stdout)
+    assert result["errors"] == [] and result["broken"] == []
+    assert result["images"] == 5  # the metric plot, and 2 methods × 2 ref_fracs of seed 0
+    # the page as shipped, without the sentinel: no console errors in chromium's own log
+    plain = browse(page, tmp_path, "--virtual-time-budget=3000", "--dump-dom")
+    assert plain.returncode == 0 and "<h1>tiwbench report</h1>" in plain.stdout
+    assert console_messages(plain.stderr) == []
+
+    # the checks can fail: a page with a broken picture, a console error and a script error
+    bad = tmp_path / "bad.html"
+    bad.write_text(f'<!DOCTYPE html><html><head>{SENTINEL}</head><body><img alt="bad" src="data:image/png;base64,'
+                   'AAAA"><script>console.error("boom"); nosuch();</script></body></html>')
+    proc = browse(bad, tmp_path, "--virtual-time-budget=3000", "--dump-dom")
+    caught = sentinel(proc.stdout)
+    assert caught["broken"] == ["bad"] and any("boom" in e for e in caught["errors"])
+    assert any("nosuch" in e for e in caught["errors"])
+    assert any("nosuch is not defined" in line for line in console_messages(proc.stderr))

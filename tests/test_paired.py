@@ -1,0 +1,58 @@
+"""Paired differences to a reference method, against a t-interval computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from test_report import record, write
+from typer.testing import CliRunner
+
+from tiwbench.cli import app
+from tiwbench.paired import paired_table, welch_half
+from tiwbench.report import records_frame
+
+BASE = [1.0, 2.0, 3.0]  # seed-to-seed spread shared by both methods
+OTHER = [1.5, 2.1, 3.4]
+
+
+def _records():
+    return ([record("dsm_obs", 0.05, s, v) for s, v in enumerate(BASE)]
+            + [record("tiw_dsm", 0.05, s, v) for s, v in enumerate(OTHER)])
+
+
+def test_paired_interval_matches_hand_computation():
+    t = paired_table(records_frame(_records()), "dsm_obs")
+    r = t[(t.metric == "fd") & (t.method == "tiw_dsm")].iloc[0]
+    # d = (0.5, 0.1, 0.4): mean 1/3; sd² = (1/36 + 49/900 + 1/225)·(1/2) = 0.0433…; t_{0.975, 2} = 4.302652729911275
+    sd = math.sqrt(((0.5 - 1 / 3) ** 2 + (0.1 - 1 / 3) ** 2 + (0.4 - 1 / 3) ** 2) / 2)
+    assert sd == pytest.approx(0.2081665999466133, rel=1e-12)
+    assert r["diff"] == pytest.approx(1 / 3, rel=1e-12)
+    assert r.paired_half == pytest.approx(4.302652729911275 * 0.2081665999466133 / math.sqrt(3), rel=1e-9)
+    assert r.n == 3
+    # Welch on the same seeds: var/n = 1/3 and 0.9433…/3, df = 3.9966…, t ≈ 2.7775
+    assert r.unpaired_half == pytest.approx(2.235, abs=2e-3)
+    assert r.narrower == pytest.approx(r.paired_half / r.unpaired_half) and r.narrower < 0.25
+
+
+def test_welch_equal_variances_is_the_pooled_interval():
+    a, b = [1.0, 2.0, 3.0], [2.0, 3.0, 4.0]
+    # equal n and variances: df = 4 and se = sqrt(2/3); t_{0.975, 4} = 2.7764451051977987
+    assert welch_half(a, b) == pytest.approx(2.7764451051977987 * math.sqrt(2 / 3), rel=1e-9)
+
+
+def test_only_common_seeds_are_paired():
+    recs = _records() + [record("tiw_dsm", 0.05, 7, 100.0)]  # seed 7 has no dsm_obs partner
+    t = paired_table(records_frame(recs), "dsm_obs")
+    assert set(t.n) == {3}
+
+
+def test_report_vs_prints_paired_differences(tmp_path):
+    runs = write(tmp_path / "runs", _records())
+    r = CliRunner().invoke(app, ["report", "--runs", str(runs), "--vs", "dsm_obs"])
+    assert r.exit_code == 0, r.output
+    assert "Paired differences to dsm_obs" in r.output
+    line = next(x for x in r.output.splitlines() if "| tiw_dsm |" in x and "| fd |" in x)
+    assert "0.3333 ± 0.5171" in line and "better" not in line  # the paired interval contains 0 here
+    bad = CliRunner().invoke(app, ["report", "--runs", str(runs), "--vs", "oracle"])
+    assert bad.exit_code == 2 and "no finished records" in bad.output

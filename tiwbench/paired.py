@@ -1,0 +1,120 @@
+"""Paired comparisons with a reference method. Within a seed every method shares the split, the ratio
+model and the sampling latents, so the seed-to-seed noise they share cancels in the per-seed difference
+d_s = x_{m,s} − x_{ref,s}. The paired interval is mean(d) ± t_{n−1} · sd(d)/√n over the n seeds both
+finished; beside it, the unpaired (Welch) interval of the difference of the two means on the same seeds,
+and the ratio of the half-widths (below 1: pairing made the comparison sharper)."""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+import pandas as pd
+from scipy import stats
+
+from tiwbench.intervals import CONFIDENCE, ReportError
+from tiwbench.report import direction
+
+COLUMNS = ["suite", "dataset", "metric", "ref_frac", "method", "vs", "n", "diff", "paired_half", "unpaired_half",
+           "narrower", "higher_is_better"]
+
+
+def paired_interval(d: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """(mean, half-width) of the Student-t interval of paired differences; half NaN below 2 pairs."""
+    n = len(d)
+    mean = sum(d) / n
+    if n < 2:
+        return mean, math.nan
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+
+
+def welch_half(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> float:
+    """Half-width of the Welch interval of mean(a) − mean(b) (Welch–Satterthwaite degrees of freedom)."""
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        return math.nan
+    va = sum((x - sum(a) / na) ** 2 for x in a) / (na - 1) / na
+    vb = sum((x - sum(b) / nb) ** 2 for x in b) / (nb - 1) / nb
+    if va + vb == 0:
+        return 0.0
+    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    return float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(va + vb)
+
+
+def paired_table(df: pd.DataFrame, vs: str, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """One row per (suite, dataset, metric, ref_frac, method ≠ vs) from ``records_frame`` rows."""
+    ok = df[df.status == "ok"]
+    if vs not in set(ok.method):
+        have = ", ".join(sorted(set(ok.method))) or "none"
+        raise ReportError(f"--vs {vs}: no finished records of that method; methods here: {have}")
+    rows = []
+    for (suite, ds, metric, frac), g in ok.groupby(["suite", "dataset", "metric", "ref_frac"], sort=True):
+        base = g[g.method == vs].set_index("seed").value
+        if base.empty:
+            continue
+        hib = direction(metric, g.higher_is_better.dropna().iloc[0] if g.higher_is_better.notna().any() else None)
+        for method, gm in g[g.method != vs].groupby("method", sort=True):
+            m = gm.set_index("seed").value
+            seeds = sorted(set(m.index) & set(base.index))
+            if not seeds:
+                continue
+            a, b = [float(m[s]) for s in seeds], [float(base[s]) for s in seeds]
+            diff, half = paired_interval([x - y for x, y in zip(a, b)], confidence)
+            unpaired = welch_half(a, b, confidence)
+            rows.append({"suite": suite, "dataset": ds, "metric": metric, "ref_frac": frac, "method": method,
+                         "vs": vs, "n": len(seeds), "diff": diff, "paired_half": half, "unpaired_half": unpaired,
+                         "narrower": half / unpaired if unpaired and math.isfinite(half) else math.nan,
+                         "higher_is_better": hib})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _fmt(x: float) -> str:
+    return "–" if not math.isfinite(x) else f"{x:.4g}"
+
+
+def _verdict(r) -> str:
+    if not math.isfinite(r.paired_half) or abs(r["diff"]) <= r.paired_half:
+        return "≈"
+    better = (r["diff"] > 0) == bool(r.higher_is_better)
+    return "better" if better else "worse"
+
+
+def to_markdown(table: pd.DataFrame, vs: str) -> str:
+    lines = [f"### Paired differences to {vs}",
+             f"_method − {vs} per seed; mean ± {CONFIDENCE:.0%} paired Student-t half-width over the seeds both "
+             "finished; unpaired: the Welch half-width of the same comparison; ratio: paired/unpaired (below 1: "
+             "pairing is sharper). better/worse: the paired interval excludes 0._", "",
+             "| dataset | metric | ref_frac | method | n | diff ± paired | unpaired ± | ratio | |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        lines.append(f"| {r.dataset} | {r.metric} | {r.ref_frac:g} | {r.method} | {r.n} | "
+                     f"{_fmt(r['diff'])} ± {_fmt(r.paired_half)} | ± {_fmt(r.unpaired_half)} | {_fmt(r.narrower)} | "
+                     f"{_verdict(r)} |")
+    if table.empty:
+        lines.append("| – | – | – | – | 0 | no seeds in common | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: pd.DataFrame, vs: str) -> str:
+    head = ("<tr><th>dataset</th><th>metric</th><th>ref_frac</th><th>method</th><th>n</th><th>diff ± paired</th>"
+            "<th>unpaired ±</th><th>ratio</th><th></th></tr>")
+    rows = [f"<tr><td>{html.escape(str(r.dataset))}</td><td>{html.escape(str(r.metric))}</td><td>{r.ref_frac:g}</td>"
+            f"<td>{html.escape(str(r.method))}</td><td>{r.n}</td><td>{_fmt(r['diff'])} ± {_fmt(r.paired_half)}</td>"
+            f"<td>± {_fmt(r.unpaired_half)}</td><td>{_fmt(r.narrower)}</td><td>{_verdict(r)}</td></tr>"
+            for _, r in table.iterrows()]
+    return (f"<h2>Paired differences to {html.escape(vs)}</h2><p><small>method − {html.escape(vs)} per seed, "
+            f"{CONFIDENCE:.0%} paired t-interval; ratio = paired/unpaired half-width.</small></p>"
+            f"<table>{head}{''.join(rows)}</table>")
+
+
+def paired_section(records: list[dict[str, Any]], vs: str, fmt: str) -> str:
+    from tiwbench.report import records_frame
+
+    table = paired_table(records_frame(records), vs)
+    if fmt == "markdown":
+        return to_markdown(table, vs)
+    if fmt == "html":
+        return to_html(table, vs)
+    raise ReportError(f"--vs works with --format markdown or html, not {fmt}")
