@@ -182,9 +182,10 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     timing["ratio"] = time.monotonic() - t0
     if ratio is not None and hasattr(ratio, "clipped"):
         ratio.clipped, ratio.seen = ratio.clipped * 0, ratio.seen * 0  # clip rate of this cell only
-    torch.manual_seed(derived_seed(cell.seed, "init", cell.method))
+    trains_as = method.trains_as or cell.method  # a sampling-time method shares its base's training seeds
+    torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
     net = make_denoiser(group.dataset, cell.budget.train)
-    g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", cell.method))
+    g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", trains_as))
     t0 = time.monotonic()
     task = reporter.phase("train", cell.budget.train.steps)
     ema, train_info = train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
@@ -195,6 +196,14 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     gw = torch.Generator().manual_seed(derived_seed(cell.seed, "ess", cell.method))
     train_info.update(weight_stats(method, ratio, x, is_ref, gw))
 
+    t0 = time.monotonic()
+    sampling_ratio = group.ratio(method.sampling_ratio)
+    timing["ratio"] += time.monotonic() - t0
+    if sampling_ratio is not None and hasattr(sampling_ratio, "clipped"):
+        sampling_ratio.clipped, sampling_ratio.seen = sampling_ratio.clipped * 0, sampling_ratio.seen * 0
+    ref_share = float(is_ref.float().mean())  # π: the share of D_ref in what the network saw
+    denoiser = method.sampling_denoiser(ema, sampling_ratio, ref_share)
+
     s = cell.budget.sample
     t0 = time.monotonic()
     samples = []
@@ -203,10 +212,15 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     task = reporter.phase("sample", len(seeds))
     for i in range(0, len(seeds), s.batch_size):
         lat = per_sample_latents(seeds[i : i + s.batch_size], group.dataset.shape, device)
-        samples.append(edm_sampler(ema, lat, s.steps, s.sigma_min, s.sigma_max, s.rho).cpu())
+        samples.append(edm_sampler(denoiser, lat, s.steps, s.sigma_min, s.sigma_max, s.rho).cpu())
         task(min(i + s.batch_size, len(seeds)), len(seeds))
     samples = torch.cat(samples) if samples else torch.empty(0, *group.dataset.shape)
     samples = distributed.gather_cat(samples, s.n)  # in seed order, on every rank
+    gf = torch.Generator().manual_seed(derived_seed(cell.seed, "finish", cell.method))
+    samples = method.finish_samples(samples.to(device), sampling_ratio, ref_share, gf).cpu()
+    if sampling_ratio is not None:
+        train_info["sampling"] = {"ratio": method.sampling_ratio, "ref_share": ref_share,
+                                  "clip_rate": sampling_ratio.clip_rate, **getattr(method, "sampling_info", {})}
     timing["sample"] = time.monotonic() - t0
 
     t0 = time.monotonic()
