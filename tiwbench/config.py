@@ -24,6 +24,7 @@ class TrainConfig:
     lr: float = 2e-3  # Adam learning rate
     lr_warmup: int = 100  # linear warm-up steps
     ema_halflife: int = 100  # EMA half-life in steps; the EMA network is the one sampled
+    ema_rampup: float = 0.05  # EDM's ema_rampup_ratio: half-life at most this × steps done (0 = no ramp-up)
     grad_clip: float = 1.0  # max gradient norm (0 disables)
     hidden: int = 256  # vector nets: MLP width
     depth: int = 3  # vector nets: hidden layers
