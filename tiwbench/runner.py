@@ -38,6 +38,7 @@ class Cell:
     metrics: list[str]
     dataset_params: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, Any] = field(default_factory=dict)  # the swept dataset parameter and its value here
 
     def config(self) -> dict[str, Any]:
         """The resolved config: everything the result depends on, saved with it and hashed."""
@@ -45,7 +46,7 @@ class Cell:
             "suite": self.suite, "dataset": self.dataset, "dataset_params": self.dataset_params,
             "method": self.method, "method_options": self.method_options, "ref_frac": self.ref_frac,
             "seed": self.seed, "profile": self.profile, "metrics": self.metrics,
-            **dataclasses.asdict(self.budget),
+            **dataclasses.asdict(self.budget), **({"sweep": self.sweep} if self.sweep else {}),
         }
 
     @property
@@ -58,7 +59,8 @@ class Cell:
                 json.dumps(dataclasses.asdict(self.budget.ratio), sort_keys=True))
 
     def label(self) -> str:
-        return f"{self.dataset} {self.method} ref={self.ref_frac:g} seed={self.seed}"
+        swept = "".join(f" {k}={v}" for k, v in self.sweep.items())
+        return f"{self.dataset} {self.method} ref={self.ref_frac:g}{swept} seed={self.seed}"
 
 
 def _pick(names: list[str], allowed: list[str] | None, registry, what: str) -> list[str]:
@@ -82,14 +84,30 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
     cells = []
     for ds in ds_names:
         budget, profile_seeds = resolve_budget(suite, profile, ds)
-        for rf in ref_fracs or suite.ref_fracs:
-            for seed in seeds if seeds is not None else (profile_seeds or suite.seeds):
-                for m in m_names:
-                    cells.append(Cell(suite.name, ds, m, float(rf), int(seed), profile,
-                                      dataclasses.replace(budget), list(suite.metrics),
-                                      dict(suite.dataset_params.get(ds, {})),
-                                      dict(suite.method_options.get(m, {}))))
+        for swept in sweep_points(suite, ds):
+            for rf in ref_fracs or suite.ref_fracs:
+                for seed in seeds if seeds is not None else (profile_seeds or suite.seeds):
+                    for m in m_names:
+                        cells.append(Cell(suite.name, ds, m, float(rf), int(seed), profile,
+                                          dataclasses.replace(budget), list(suite.metrics),
+                                          {**suite.dataset_params.get(ds, {}), **swept},
+                                          dict(suite.method_options.get(m, {})), dict(swept)))
     return cells
+
+
+def sweep_points(suite: Suite, dataset: str) -> list[dict[str, Any]]:
+    """The suite's swept dataset parameter as one {name: value} per point ([{}] without a sweep),
+    checked against the dataset's parameters."""
+    if not suite.sweep:
+        return [{}]
+    (key, values), = suite.sweep.items()
+    allowed = DATASETS.get(dataset).defaults
+    if key not in allowed:
+        raise ConfigError(f"{suite.source}: sweep: dataset {dataset!r} has no parameter {key!r}; "
+                          f"sweep one of {sorted(allowed)} or ref_fracs")
+    if key in suite.dataset_params.get(dataset, {}):
+        raise ConfigError(f"{suite.source}: {key!r} is both swept and set in dataset_params.{dataset}; keep one")
+    return [{key: v} for v in values]
 
 
 def derived_seed(*parts: Any) -> int:
@@ -98,7 +116,7 @@ def derived_seed(*parts: Any) -> int:
 
 
 def existing_record(cell: Cell, out: Path) -> dict | None:
-    p = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed) / RECORD_NAME
+    p = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed, cell.sweep) / RECORD_NAME
     if not p.exists():
         return None
     try:
@@ -123,6 +141,8 @@ class Group:
         self.timing = {"split": t1 - t0, "evaluator": time.monotonic() - t1}
         self.ratios: dict[str, Any] = {}
         self.ratio_info: dict[str, Any] = {}
+        self.shared_training: set[str] = set()  # methods whose trained network later cells reuse (trains_as)
+        self.trained: dict[tuple, tuple] = {}
 
     def ratio(self, kind: str | None):
         if kind is None:
@@ -183,13 +203,19 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     if ratio is not None and hasattr(ratio, "clipped"):
         ratio.clipped, ratio.seen = ratio.clipped * 0, ratio.seen * 0  # clip rate of this cell only
     trains_as = method.trains_as or cell.method  # a sampling-time method shares its base's training seeds
-    torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
-    net = make_denoiser(group.dataset, cell.budget.train)
-    g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", trains_as))
+    shared = (trains_as, json.dumps(dataclasses.asdict(cell.budget.train), sort_keys=True))
     t0 = time.monotonic()
-    task = reporter.phase("train", cell.budget.train.steps)
-    ema, train_info = train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
-                                  checkpoint=checkpoint)
+    if shared in group.trained:  # the same seeds and loss: the base cell's network, not a retrained copy
+        ema, train_info = group.trained[shared][0], {**group.trained[shared][1], "shared_with": trains_as}
+    else:
+        torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
+        net = make_denoiser(group.dataset, cell.budget.train)
+        g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", trains_as))
+        task = reporter.phase("train", cell.budget.train.steps)
+        ema, train_info = train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
+                                      checkpoint=checkpoint)
+        if cell.method in group.shared_training:
+            group.trained[shared] = (ema, dict(train_info))
     timing["train"] = time.monotonic() - t0
     if ratio is not None:
         train_info["clip_rate"] = ratio.clip_rate
@@ -309,7 +335,8 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
         for members in groups.values():
             group = None
             for cell in members:
-                path = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed) / RECORD_NAME
+                path = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed,
+                                cell.sweep) / RECORD_NAME
                 if existing_record(cell, out) is not None:
                     summary["skipped"].append(str(path))
                     reporter.finish(cell, {}, skipped=True)
@@ -320,6 +347,7 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
                 try:
                     if group is None:
                         group = Group(cell, device, cache_dir, reporter)
+                        group.shared_training = {METHODS.get(c.method).trains_as for c in members} - {None}
                     result = run_cell(cell, group, device, reporter, checkpoint=checkpoint_path(path.parent, cell))
                     rec.update(status="ok", **result)
                 except (NonFiniteLoss, CellTimeout) as e:
@@ -375,5 +403,5 @@ def base_record(cell: Cell, device: str) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION, "status": "running", "suite": cell.suite, "dataset": cell.dataset,
         "method": cell.method, "ref_frac": cell.ref_frac, "ref_size": None, "seed": cell.seed,
         "profile": cell.profile, "config_hash": cell.hash, "config": cell.config(), "env": environment(device),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"sweep": cell.sweep} if cell.sweep else {}),
     }
