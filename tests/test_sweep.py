@@ -97,3 +97,17 @@ def test_digits_sweep_validated_against_its_parameters(tmp_path):
     assert {c.dataset_params["contamination"] for c in cells} == {0.0, 0.5}
     with pytest.raises(ConfigError, match="no parameter 'std'"):
         expand(_suite(tmp_path, text.replace("contamination: [0.0, 0.5]", "std: [0.1]")))
+
+
+def test_shipped_sweep_suites():
+    from tiwbench.runner import preflight
+
+    rob = load_suite("robustness")
+    assert rob.sweep == {"contamination": [0.0, 0.1, 0.25, 0.5]}
+    wide = load_suite("ref_size_wide")
+    assert min(wide.ref_fracs) == 0.01 and max(wide.ref_fracs) == 1.0
+    preflight(expand(wide, "smoke", datasets=["digits_lt"], methods=["dsm_obs"]))  # every size fits disjointly
+    assert 0.125 in load_suite("ffhq_gender").ref_fracs
+    for name in ("ref_size", "toy_exact"):  # the 2×2 ablation and the sampling-time baselines are on the board
+        assert {"dsm_obs", "tiw_dsm_nocorr", "tiw_dsm_noweight", "tiw_dsm", "dg_obs", "ir_obs"} <= set(
+            load_suite(name).methods)
