@@ -11,6 +11,7 @@ class TIWDSMNoWeight(Method):
     name = "tiw_dsm_noweight"
     ratio = "time"
     description = "TIW-DSM without the weight (score correction σ²∇log w_σ(x) only)"
+    per_sample_weights = False  # weight 1
 
     def loss(self, net, batch, ratio=None):
         idx = batch.bias_idx

@@ -23,6 +23,7 @@ class TIWDSMRelease(Method):
     ratio = "time"
     description = ("replica of the released code's loss, not TIW-DSM: batch weight Σ2d (broadcast), "
                    "target y − σ²∇d; not recommended")
+    per_sample_weights = False  # one batch scalar: every sample weighs the same
 
     def loss(self, net, batch, ratio=None):
         logit, grad_logit = ratio.log_ratio_and_grad(batch.x, batch.sigma)

@@ -29,6 +29,7 @@ class Method:
     # method whose training (init and batch seeds) they share, so that the comparison is paired.
     sampling_ratio: ClassVar[str | None] = None
     trains_as: ClassVar[str | None] = None
+    per_sample_weights: ClassVar[bool] = True  # with a ratio: D_bias samples weighted by w (the recorded ESS)
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.defaults))

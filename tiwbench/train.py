@@ -136,7 +136,7 @@ def load_checkpoint(path: Path, net, ema, opt, generator: torch.Generator, losse
 def weight_stats(method, ratio, x: torch.Tensor, is_ref: torch.Tensor, generator: torch.Generator,
                  n_batches: int = 8, batch_size: int = 256) -> dict:
     """Mean effective sample size of the per-sample weights over a few fresh batches."""
-    if ratio is None or method.ratio is None:
+    if ratio is None or method.ratio is None or not method.per_sample_weights:
         return {"ess": 1.0}
     ess = []
     for _ in range(n_batches):
