@@ -12,7 +12,7 @@ from tiwbench.runner import expand, run_cells
 SWEEP = """
 name: sw
 datasets: [toy2d]
-methods: [dsm_obs, dg_obs]
+methods: [dsm_obs, dg_obs, ir_obs]
 method_options: {dg_obs: {scale: 0.0}}
 ref_fracs: [0.1]
 seeds: [0]
@@ -34,13 +34,13 @@ def _suite(tmp_path, text=SWEEP):
 
 def test_sweep_expands_into_dataset_params_config_and_hash(tmp_path):
     cells = expand(_suite(tmp_path))
-    assert len(cells) == 4
+    assert len(cells) == 6
     values = sorted({c.dataset_params["contamination"] for c in cells})
     assert values == [0.0, 0.5]
     for c in cells:
         assert c.sweep == {"contamination": c.dataset_params["contamination"]}
         assert c.config()["sweep"] == c.sweep
-    assert len({c.hash for c in cells}) == 4 and len({c.group for c in cells}) == 2
+    assert len({c.hash for c in cells}) == 6 and len({c.group for c in cells}) == 2
 
 
 @pytest.mark.parametrize("sweep, message", [
@@ -62,7 +62,7 @@ def test_swept_key_also_in_dataset_params_is_refused(tmp_path):
 def test_sweep_runs_records_and_reports_against_the_swept_parameter(tmp_path):
     out = tmp_path / "runs"
     summary = run_cells(expand(_suite(tmp_path)), out)
-    assert len(summary["ok"]) == 4 and not summary["failed"]
+    assert len(summary["ok"]) == 6 and not summary["failed"]
     assert (out / "sw/toy2d/dsm_obs/ref0.1_contamination0.5_seed0/record.json").exists()
     records = load_records(out)
     by = {(r["method"], r["sweep"]["contamination"]): r for r in records}
@@ -72,6 +72,11 @@ def test_sweep_runs_records_and_reports_against_the_swept_parameter(tmp_path):
         # dg_obs shares dsm_obs's network; at guidance scale 0 it is the same sampler, the same numbers
         assert dg["train"]["shared_with"] == "dsm_obs" and dg["train"]["final_loss"] == base["train"]["final_loss"]
         assert [m["value"] for m in dg["metrics"]] == [m["value"] for m in base["metrics"]]
+        # ir_obs: the same network, its samples resampled by the exact clean ratio (the hook ran)
+        ir = by[("ir_obs", v)]
+        assert ir["train"]["final_loss"] == base["train"]["final_loss"]
+        assert 0 < ir["train"]["sampling"]["resample_ess"] < 1 and ir["train"]["sampling"]["ratio"] == "clean"
+        assert [m["value"] for m in ir["metrics"]] != [m["value"] for m in base["metrics"]]
     # contamination moves the reference set, not the biased one
     assert by[("dsm_obs", 0.0)]["data_hashes"]["bias"] == by[("dsm_obs", 0.5)]["data_hashes"]["bias"]
     assert by[("dsm_obs", 0.0)]["data_hashes"]["ref"] != by[("dsm_obs", 0.5)]["data_hashes"]["ref"]
