@@ -14,13 +14,15 @@ def _err_line(result):
     return text.splitlines()
 
 
-def test_ls_methods_lists_six_five_from_entry_points():
+def test_ls_methods_lists_ten_nine_from_entry_points():
     r = runner.invoke(app, ["ls", "methods"])
     assert r.exit_code == 0
     lines = r.output.strip().splitlines()
-    assert len(lines) == 6
-    assert sum("entry point" in line for line in lines) == 5
+    assert len(lines) == 10
+    assert sum("entry point" in line for line in lines) == 9
     assert any(line.startswith("tiw_dsm ") and "builtin" in line for line in lines)
+    release = next(line for line in lines if line.startswith("tiw_dsm_release "))
+    assert "replica of the released code" in release and "not recommended" in release
 
 
 def test_ls_metrics_shows_direction():

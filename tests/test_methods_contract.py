@@ -33,7 +33,13 @@ def test_loss_is_per_element(name, toy):
     assert loss.shape == batch.y.shape and torch.isfinite(loss).all()
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+# The one documented exemption from per-sample independence: the replica of the released code, whose
+# broadcast collapses the weights to one batch scalar Σ_i 2 d_i (METHOD.md §6). It is held instead to
+# exactly that coupling, in test_released_weight_couples_samples_by_one_scalar.
+COLLAPSED_BATCH_WEIGHT = {"tiw_dsm_release"}
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS.names()) - COLLAPSED_BATCH_WEIGHT))
 def test_changing_one_sample_changes_only_its_loss(name, toy):
     method = METHODS.get(name)()
     ratio = _ratio_for(method, toy)
@@ -58,7 +64,7 @@ def test_weighted_methods_reduce_to_dsm_on_reference_samples(toy):
     net, batch = _setup(toy)
     ref_batch = Batch(batch.y, torch.ones_like(batch.is_ref), batch.sigma, batch.noise)
     plain = METHODS.get("dsm_obs")().loss(net, ref_batch)
-    for name in ("tiw_dsm", "tiw_dsm_nocorr", "iw_dsm"):
+    for name in ("tiw_dsm", "tiw_dsm_nocorr", "tiw_dsm_noweight", "iw_dsm"):
         m = METHODS.get(name)()
         assert torch.allclose(m.loss(net, ref_batch, _ratio_for(m, toy)), plain)
 
@@ -77,3 +83,22 @@ def test_tiw_dsm_target_shift_is_sigma2_grad_log_w(toy):
     d = net(batch.x, batch.sigma).double()
     expected = (lam * w)[:, None] * (d - batch.y.double() - s[:, None] ** 2 * grad) ** 2
     assert torch.allclose(loss.double(), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(COLLAPSED_BATCH_WEIGHT))
+def test_released_weight_couples_samples_by_one_scalar(name, toy):
+    """Changing sample i rescales every other sample's loss by one common factor, and the D_ref/D_bias
+    flag changes nothing (the release does not know it)."""
+    method = METHODS.get(name)()
+    ratio = _ratio_for(method, toy)
+    net, batch = _setup(toy)
+    base = method.loss(net, batch, ratio).detach().double()
+    y = batch.y.clone()
+    y[1] += 0.7
+    other = method.loss(net, Batch(y, batch.is_ref, batch.sigma, batch.noise), ratio).detach().double()
+    rest = torch.arange(len(y)) != 1
+    factor = other[rest] / base[rest]
+    assert torch.allclose(factor, factor.flatten()[0].expand_as(factor), rtol=1e-5)
+    assert abs(float(factor.flatten()[0]) - 1) > 1e-4
+    flip = Batch(batch.y, ~batch.is_ref, batch.sigma, batch.noise)
+    assert torch.equal(method.loss(net, flip, ratio).detach().double(), base)

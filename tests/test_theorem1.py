@@ -67,3 +67,44 @@ def test_reweighting_only_is_not_a_constant_shift(toy, exact_denoiser):
 def test_unweighted_dsm_on_biased_data_is_not_a_constant_shift(toy, exact_denoiser):
     gaps = _gaps("dsm_obs", toy, exact_denoiser, 0.5)
     assert any(abs(gap) > 10 * se for gap, se in gaps.values()), gaps
+
+
+def test_correction_only_is_not_a_constant_shift(toy, exact_denoiser):
+    """tiw_dsm_noweight: Theorem 1's identity does not hold without the weight ..."""
+    gaps = _gaps("tiw_dsm_noweight", toy, exact_denoiser, 0.5, n=50_000)
+    assert any(abs(gap) > 10 * se for gap, se in gaps.values()), gaps
+
+
+def _directional_derivatives(method_name, toy, exact_denoiser, sigma, n=30_000, seed=1, delta=0.05):
+    """d/dε of the D_bias loss at D = D_data + ε h, for a few directions h (central differences are
+    exact for a quadratic loss), on shared samples: mean and its standard error per direction."""
+    g = torch.Generator().manual_seed(seed)
+    yb, _ = toy.bias_mixture.sample(n, g)
+    nb = torch.randn(yb.shape, generator=g, dtype=torch.float64)
+    ratio = toy.exact_ratio(time_dependent=True)
+    ratio.logit_max = 1e9
+    method = METHODS.get(method_name)()
+    directions = {
+        "toward bias denoiser": lambda x, s: toy.bias_mixture.denoiser(x, s) - toy.data_mixture.denoiser(x, s),
+        "x": lambda x, s: x,
+        "constant": lambda x, s: torch.tensor([0.3, -0.2], dtype=x.dtype).expand_as(x),
+    }
+    out = {}
+    for name, h in directions.items():
+        plus = exact_denoiser(lambda x, s, h=h: toy.data_mixture.denoiser(x, s) + delta * h(x, s))
+        minus = exact_denoiser(lambda x, s, h=h: toy.data_mixture.denoiser(x, s) - delta * h(x, s))
+        diff = (_losses(method, plus, yb, nb, sigma, ratio, False)
+                - _losses(method, minus, yb, nb, sigma, ratio, False)) / (2 * delta)
+        out[name] = (float(diff.mean()), float(diff.std() / math.sqrt(n)))
+    return out
+
+
+def test_correction_only_is_minimised_by_the_unbiased_denoiser(toy, exact_denoiser):
+    """... but its pointwise minimiser is E_data[y|x]: the gradient at the exact unbiased denoiser is
+    zero within Monte-Carlo error in every direction, as for tiw_dsm; not so without the correction."""
+    for sigma in (0.1, 0.5):
+        for name in ("tiw_dsm_noweight",) if sigma == 0.1 else ("tiw_dsm_noweight", "tiw_dsm"):
+            for direction, (mean, se) in _directional_derivatives(name, toy, exact_denoiser, sigma).items():
+                assert abs(mean) < 5 * se + 1e-6, (name, sigma, direction, mean, se)
+    nocorr = _directional_derivatives("tiw_dsm_nocorr", toy, exact_denoiser, 0.5)
+    assert any(abs(mean) > 10 * se for mean, se in nocorr.values()), nocorr

@@ -24,6 +24,7 @@ class TrainConfig:
     lr: float = 2e-3  # Adam learning rate
     lr_warmup: int = 100  # linear warm-up steps
     ema_halflife: int = 100  # EMA half-life in steps; the EMA network is the one sampled
+    ema_rampup: float = 0.05  # EDM's ema_rampup_ratio: half-life at most this × steps done (0 = no ramp-up)
     grad_clip: float = 1.0  # max gradient norm (0 disables)
     hidden: int = 256  # vector nets: MLP width
     depth: int = 3  # vector nets: hidden layers
@@ -138,6 +139,8 @@ class Suite:
     ratio: str = "learned"  # default ratio provider, overridable per profile/dataset
     dataset_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # one dataset parameter and its values, e.g. {contamination: [0, 0.1]}: the report's x-axis
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
     # profile -> dataset -> partial Budget (train/ratio/sample/seeds)
     profiles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # job resources; never part of a cell's config
@@ -248,6 +251,12 @@ def load_suite(name_or_path: str) -> Suite:
     for f in suite.ref_fracs:
         if not 0 < f <= 1:
             raise ConfigError(f"{path}: ref_fracs: {f} is not in (0, 1]")
+    if len(suite.sweep) > 1:
+        raise ConfigError(f"{path}: sweep: {sorted(suite.sweep)}: sweep one dataset parameter per suite (it is "
+                          f"the plots' x-axis); split the others into suites of their own")
+    for key, values in suite.sweep.items():
+        if not values:
+            raise ConfigError(f"{path}: sweep.{key}: give at least one value")
     return suite
 
 

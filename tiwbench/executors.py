@@ -105,7 +105,7 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
     summary: dict[str, list] = {"ok": [], "skipped": [], "failed": []}
     groups: dict[tuple, list] = {}
     for c in cells:
-        path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed) / RECORD_NAME
+        path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed, c.sweep) / RECORD_NAME
         if existing_record(c, out) is not None:
             summary["skipped"].append(str(path))
             if reporter is not None:
@@ -153,7 +153,7 @@ def _collect(job, members: list, out: Path, summary: dict[str, list], echo, repo
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         echo(f"job {job.job_id} failed: {msg}")
         for c in members:
-            path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed) / RECORD_NAME
+            path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed, c.sweep) / RECORD_NAME
             summary["failed"].append(str(path))
         return
     for key in ("ok", "skipped", "failed"):
@@ -161,6 +161,6 @@ def _collect(job, members: list, out: Path, summary: dict[str, list], echo, repo
     echo(f"job {job.job_id} done: {len(res.get('ok', []))} ok, {len(res.get('failed', []))} failed")
     if reporter is not None:  # the cells' own lines (metrics, time), as an inline run prints them
         for c in members:
-            path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed) / RECORD_NAME
+            path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed, c.sweep) / RECORD_NAME
             if path.exists():
                 reporter.finish(c, json.loads(path.read_text()))

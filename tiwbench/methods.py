@@ -25,6 +25,11 @@ class Method:
     ratio: ClassVar[str | None] = None  # None | "time" | "clean"
     description: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}  # method options, settable from a suite
+    # Sampling-time methods: the ratio the sampler's hooks need (None | "time" | "clean"), and the
+    # method whose training (init and batch seeds) they share, so that the comparison is paired.
+    sampling_ratio: ClassVar[str | None] = None
+    trains_as: ClassVar[str | None] = None
+    per_sample_weights: ClassVar[bool] = True  # with a ratio: D_bias samples weighted by w (the recorded ESS)
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.defaults))
@@ -40,6 +45,16 @@ class Method:
     def loss(self, net, batch: Batch, ratio=None) -> torch.Tensor:
         """Per-element loss, the shape of ``batch.y``."""
         return dsm_loss(net, batch)
+
+    def sampling_denoiser(self, net, ratio=None, ref_share: float = 0.0):
+        """The denoiser D(x; σ) the sampler integrates. ``ref_share`` is π = |D_ref|/|D_obs|, the share
+        of reference data in what the network was trained on. Default: the trained network itself."""
+        return net
+
+    def finish_samples(self, samples: torch.Tensor, ratio=None, ref_share: float = 0.0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """A transform of the finished samples (e.g. resampling). Default: none."""
+        return samples
 
 
 def scatter_bias(batch: Batch, fill: float, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

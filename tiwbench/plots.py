@@ -1,4 +1,4 @@
-"""Figures of aggregated results: each metric against ref_frac per method, with confidence-interval bars."""
+"""Figures of aggregated results: each metric against ref_frac (or a swept parameter) per method, with CI bars."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from tiwbench.intervals import CONFIDENCE, ReportError  # noqa: E402
+from tiwbench.intervals import CONFIDENCE, ReportError, panel_key  # noqa: E402
 from tiwbench.results import atomic_write_bytes  # noqa: E402
 
 
 def figure(agg: pd.DataFrame):
-    """One panel per (suite, dataset, metric), as the tables: log-x ref_frac; fully failed cells drawn as
-    crosses on the x axis."""
-    panels = list(agg.groupby(["suite", "dataset", "metric"], sort=True))
+    """One panel per (suite, dataset, metric), as the tables, against the suite's x-axis (ref_frac on a log
+    scale, or the swept dataset parameter); fully failed cells drawn as crosses on the x axis."""
+    panels = list(agg.assign(panel=panel_key(agg)).groupby(["suite", "dataset", "metric", "panel"], sort=True))
     if not panels:
         raise ReportError("nothing to plot: no aggregated cells")
     ncols = min(3, len(panels))
@@ -31,31 +31,38 @@ def figure(agg: pd.DataFrame):
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     markers = "osD^vP*Xh<>"
     suites = agg.suite.nunique()
-    for ax, ((suite, ds, metric), sub) in zip(axes.flat, panels, strict=False):
+    for ax, ((suite, ds, metric, panel), sub) in zip(axes.flat, panels, strict=False):
         hib = bool(sub.higher_is_better.iloc[0])
+        xs = sorted(sub.x.unique())
+        log_x = bool(xs[0] > 0)  # log spacing suits sizes; a swept parameter may start at 0
+        width = (xs[-1] - xs[0]) or 1.0
         # a small multiplicative offset per method, so that overlapping error bars stay apart on log-x
         spread = 0.03
         for i, m in enumerate(methods):
-            rows = sub[sub.method == m].sort_values("ref_frac")
+            rows = sub[sub.method == m].sort_values("x")
             if rows.empty:
                 continue
-            shift = 1 + spread * (i - (len(methods) - 1) / 2)
+            offset = spread * (i - (len(methods) - 1) / 2)
+            place = (lambda x, o=offset: x * (1 + o)) if log_x else (lambda x, o=offset * width: x + o)
             ok = rows[rows.n > 0]
             yerr = ok.ci_half.fillna(0.0).to_numpy()  # n=1: a bare point, no bar
-            ax.errorbar(ok.ref_frac * shift, ok["mean"], yerr=yerr, color=colors[m], marker=markers[i % len(markers)],
+            ax.errorbar(place(ok.x), ok["mean"], yerr=yerr, color=colors[m], marker=markers[i % len(markers)],
                         ms=5, capsize=3, lw=1.4, label=m)
             bad = rows[rows.n == 0]
             if len(bad):
                 trans = blended_transform_factory(ax.transData, ax.transAxes)
-                ax.plot(bad.ref_frac * shift, [0.03] * len(bad), "x", color=colors[m], ms=9, mew=2.5,
+                ax.plot(place(bad.x), [0.03] * len(bad), "x", color=colors[m], ms=9, mew=2.5,
                         transform=trans, clip_on=False)
-        ax.set_xscale("log")
-        fracs = sorted(sub.ref_frac.unique())
-        ax.set_xlim(fracs[0] / 1.4, fracs[-1] * 1.4)  # room for the per-method offsets, even with one ref_frac
-        ax.set_xticks(fracs)
-        ax.set_xticklabels([f"{f:g}" for f in fracs])
+        if log_x:
+            ax.set_xscale("log")
+            ax.set_xlim(xs[0] / 1.4, xs[-1] * 1.4)  # room for the per-method offsets, even with one value
+        else:
+            ax.set_xlim(xs[0] - 0.15 * width, xs[-1] + 0.15 * width)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{f:g}" for f in xs])
         ax.minorticks_off()
-        ax.set_xlabel("ref_frac  (|D_ref| / |D_bias|)")
+        x_name = sub.x_name.iloc[0]
+        ax.set_xlabel("ref_frac  (|D_ref| / |D_bias|)" if x_name == "ref_frac" else panel)
         ax.set_ylabel(f"{metric} ({'higher' if hib else 'lower'} is better)")
         prefix = f"{suite}: " if suites > 1 else ""  # seeds of two suites are two experiments, never pooled
         ax.set_title(f"{prefix}{ds} · {metric} {'↑' if hib else '↓'}")

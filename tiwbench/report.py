@@ -18,12 +18,13 @@ from typing import Any
 import pandas as pd
 
 from tiwbench.config import config_hash
-from tiwbench.intervals import CONFIDENCE, ReportError, ci_halfwidth
+from tiwbench.intervals import CONFIDENCE, ReportError, ci_halfwidth, panel_key
 from tiwbench.registry import METRICS, RegistryError
 from tiwbench.results import atomic_write_text, load_records
 
 FORMATS = ("markdown", "csv", "latex", "html", "json")
-KEY = ["suite", "dataset", "metric", "method", "ref_frac"]
+# x: where a cell sits on the x-axis, the value of x_name (ref_frac, or the suite's swept dataset parameter)
+KEY = ["suite", "dataset", "metric", "method", "ref_frac", "x_name", "x"]
 ANY_METRIC = "(all metrics)"  # stands for the metrics of a failed record that does not list them
 
 
@@ -47,6 +48,13 @@ def config_key(record: dict[str, Any]) -> str | None:
     return config_hash({k: v for k, v in cfg.items() if k != "seed"})
 
 
+def x_axis(record: dict[str, Any]) -> tuple[str, float]:
+    """The x-axis of a record's suite and its place on it: the swept dataset parameter, else ref_frac."""
+    for name, value in (record.get("sweep") or {}).items():
+        return str(name), float(value)
+    return "ref_frac", float(record["ref_frac"])
+
+
 def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (record, metric). A failed record gets one row per metric it was configured for, with
     status 'failed' and no value, so that it is counted rather than dropped."""
@@ -56,6 +64,7 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
                "ref_frac": float(r["ref_frac"]), "seed": r.get("seed"), "status": r.get("status", "ok"),
                "profile": r.get("profile"), "config_hash": r.get("config_hash"), "ref_size": r.get("ref_size"),
                "config_key": config_key(r)}
+        key["x_name"], key["x"] = x_axis(r)
         if key["status"] != "ok":
             for name in (r.get("config") or {}).get("metrics") or [None]:
                 rows.append({**key, "status": "failed", "metric": name, "value": math.nan,
@@ -67,7 +76,7 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             rows.append({**key, "status": "ok" if math.isfinite(v) else "failed", "metric": m["name"],
                          "value": v, "higher_is_better": m.get("higher_is_better")})
     cols = ["suite", "dataset", "method", "ref_frac", "seed", "status", "profile", "config_hash", "ref_size",
-            "config_key", "metric", "value", "higher_is_better"]
+            "config_key", "metric", "value", "higher_is_better", "x_name", "x"]
     df = pd.DataFrame(rows, columns=cols)
     unnamed = df.metric.isna()
     if unnamed.any():  # a failed record that does not say its metrics: count it against every metric seen
@@ -105,7 +114,7 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
                     "ref_size": int(sizes[0]) if len(sizes) == 1 else None,
                     "configs": int(g.config_key.dropna().nunique())})
     agg = pd.DataFrame(out, columns=cols)
-    for _, col in agg.groupby(["suite", "dataset", "metric", "ref_frac"]).groups.items():
+    for _, col in agg.groupby(["suite", "dataset", "metric", "ref_frac", "x_name", "x"]).groups.items():
         marks = mark_column(agg.loc[col])
         agg.loc[list(marks), "mark"] = list(marks.values())
     return agg
@@ -168,20 +177,22 @@ def cell_parts(r: pd.Series) -> tuple[str, str]:
 
 
 def _column_label(f: float, sub: pd.DataFrame) -> str:
-    sizes = sub.loc[sub.ref_frac == f, "ref_size"].dropna().unique()
-    return f"{f:g} (N_ref={int(sizes[0])})" if len(sizes) == 1 else f"{f:g}"
+    sizes = sub.loc[sub.x == f, "ref_size"].dropna().unique()
+    name = "" if sub.x_name.iloc[0] == "ref_frac" else f"{sub.x_name.iloc[0]}="
+    return f"{name}{f:g} (N_ref={int(sizes[0])})" if len(sizes) == 1 else f"{name}{f:g}"
 
 
 def tables(agg: pd.DataFrame) -> list[dict[str, Any]]:
     """One entry per (suite, dataset, metric): title fields and the rows of aggregated cells."""
     out = []
-    for (suite, ds, metric), sub in agg.groupby(["suite", "dataset", "metric"], sort=True):
-        fracs = sorted(sub.ref_frac.unique())
-        out.append({"suite": suite, "dataset": ds, "metric": metric,
+    for (suite, ds, metric, panel), sub in agg.assign(panel=panel_key(agg)).groupby(
+            ["suite", "dataset", "metric", "panel"], sort=True):
+        fracs = sorted(sub.x.unique())  # the columns: values of the x-axis
+        out.append({"suite": suite, "dataset": ds, "metric": metric, "panel": panel,
                     "higher_is_better": bool(sub.higher_is_better.iloc[0]), "fracs": fracs,
                     "labels": [_column_label(f, sub) for f in fracs], "methods": sorted(sub.method.unique()),
                     "profiles": sorted({p for ps in sub.profiles for p in ps.split(",") if p}),
-                    "cells": {(r.method, r.ref_frac): r for _, r in sub.iterrows()}})
+                    "cells": {(r.method, r.x): r for _, r in sub.iterrows()}})
     return out
 
 
@@ -189,10 +200,12 @@ def _title(t: dict[str, Any]) -> str:
     arrow = "↑" if t["higher_is_better"] else "↓"
     prof = f", profile {'/'.join(t['profiles'])}" if t["profiles"] else ""
     mixed = " (mixed profiles!)" if len(t["profiles"]) > 1 else ""
-    return f"{t['dataset']} · {t['metric']} {arrow}  (suite {t['suite']}{prof}{mixed})"
+    swept = f", {t['panel']}" if t.get("panel", "ref_frac") != "ref_frac" else ""
+    return f"{t['dataset']} · {t['metric']} {arrow}  (suite {t['suite']}{swept}{prof}{mixed})"
 
 
-LEGEND = (f"Rows: method; columns: ref_frac. Mean ± std over seeds, [{CONFIDENCE:.0%} Student-t CI], n seeds. "
+LEGEND = (f"Rows: method; columns: ref_frac (or the suite's swept parameter). "
+          f"Mean ± std over seeds, [{CONFIDENCE:.0%} Student-t CI], n seeds. "
           "Bold: best, its CI clear of the runner-up's; ≈: leaders whose CIs overlap (a tie). "
           "n=1 has no CI and cannot be separated from the leader. –: not run; failed cells are counted.")
 

@@ -77,8 +77,11 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     return {**_ENV, **dev}
 
 
-def cell_dir(out: Path, suite: str, dataset: str, method: str, ref_frac: float, seed: int) -> Path:
-    return Path(out) / suite / dataset / method / f"ref{ref_frac:g}_seed{seed}"
+def cell_dir(out: Path, suite: str, dataset: str, method: str, ref_frac: float, seed: int,
+             sweep: dict[str, Any] | None = None) -> Path:
+    """``ref<frac>_seed<seed>``, with the swept dataset parameter between them when a suite sweeps one."""
+    swept = "".join(f"_{k}{v:g}" if isinstance(v, (int, float)) else f"_{k}{v}" for k, v in (sweep or {}).items())
+    return Path(out) / suite / dataset / method / f"ref{ref_frac:g}{swept}_seed{seed}"
 
 
 def load_records(runs: Path) -> list[dict[str, Any]]:

@@ -41,6 +41,7 @@ class Cell:
     metrics: list[str]
     dataset_params: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, Any] = field(default_factory=dict)  # the swept dataset parameter and its value here
 
     def config(self) -> dict[str, Any]:
         """The resolved config: everything the result depends on, saved with it and hashed."""
@@ -48,7 +49,7 @@ class Cell:
             "suite": self.suite, "dataset": self.dataset, "dataset_params": self.dataset_params,
             "method": self.method, "method_options": self.method_options, "ref_frac": self.ref_frac,
             "seed": self.seed, "profile": self.profile, "metrics": self.metrics,
-            **dataclasses.asdict(self.budget),
+            **dataclasses.asdict(self.budget), **({"sweep": self.sweep} if self.sweep else {}),
         }
 
     @property
@@ -62,7 +63,8 @@ class Cell:
                 json.dumps(self.budget.evaluator.overrides(), sort_keys=True))
 
     def label(self) -> str:
-        return f"{self.dataset} {self.method} ref={self.ref_frac:g} seed={self.seed}"
+        swept = "".join(f" {k}={v}" for k, v in self.sweep.items())
+        return f"{self.dataset} {self.method} ref={self.ref_frac:g}{swept} seed={self.seed}"
 
 
 def _pick(names: list[str], allowed: list[str] | None, registry, what: str) -> list[str]:
@@ -87,15 +89,31 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
     cells = []
     for ds in ds_names:
         budget, profile_seeds = resolve_budget(suite, profile, ds)
-        for rf in ref_fracs or suite.ref_fracs:
-            for seed in seeds if seeds is not None else (profile_seeds or suite.seeds):
-                for m in m_names:
-                    cells.append(Cell(suite.name, ds, m, float(rf), int(seed), profile,
-                                      dataclasses.replace(budget), list(suite.metrics),
-                                      dict(suite.dataset_params.get(ds, {})),
-                                      dict(suite.method_options.get(m, suite.method_options.get(
-                                          method_and_ratio(m)[0], {})))))
+        for swept in sweep_points(suite, ds):
+            for rf in ref_fracs or suite.ref_fracs:
+                for seed in seeds if seeds is not None else (profile_seeds or suite.seeds):
+                    for m in m_names:
+                        cells.append(Cell(suite.name, ds, m, float(rf), int(seed), profile,
+                                          dataclasses.replace(budget), list(suite.metrics),
+                                          {**suite.dataset_params.get(ds, {}), **swept},
+                                          dict(suite.method_options.get(m, suite.method_options.get(
+                                              method_and_ratio(m)[0], {}))), dict(swept)))
     return cells
+
+
+def sweep_points(suite: Suite, dataset: str) -> list[dict[str, Any]]:
+    """The suite's swept dataset parameter as one {name: value} per point ([{}] without a sweep),
+    checked against the dataset's parameters."""
+    if not suite.sweep:
+        return [{}]
+    (key, values), = suite.sweep.items()
+    allowed = DATASETS.get(dataset).defaults
+    if key not in allowed:
+        raise ConfigError(f"{suite.source}: sweep: dataset {dataset!r} has no parameter {key!r}; "
+                          f"sweep one of {sorted(allowed)} or ref_fracs")
+    if key in suite.dataset_params.get(dataset, {}):
+        raise ConfigError(f"{suite.source}: {key!r} is both swept and set in dataset_params.{dataset}; keep one")
+    return [{key: v} for v in values]
 
 
 def derived_seed(*parts: Any) -> int:
@@ -104,7 +122,7 @@ def derived_seed(*parts: Any) -> int:
 
 
 def existing_record(cell: Cell, out: Path) -> dict | None:
-    p = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed) / RECORD_NAME
+    p = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed, cell.sweep) / RECORD_NAME
     if not p.exists():
         return None
     try:
@@ -132,6 +150,8 @@ class Group:
         self.timing = {"split": t1 - t0, "evaluator": time.monotonic() - t1}
         self.ratios: dict[str, Any] = {}
         self.ratio_info: dict[str, Any] = {}
+        self.shared_training: set[str] = set()  # methods whose trained network later cells reuse (trains_as)
+        self.trained: dict[tuple, tuple] = {}
 
     def ratio(self, kind: str | None, provider: str | None = None):
         """The ratio model of ``kind`` ("time" or "clean") from estimator ``provider`` (default: the
@@ -212,19 +232,34 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     timing["ratio"] = time.monotonic() - t0
     if ratio is not None and hasattr(ratio, "clipped"):
         ratio.clipped, ratio.seen = ratio.clipped * 0, ratio.seen * 0  # clip rate of this cell only
-    torch.manual_seed(derived_seed(cell.seed, "init", cell.method))
-    net = make_denoiser(group.dataset, cell.budget.train)
-    g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", cell.method))
+    trains_as = method.trains_as or cell.method  # a sampling-time method shares its base's training seeds
+    shared = (trains_as, json.dumps(dataclasses.asdict(cell.budget.train), sort_keys=True))
     t0 = time.monotonic()
-    task = reporter.phase("train", cell.budget.train.steps)
-    distributed.injected_fault("train")
-    ema, train_info = train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
-                                  checkpoint=checkpoint)
+    if shared in group.trained:  # the same seeds and loss: the base cell's network, not a retrained copy
+        ema, train_info = group.trained[shared][0], {**group.trained[shared][1], "shared_with": trains_as}
+    else:
+        torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
+        net = make_denoiser(group.dataset, cell.budget.train)
+        g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", trains_as))
+        task = reporter.phase("train", cell.budget.train.steps)
+        distributed.injected_fault("train")
+        ema, train_info = train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
+                                      checkpoint=checkpoint)
+        if cell.method in group.shared_training:
+            group.trained[shared] = (ema, dict(train_info))
     timing["train"] = time.monotonic() - t0
     if ratio is not None:
         train_info["clip_rate"] = ratio.clip_rate
     gw = torch.Generator().manual_seed(derived_seed(cell.seed, "ess", cell.method))
     train_info.update(weight_stats(method, ratio, x, is_ref, gw))
+
+    t0 = time.monotonic()
+    sampling_ratio = group.ratio(method.sampling_ratio)
+    timing["ratio"] += time.monotonic() - t0
+    if sampling_ratio is not None and hasattr(sampling_ratio, "clipped"):
+        sampling_ratio.clipped, sampling_ratio.seen = sampling_ratio.clipped * 0, sampling_ratio.seen * 0
+    ref_share = float(is_ref.float().mean())  # π: the share of D_ref in what the network saw
+    denoiser = method.sampling_denoiser(ema, sampling_ratio, ref_share)
 
     s = cell.budget.sample
     t0 = time.monotonic()
@@ -236,10 +271,15 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         ema.compile()
     for i in range(0, len(seeds), s.batch_size):
         lat = per_sample_latents(seeds[i : i + s.batch_size], group.dataset.shape, device)
-        samples.append(edm_sampler(ema, lat, s.steps, s.sigma_min, s.sigma_max, s.rho, dtype=s.dtype).cpu())
+        samples.append(edm_sampler(denoiser, lat, s.steps, s.sigma_min, s.sigma_max, s.rho, dtype=s.dtype).cpu())
         task(min(i + s.batch_size, len(seeds)), len(seeds))
     samples = torch.cat(samples) if samples else torch.empty(0, *group.dataset.shape)
     samples = distributed.gather_cat(samples, s.n)  # in seed order, on every rank
+    gf = torch.Generator().manual_seed(derived_seed(cell.seed, "finish", cell.method))
+    samples = method.finish_samples(samples.to(device), sampling_ratio, ref_share, gf).cpu()
+    if sampling_ratio is not None:
+        train_info["sampling"] = {"ratio": method.sampling_ratio, "ref_share": ref_share,
+                                  "clip_rate": sampling_ratio.clip_rate, **getattr(method, "sampling_info", {})}
     timing["sample"] = time.monotonic() - t0
 
     t0 = time.monotonic()
@@ -279,7 +319,8 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
             members, deferrable = queue.pop(0)
             group = None
             for i, cell in enumerate(members):
-                path = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed) / RECORD_NAME
+                path = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed,
+                                cell.sweep) / RECORD_NAME
                 if existing_record(cell, out) is not None:
                     summary["skipped"].append(str(path))
                     reporter.finish(cell, {}, skipped=True)
@@ -297,6 +338,8 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
                 try:
                     if group is None:
                         group = Group(cell, device, cache_dir, reporter)
+                        group.shared_training = {METHODS.get(method_and_ratio(c.method)[0]).trains_as
+                                                 for c in members} - {None}
                     result = run_cell(cell, group, device, reporter, checkpoint=checkpoint_path(path.parent, cell))
                     picture = result.pop("_picture", None)
                     if picture is not None and distributed.is_main():
@@ -346,7 +389,7 @@ def claim_cell(cell: Cell, out: Path, device: str, held: list) -> bool:
     recorded it. Under torchrun rank 0 decides and every rank follows; the claim goes to ``held``."""
     lock = None
     if distributed.is_main():
-        path = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed)
+        path = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed, cell.sweep)
         lock = claim(path / LOCK_NAME)
         if lock is not None and existing_record(cell, out) is not None:  # finished while we looked
             lock.release()
@@ -397,5 +440,5 @@ def base_record(cell: Cell, device: str) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION, "status": "running", "suite": cell.suite, "dataset": cell.dataset,
         "method": cell.method, "ref_frac": cell.ref_frac, "ref_size": None, "seed": cell.seed,
         "profile": cell.profile, "config_hash": cell.hash, "config": cell.config(), "env": environment(device),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"sweep": cell.sweep} if cell.sweep else {}),
     }

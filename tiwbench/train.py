@@ -32,6 +32,16 @@ def effective_sample_size(weight: torch.Tensor) -> torch.Tensor:
     return weight.sum() ** 2 / (weight.pow(2).sum() * len(weight)).clamp_min(1e-30)
 
 
+def ema_beta(step: int, halflife: float, rampup: float = 0.0) -> float:
+    """EMA decay of the update after ``step`` steps done. As EDM's training loop, the half-life is
+    min(halflife, step · rampup), so the random initial weights do not linger (their share would be
+    0.5^(steps/half-life) without it); rampup 0 keeps the fixed half-life."""
+    h = max(float(halflife), 1.0)
+    if rampup > 0:
+        h = min(h, step * rampup)
+    return 0.5 ** (1 / h) if h > 0 else 0.0
+
+
 def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: TrainConfig,
                 generator: torch.Generator, device="cpu",
                 progress: Callable[[int, int], None] | None = None,
@@ -60,7 +70,6 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
     world, part = distributed.world_size(), distributed.shard(cfg.batch_size)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)  # one kernel for all tensors: 3x faster step
     ema_params, net_params = list(ema.parameters()), list(net.parameters())
-    ema_beta = 0.5 ** (1 / max(cfg.ema_halflife, 1))
     losses = torch.zeros(cfg.steps, device=device)
     start = time.monotonic()
     checked = first = 0
@@ -84,7 +93,8 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         with torch.no_grad():
-            torch._foreach_lerp_(ema_params, net_params, 1 - ema_beta)  # one fused op, not one per tensor
+            beta = ema_beta(step, cfg.ema_halflife, cfg.ema_rampup)
+            torch._foreach_lerp_(ema_params, net_params, 1 - beta)  # one fused op, not one per tensor
         losses[step] = loss.detach()
         if (step + 1) % cfg.check_every == 0 or step + 1 == cfg.steps:
             bad = ~torch.isfinite(distributed.all_reduce_sum(losses[checked : step + 1]))
@@ -160,7 +170,7 @@ def load_checkpoint(path: Path, net, ema, opt, generator: torch.Generator, losse
 def weight_stats(method, ratio, x: torch.Tensor, is_ref: torch.Tensor, generator: torch.Generator,
                  n_batches: int = 8, batch_size: int = 256) -> dict:
     """Mean effective sample size of the per-sample weights over a few fresh batches."""
-    if ratio is None or method.ratio is None:
+    if ratio is None or method.ratio is None or not method.per_sample_weights:
         return {"ess": 1.0}
     ess = []
     dev = next(ratio.parameters()).device if isinstance(ratio, torch.nn.Module) else "cpu"  # the ratio's device

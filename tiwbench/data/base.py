@@ -26,6 +26,19 @@ def content_hash(*arrays: torch.Tensor | np.ndarray, n: int = 16) -> str:
     return h.hexdigest()[:n]
 
 
+def stream_seed(seed: int, name: str) -> int:
+    """A generator seed of its own for each named draw of a split, so that one draw (e.g. the oracle set)
+    never changes when another (e.g. D_ref's size) does."""
+    return int.from_bytes(hashlib.sha256(repr((int(seed), name)).encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def contaminated_count(n_ref: int, contamination: float) -> int:
+    """How many of the ``n_ref`` reference samples are drawn from p_bias instead of p_data."""
+    if not 0 <= contamination <= 1:
+        raise DataError(f"contamination must be in [0, 1] (a fraction of D_ref drawn from p_bias), got {contamination}")
+    return round(contamination * n_ref)
+
+
 @dataclass
 class Split:
     """The data of one (dataset, ref_frac, seed) group of cells."""

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from tiwbench.data.base import DataError
-from tiwbench.data.images import LabelledImageDataset
+from tiwbench.data.base import DataError, contaminated_count
+from tiwbench.data.images import LabelledImageDataset, apportion, balanced_counts
 from tiwbench.data.mixtures import long_tail_weights
 
 
@@ -26,6 +26,7 @@ class DigitsLT(LabelledImageDataset):
     defaults: dict[str, Any] = {
         "rho": 0.1,  # tail/head class ratio of D_bias
         "n_bias": 600,  # |D_bias|; 600 is about the most that still fits ref_frac 0.5 disjointly
+        "contamination": 0.0,  # fraction of D_ref drawn with D_bias's class proportions (a corrupted reference)
     }
     evaluator_config = {**LabelledImageDataset.evaluator_config, "width": 32, "epochs": 20}
 
@@ -33,6 +34,7 @@ class DigitsLT(LabelledImageDataset):
         super().__init__(**params)
         if not 0 < self.params["rho"] <= 1 or int(self.params["n_bias"]) < 1:
             raise DataError(f"digits_lt needs 0 < rho <= 1 and n_bias >= 1; got {self.params}")
+        contaminated_count(1, float(self.params["contamination"]))  # in [0, 1], or a one-line error
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.datasets import load_digits
@@ -43,6 +45,13 @@ class DigitsLT(LabelledImageDataset):
 
     def load_key(self) -> tuple:
         return ("sklearn-digits",)
+
+    def ref_counts(self, n_ref: int, spare: list[int]) -> list[int]:
+        """Class-balanced, except a ``contamination`` share drawn as p_bias draws: its classes apportioned
+        by the long-tailed weights (images still disjoint from D_bias)."""
+        n_cont = contaminated_count(n_ref, float(self.params["contamination"]))
+        clean = balanced_counts(n_ref - n_cont, [s - c for s, c in zip(spare, apportion(n_cont, self.bias_weights()))])
+        return [a + b for a, b in zip(clean, apportion(n_cont, self.bias_weights()))]
 
     def bias_weights(self) -> torch.Tensor:
         return long_tail_weights(self.num_classes, float(self.params["rho"]))

@@ -125,6 +125,10 @@ class LabelledImageDataset(BiasedDataset):
     def bias_counts(self) -> list[int]:
         return apportion(int(self.params["n_bias"]), self.bias_weights())
 
+    def ref_counts(self, n_ref: int, spare: list[int]) -> list[int]:
+        """Class counts of D_ref (class-balanced); a subclass may draw part of it otherwise."""
+        return balanced_counts(n_ref, spare)
+
     def split_indices(self, ref_frac: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Source indices of D_bias and D_ref: disjoint, deterministic from ``seed``."""
         if not 0 < ref_frac <= 1:
@@ -140,7 +144,7 @@ class LabelledImageDataset(BiasedDataset):
                             f"{self.class_names[k]!r} but the data has {avail[k]}; lower n_bias")
         spare = [a - c for a, c in zip(avail, b)]
         n_ref = max(1, round(ref_frac * n_bias))
-        r = balanced_counts(n_ref, spare)
+        r = self.ref_counts(n_ref, spare)
         if any(c > s for c, s in zip(r, spare)):
             largest = max_balanced(spare)
             raise DataError(

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from tiwbench.data.base import BiasedDataset, DataError, Evaluator, Split
+from tiwbench.data.base import BiasedDataset, DataError, Evaluator, Split, contaminated_count, stream_seed
 
 
 def _sigma_col(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -153,6 +153,7 @@ class Toy2D(BiasedDataset):
         "rho": 0.05,  # tail/head weight ratio of the biased mixture
         "n_bias": 2000,  # |D_bias|: small, so a 5 % reference set (100 points) is genuinely small
         "n_oracle": 2000,  # unbiased training set of the `oracle` ceiling
+        "contamination": 0.0,  # fraction of D_ref drawn from p_bias instead of p_data (a corrupted reference)
     }
 
     def __init__(self, **params):
@@ -160,6 +161,7 @@ class Toy2D(BiasedDataset):
         p = self.params
         if p["modes"] < 2 or p["std"] <= 0 or not 0 < p["rho"] <= 1:
             raise DataError(f"toy2d needs modes >= 2, std > 0 and 0 < rho <= 1; got {p}")
+        contaminated_count(1, float(p["contamination"]))  # in [0, 1], or a one-line error
         ang = torch.arange(p["modes"], dtype=torch.float64) * 2 * math.pi / p["modes"]
         means = p["radius"] * torch.stack([ang.cos(), ang.sin()], dim=1)
         self.data_mixture = GaussianMixture(means, p["std"], torch.ones(p["modes"]))
@@ -173,10 +175,16 @@ class Toy2D(BiasedDataset):
             raise DataError(f"ref_frac must be > 0, got {ref_frac}")
         n_bias = int(self.params["n_bias"])
         n_ref = max(1, round(ref_frac * n_bias))
+        n_cont = contaminated_count(n_ref, float(self.params["contamination"]))
         g = torch.Generator().manual_seed(seed)
         bias, bias_k = self.bias_mixture.sample(n_bias, g)
-        ref, ref_k = self.data_mixture.sample(n_ref, g)
-        oracle, _ = self.data_mixture.sample(int(self.params["n_oracle"]), g)
+        ref, ref_k = self.data_mixture.sample(n_ref - n_cont, g)
+        if n_cont:
+            cont, cont_k = self.bias_mixture.sample(n_cont, g)
+            ref, ref_k = torch.cat([ref, cont]), torch.cat([ref_k, cont_k])
+        # its own stream: the oracle set is the same whatever ref_frac and contamination are
+        oracle, _ = self.data_mixture.sample(int(self.params["n_oracle"]),
+                                             torch.Generator().manual_seed(stream_seed(seed, "oracle")))
         f = torch.float32
         return Split(bias.to(f), bias_k, ref.to(f), ref_k, oracle.to(f))
 
