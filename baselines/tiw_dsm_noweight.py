@@ -1,6 +1,6 @@
 from tiwbench.diffusion.losses import dsm_loss
 from tiwbench.diffusion.precond import expand_like
-from tiwbench.methods import Method, scatter_bias
+from tiwbench.methods import Method, ratio_on_batch
 
 
 class TIWDSMNoWeight(Method):
@@ -14,8 +14,5 @@ class TIWDSMNoWeight(Method):
     per_sample_weights = False  # weight 1
 
     def loss(self, net, batch, ratio=None):
-        idx = batch.bias_idx
-        sigma = batch.sigma[idx]
-        _, grad = ratio.log_ratio_and_grad(batch.x[idx], sigma)
-        shift = scatter_bias(batch, 0.0, expand_like(sigma, grad) ** 2 * grad, batch.y)
-        return dsm_loss(net, batch, target_shift=shift)
+        _, grad = ratio_on_batch(ratio, batch, grad=True)  # D_ref rows: shift 0
+        return dsm_loss(net, batch, target_shift=expand_like(batch.sigma, grad) ** 2 * grad)

@@ -57,12 +57,6 @@ class Method:
         return samples
 
 
-def scatter_bias(batch: Batch, fill: float, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A tensor shaped like ``like`` holding ``fill`` for D_ref samples and ``values`` for D_bias ones."""
-    out = torch.full_like(like, fill)
-    return out.index_put((batch.bias_idx,), values.to(out.dtype))
-
-
 def neutral_on_ref(batch: Batch, bias_values: torch.Tensor, fill: float, like: torch.Tensor) -> torch.Tensor:
     """``bias_values`` (one per sample of the whole batch) on D_bias rows, ``fill`` on D_ref rows.
     A select, not a multiply, so a non-finite value on a D_ref row never leaks into its loss."""
