@@ -27,7 +27,7 @@ from tiwbench.config import RatioConfig
 from tiwbench.diffusion.losses import edm_weight
 from tiwbench.diffusion.nets import MLP
 from tiwbench.diffusion.precond import EDMPrecond, expand_like
-from tiwbench.ratio import LearnedRatio, RatioTrainConfig, draw_ratio_sigma, train_ratio
+from tiwbench.ratio import LearnedRatio, RatioTrainConfig, balanced_batch, train_ratio
 
 
 class RatioEstimator:
@@ -175,11 +175,8 @@ def train_labelled_denoiser(d_ref: EDMPrecond, d_bias: EDMPrecond, bias: torch.T
     losses = torch.zeros(cfg.steps, device=device)
     d_ref.train()
     for step in range(cfg.steps):
-        i_ref = torch.randint(len(ref), (b,), generator=generator)
-        i_bias = torch.randint(len(bias), (b,), generator=generator)
-        y = torch.cat([ref[i_ref], bias[i_bias]]).to(device)
-        sigma = draw_ratio_sigma(2 * b, cfg, generator, device)
-        x = y + expand_like(sigma, y) * torch.randn(y.shape, generator=generator).to(device)
+        y, sigma, noise = balanced_batch(ref, bias, b, cfg, generator, device)
+        x = y + expand_like(sigma, y) * noise
         denoised = torch.cat([d_ref(x[:b], sigma[:b]), d_bias(x[b:], sigma[b:])])
         loss = (expand_like(edm_weight(sigma, d_ref.sigma_data), y) * (denoised - y) ** 2).mean()
         opt.zero_grad(set_to_none=True)

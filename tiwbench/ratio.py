@@ -105,6 +105,18 @@ def draw_ratio_sigma(n: int, cfg: RatioTrainConfig, generator: torch.Generator, 
     return torch.where(pick, normal, uniform).exp().to(device)
 
 
+def balanced_batch(ref: torch.Tensor, bias: torch.Tensor, b: int, cfg: RatioTrainConfig,
+                   generator: torch.Generator, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``b`` samples of D_ref then ``b`` of D_bias, each with its own σ (the widened training-noise
+    distribution) and standard-normal noise: the batch every ratio model trains on."""
+    i_ref = torch.randint(len(ref), (b,), generator=generator)
+    i_bias = torch.randint(len(bias), (b,), generator=generator)
+    y = torch.cat([ref[i_ref], bias[i_bias]]).to(device)
+    sigma = draw_ratio_sigma(2 * b, cfg, generator, device)
+    noise = torch.randn(y.shape, generator=generator).to(device)
+    return y, sigma, noise
+
+
 def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg: RatioTrainConfig,
                 generator: torch.Generator, device="cpu", progress=None, regulariser=None) -> dict:
     """Balanced BCE: D_ref labelled 1, D_bias labelled 0, each sample at its own σ; plus
@@ -115,11 +127,7 @@ def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg:
     labels = torch.cat([torch.ones(b), torch.zeros(b)]).to(device)
     losses = torch.zeros(cfg.steps, device=device)
     for step in range(cfg.steps):
-        i_ref = torch.randint(len(ref), (b,), generator=generator)
-        i_bias = torch.randint(len(bias), (b,), generator=generator)
-        y = torch.cat([ref[i_ref], bias[i_bias]]).to(device)
-        sigma = draw_ratio_sigma(2 * b, cfg, generator, device)
-        noise = torch.randn(y.shape, generator=generator).to(device)
+        y, sigma, noise = balanced_batch(ref, bias, b, cfg, generator, device)
         x = y + expand_like(sigma, y) * noise if model.time_dependent else y
         loss = F.binary_cross_entropy_with_logits(model.logit(x, sigma), labels)
         if regulariser is not None:
