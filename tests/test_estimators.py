@@ -245,3 +245,24 @@ def test_labelled_denoiser_on_images_sees_the_class_as_a_plane():
     assert ref.shape == x.shape and not torch.allclose(ref, bias)
     plane = torch.cat([x, torch.ones_like(x)], dim=1)
     assert torch.equal(ref, net(plane, c)[:, :1])
+
+
+def test_sampling_time_method_takes_its_estimator_from_the_name(tmp_path):
+    """`dg_obs@exact` guides with the closed-form ratio even when the suite's default is learned, and
+    shares `dg_obs`'s trained network (the same dsm_obs training): only the guidance differs."""
+    import json
+
+    from tiwbench.config import load_suite
+    from tiwbench.runner import check_method_name, expand, run_cells
+
+    check_method_name("dg_obs@exact")  # a sampling-time ratio is a ratio
+    cells = expand(load_suite("ref_size"), "smoke", datasets=["toy2d"], methods=["dsm_obs", "dg_obs", "dg_obs@exact"],
+                   ref_fracs=[0.25], seeds=[0])
+    summary = run_cells(cells, tmp_path)
+    assert not summary["failed"] and len(summary["ok"]) == 3
+    recs = {r["method"]: r for r in (json.loads(open(p).read()) for p in summary["ok"])}
+    assert recs["dg_obs"]["train"]["sampling"]["provider"] == "learned"
+    assert recs["dg_obs@exact"]["train"]["sampling"]["provider"] == "exact"
+    assert recs["dg_obs@exact"]["train"]["final_loss"] == recs["dg_obs"]["train"]["final_loss"]
+    bias = {m: next(x["value"] for x in r["metrics"] if x["name"] == "bias") for m, r in recs.items()}
+    assert bias["dg_obs@exact"] != bias["dg_obs"]

@@ -210,7 +210,7 @@ def check_method_name(name: str) -> None:
     cls = METHODS.get(method)  # unknown name: "did you mean"
     if ratio is not None:
         RATIOS.get(ratio)
-        if cls.ratio is None:
+        if cls.ratio is None and cls.sampling_ratio is None:
             raise ConfigError(f"method {method!r} uses no density ratio; drop '@{ratio}' from {name!r}")
 
 
@@ -254,7 +254,7 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     train_info.update(weight_stats(method, ratio, x, is_ref, gw))
 
     t0 = time.monotonic()
-    sampling_ratio = group.ratio(method.sampling_ratio)
+    sampling_ratio = group.ratio(method.sampling_ratio, ratio_name)  # `dg_obs@NAME` guides with NAME
     timing["ratio"] += time.monotonic() - t0
     if sampling_ratio is not None and hasattr(sampling_ratio, "clipped"):
         sampling_ratio.clipped, sampling_ratio.seen = sampling_ratio.clipped * 0, sampling_ratio.seen * 0
@@ -278,7 +278,8 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     gf = torch.Generator().manual_seed(derived_seed(cell.seed, "finish", cell.method))
     samples = method.finish_samples(samples.to(device), sampling_ratio, ref_share, gf).cpu()
     if sampling_ratio is not None:
-        train_info["sampling"] = {"ratio": method.sampling_ratio, "ref_share": ref_share,
+        train_info["sampling"] = {"ratio": method.sampling_ratio, "provider": ratio_name or cell.budget.ratio.provider,
+                                  "ref_share": ref_share,
                                   "clip_rate": sampling_ratio.clip_rate, **getattr(method, "sampling_info", {})}
     timing["sample"] = time.monotonic() - t0
 
