@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -30,7 +31,7 @@ from tiwbench.diffusion.precond import EDMPrecond, expand_like
 from tiwbench.ratio import LearnedRatio, RatioTrainConfig, balanced_batch, train_ratio
 
 
-class RatioEstimator:
+class RatioEstimator(ABC):
     """Base class of registered ratio estimators; third parties subclass it and register an entry
     point in the group ``tiwbench.ratios``."""
 
@@ -43,11 +44,14 @@ class RatioEstimator:
 
     @classmethod
     def check(cls, dataset) -> None:
-        """Raise DataError before any cell runs if this estimator cannot serve ``dataset``."""
+        """Raise DataError before any cell runs if this estimator cannot serve ``dataset``.
+        Default: every dataset (a learned estimator needs only samples)."""
+        return None
 
+    @abstractmethod
     def fit(self, bias: torch.Tensor, ref: torch.Tensor, generator: torch.Generator, device="cpu",
             progress=None) -> tuple[Any, dict]:
-        raise NotImplementedError
+        """The fitted model (the interface above) and what to record about the fit."""
 
     def train_config(self) -> RatioTrainConfig:
         return RatioTrainConfig(**{k: getattr(self.cfg, k) for k in dataclasses.asdict(RatioTrainConfig())})
