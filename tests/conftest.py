@@ -27,3 +27,13 @@ class ExactDenoiser:
 @pytest.fixture
 def exact_denoiser():
     return ExactDenoiser
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on a shared 2-core machine, two threads spinning against other
+    jobs are ~10× slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,12 +25,8 @@ CL = torch.channels_last
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def _small_kernels_one_thread(one_thread):
     """Small kernels: a second thread only waits on the neighbours' load of a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class OpLog(TorchDispatchMode):

@@ -18,14 +18,6 @@ from tiwbench.metrics.base import frechet_distance
 from tiwbench.metrics.fidelity import FidelityOptions, precompute_references
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_stats_precomputes_and_a_changed_variant_is_another_entry(tmp_path, cifar, one_thread):  # noqa: F811
     root = cifar[0] / "tar_root"
     cache = tmp_path / "cache"

@@ -269,15 +269,6 @@ def test_ffhq_missing_and_malformed_labels(tmp_path, faces):
 
 # -- evaluator -------------------------------------------------------------------------------------
 
-@pytest.fixture
-def one_thread():
-    """One thread: on a shared 2-core machine, two threads spinning against other jobs are ~10× slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_digits_evaluator_accuracy_and_cache(tmp_path, one_thread):
     ds = DigitsLT()
     ev = ds.evaluator(cache_dir=str(tmp_path))
