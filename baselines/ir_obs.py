@@ -6,7 +6,7 @@ import torch
 
 from baselines.dg_obs import data_over_obs_log_ratio
 from baselines.dsm_obs import DSMObs
-from tiwbench.train import effective_sample_size
+from tiwbench.training.loop import effective_sample_size
 
 
 class IRObs(DSMObs):

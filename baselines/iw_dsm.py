@@ -1,5 +1,5 @@
 from tiwbench.diffusion.losses import dsm_loss
-from tiwbench.methods import Method, ratio_on_batch
+from tiwbench.training.methods import Method, ratio_on_batch
 
 
 class IWDSM(Method):

@@ -1,4 +1,4 @@
-from tiwbench.methods import Method
+from tiwbench.training.methods import Method
 
 
 class Oracle(Method):

@@ -1,6 +1,6 @@
 from tiwbench.diffusion.losses import dsm_loss
 from tiwbench.diffusion.precond import expand_like
-from tiwbench.methods import Method, ratio_on_batch
+from tiwbench.training.methods import Method, ratio_on_batch
 
 
 class TIWDSMNoWeight(Method):

@@ -2,7 +2,7 @@ import torch
 
 from tiwbench.diffusion.losses import dsm_loss
 from tiwbench.diffusion.precond import expand_like
-from tiwbench.methods import Method
+from tiwbench.training.methods import Method
 
 
 class TIWDSMRelease(Method):

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from tiwbench.bench import dataset_shape, synthetic_data
 from tiwbench.config import load_suite, resolve_budget
 from tiwbench.diffusion.sampler import edm_sampler
-from tiwbench.networks import make_denoiser, make_ratio
+from tiwbench.ratios.discriminator import make_ratio
 from tiwbench.registry import METHODS
-from tiwbench.train import train_score
+from tiwbench.training.denoiser import make_denoiser
+from tiwbench.training.loop import train_score
+from tiwbench.training.step_bench import dataset_shape, synthetic_data
 
 
 def train_tiw(budget, ds, x, is_ref, device, compile_: bool) -> tuple[float, float]:

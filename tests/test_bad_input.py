@@ -120,9 +120,9 @@ def _garbage(p):
 def _checkpoint_case(damage):
     def run(tmp_path, capsys):
         from tiwbench.config import load_suite
-        from tiwbench.results import load_records
-        from tiwbench.runner import checkpoint_path, expand
-        from tiwbench.train import save_checkpoint
+        from tiwbench.records import load_records
+        from tiwbench.sweep.runner import checkpoint_path, expand
+        from tiwbench.training.loop import save_checkpoint
 
         suite = _suite(tmp_path, GOOD + "profiles: {default: {toy2d: {train: {steps: 30, hidden: 16}, "
                                         "ratio: {steps: 10}, sample: {n: 64, steps: 4}}}}\n")
@@ -154,7 +154,7 @@ def _tiny_image_dataset():
 
 def _evaluator_case(damage, which):
     def run(tmp_path, capsys):
-        from tiwbench.evaluator import ImageEvaluator
+        from tiwbench.data.evaluator import ImageEvaluator
 
         ds = _tiny_image_dataset()
         first = ImageEvaluator.for_dataset(ds, cache_dir=tmp_path)
@@ -172,7 +172,7 @@ def _reference_case(damage):
     def run(tmp_path, capsys):
         from types import SimpleNamespace
 
-        from tiwbench.evaluator import EvalCNN
+        from tiwbench.data.evaluator import EvalCNN
         from tiwbench.metrics import fidelity
 
         torch.manual_seed(0)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from test_report import record, write  # noqa: I001  (the synthetic records of the report tests)
 
-from tiwbench.report import report
-from tiwbench.results import atomic_write_bytes
+from tiwbench.records import atomic_write_bytes
+from tiwbench.report.render import report
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -58,7 +58,7 @@ def sentinel(stdout: str) -> dict:
 def test_html_report_loads_in_headless_chromium(tmp_path):
     import torch
 
-    from tiwbench.pictures import GRID_NAME, image_grid, png_bytes
+    from tiwbench.report.cell_picture import GRID_NAME, image_grid, png_bytes
 
     recs = [record(m, f, s, 0.1 * (i + 1) + 0.01 * s) for i, m in enumerate(("dsm_obs", "tiw_dsm"))
             for f in (0.05, 0.25) for s in range(3)]

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from tiwbench.config import load_suite
-from tiwbench.locks import LOCK_NAME
-from tiwbench.results import load_records
-from tiwbench.runner import expand, run_cells
+from tiwbench.records import load_records
+from tiwbench.sweep.locks import LOCK_NAME
+from tiwbench.sweep.runner import expand, run_cells
 
 # One group, two cells. The signal may come before training starts: it is held until the first step ends.
 LONG = """
@@ -59,7 +59,7 @@ def _wait_for(predicate, timeout: float, what: str):
 
 def test_preempted_job_is_requeued_and_resumes_from_the_signal_checkpoint(tmp_path):
     pytest.importorskip("submitit")
-    from tiwbench.executors import submit_sweep
+    from tiwbench.sweep.executors import submit_sweep
 
     cells = expand(load_suite(str(_suite(tmp_path, LONG))))
     inline = tmp_path / "inline"
@@ -142,7 +142,7 @@ def test_two_sweeps_on_one_folder_run_each_cell_once(tmp_path):
 def test_lock_claims_and_stale_recovery(tmp_path):
     import socket
 
-    from tiwbench import locks
+    from tiwbench.sweep import locks
 
     path = tmp_path / "c" / LOCK_NAME
     held = locks.claim(path)
@@ -172,7 +172,7 @@ def test_lock_claims_and_stale_recovery(tmp_path):
 
 
 def test_heartbeat_refreshes_the_lock(tmp_path):
-    from tiwbench import locks
+    from tiwbench.sweep import locks
 
     path = tmp_path / LOCK_NAME
     held = locks.claim(path, heartbeat_s=0.05)
@@ -183,7 +183,7 @@ def test_heartbeat_refreshes_the_lock(tmp_path):
 
 
 def test_held_signal_waits_for_release_or_the_grace_period():
-    from tiwbench import preemption
+    from tiwbench.training import preemption
 
     calls: list = []
     previous = signal.signal(signal.SIGUSR1, lambda s, f: calls.append(s))

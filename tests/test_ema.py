@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from tiwbench.config import TrainConfig
-from tiwbench.diffusion.nets import MLP
+from tiwbench.diffusion.mlp import MLP
 from tiwbench.diffusion.precond import EDMPrecond
 from tiwbench.registry import METHODS
-from tiwbench.train import train_score
+from tiwbench.training.loop import train_score
 
 
 def _edm_beta(step, batch_size, halflife_steps, rampup):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tiwbench import estimate
 from tiwbench.config import load_suite
-from tiwbench.runner import expand
+from tiwbench.sweep import cost as estimate
+from tiwbench.sweep.runner import expand
 
 
 @pytest.fixture

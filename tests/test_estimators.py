@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 from tiwbench.cli import app
 from tiwbench.config import ConfigError, RatioConfig
 from tiwbench.data.mixtures import Toy2D
-from tiwbench.diffusion.nets import MLP
-from tiwbench.estimators import DenoiserDifferenceRatio, Discriminator, RatioEstimator
-from tiwbench.ratio import LearnedRatio, RatioTrainConfig, ratio_diagnostics, train_ratio
+from tiwbench.diffusion.mlp import MLP
+from tiwbench.ratios.diagnostics import ratio_diagnostics
+from tiwbench.ratios.discriminator import LearnedRatio, RatioTrainConfig, train_ratio
+from tiwbench.ratios.estimators import DenoiserDifferenceRatio, Discriminator, RatioEstimator
 from tiwbench.registry import RATIOS
 
 BUILTIN = {"exact", "discriminator", "discriminator_precond", "discriminator_smooth", "denoiser_diff"}
@@ -26,7 +27,7 @@ def test_ls_ratios_lists_builtins_and_the_old_name_still_works():
 
 
 PLUGIN = '''
-from tiwbench.estimators import RatioEstimator
+from tiwbench.ratios.estimators import RatioEstimator
 
 class HalfExact(RatioEstimator):
     name = "half_exact"
@@ -87,7 +88,7 @@ class _Quiet:
 
 def _group(monkeypatch, provider="discriminator", ref_frac=0.25, steps=5):
     from tiwbench.config import Budget
-    from tiwbench.runner import Cell, Group
+    from tiwbench.sweep.runner import Cell, Group
 
     budget = Budget()
     budget.ratio = RatioConfig(provider=provider, steps=steps, hidden=16, depth=2, batch_size=32)
@@ -110,7 +111,7 @@ def test_runner_fits_each_estimator_once_per_group_and_kind(monkeypatch):
 
 def test_method_at_ratio_names_a_cell_of_its_own():
     from tiwbench.config import load_suite
-    from tiwbench.runner import check_method_name, expand, method_and_ratio
+    from tiwbench.sweep.runner import check_method_name, expand, method_and_ratio
 
     cells = expand(load_suite("ratio_study"), "smoke")
     names = {c.method for c in cells}
@@ -234,7 +235,7 @@ def test_labelled_denoiser_on_images_sees_the_class_as_a_plane():
     """Images: the class is one more constant input plane; the output keeps the image's channels, and
     the two classes give different outputs from one shared network."""
     from tiwbench.diffusion.unet import UNet
-    from tiwbench.estimators import _Labelled
+    from tiwbench.ratios.estimators import _Labelled
 
     torch.manual_seed(0)
     net = UNet(in_channels=2, resolution=8, channels=8)
@@ -253,7 +254,7 @@ def test_sampling_time_method_takes_its_estimator_from_the_name(tmp_path):
     import json
 
     from tiwbench.config import load_suite
-    from tiwbench.runner import check_method_name, expand, run_cells
+    from tiwbench.sweep.runner import check_method_name, expand, run_cells
 
     check_method_name("dg_obs@exact")  # a sampling-time ratio is a ratio
     cells = expand(load_suite("ref_size"), "smoke", datasets=["toy2d"], methods=["dsm_obs", "dg_obs", "dg_obs@exact"],

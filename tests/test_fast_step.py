@@ -12,14 +12,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tiwbench.config import TrainConfig
 from tiwbench.diffusion.losses import Batch, dsm_loss
-from tiwbench.diffusion.nets import MLP
+from tiwbench.diffusion.mlp import MLP
 from tiwbench.diffusion.precond import EDMPrecond, expand_like
 from tiwbench.diffusion.sampler import edm_sampler
 from tiwbench.diffusion.unet import Attention, GroupNorm, UNet
-from tiwbench.methods import ratio_on_batch
-from tiwbench.ratio import LearnedRatio
+from tiwbench.ratios.discriminator import LearnedRatio
 from tiwbench.registry import METHODS
-from tiwbench.train import device_generator, train_score
+from tiwbench.training.loop import device_generator, train_score
+from tiwbench.training.methods import ratio_on_batch
 
 CL = torch.channels_last
 

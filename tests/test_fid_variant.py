@@ -40,7 +40,7 @@ def test_stats_precomputes_and_a_changed_variant_is_another_entry(tmp_path, cifa
 
     # a changed variant (reference size, backend) is a different cache entry; the old one stays valid
     from tiwbench.config import load_suite
-    from tiwbench.runner import Group, expand
+    from tiwbench.sweep.runner import Group, expand
 
     cell = expand(load_suite("smoke"), "smoke", ["cifar10_lt"])[0]
     cell.dataset_params["data_root"] = str(root)

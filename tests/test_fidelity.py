@@ -109,7 +109,7 @@ def own_kid(f1: np.ndarray, f2: np.ndarray) -> float:
 
 
 def test_shim_imports_the_libraries():
-    from tiwbench import tv_shim
+    from tiwbench.metrics import tv_shim
 
     # isort: split
     import cleanfid.fid  # noqa: F401

@@ -81,7 +81,7 @@ def test_guidance_scale_zero_is_the_trained_denoiser(toy, exact_denoiser):
 def test_guidance_with_a_learned_ratio_runs_inside_the_samplers_inference_mode(toy):
     """A learned ratio needs autograd for ∇ₓ log w, inside a sampler that runs in inference mode."""
     from tiwbench.config import RatioConfig
-    from tiwbench.networks import make_ratio
+    from tiwbench.ratios.discriminator import make_ratio
 
     torch.manual_seed(0)
     ratio = make_ratio(toy, RatioConfig(hidden=16, depth=2), time_dependent=True)

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from tiwbench.diffusion.losses import Batch
-from tiwbench.diffusion.nets import MLP
+from tiwbench.diffusion.mlp import MLP
 from tiwbench.diffusion.precond import EDMPrecond
-from tiwbench.methods import Method
 from tiwbench.registry import METHODS
+from tiwbench.training.methods import Method
 
 
 def _setup(toy, n=16):

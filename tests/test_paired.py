@@ -9,8 +9,8 @@ from test_report import record, write
 from typer.testing import CliRunner
 
 from tiwbench.cli import app
-from tiwbench.paired import paired_table, welch_half
-from tiwbench.report import records_frame
+from tiwbench.report.leaderboard import records_frame
+from tiwbench.report.paired import paired_table, welch_half
 
 BASE = [1.0, 2.0, 3.0]  # seed-to-seed spread shared by both methods
 OTHER = [1.5, 2.1, 3.4]

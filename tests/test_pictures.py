@@ -7,7 +7,7 @@ import io
 import numpy as np
 import torch
 
-from tiwbench.pictures import image_grid, png_bytes, scatter_image
+from tiwbench.report.cell_picture import image_grid, png_bytes, scatter_image
 
 
 def test_grid_places_each_image_with_gutters():

@@ -6,9 +6,9 @@ import torch
 
 from tiwbench.config import RatioConfig
 from tiwbench.metrics.base import attribute_bias
-from tiwbench.networks import make_ratio
-from tiwbench.ratio import RatioTrainConfig, ratio_diagnostics, train_ratio
-from tiwbench.train import effective_sample_size
+from tiwbench.ratios.diagnostics import ratio_diagnostics
+from tiwbench.ratios.discriminator import RatioTrainConfig, make_ratio, train_ratio
+from tiwbench.training.loop import effective_sample_size
 
 
 class Affine(torch.nn.Module):
@@ -23,7 +23,7 @@ class Affine(torch.nn.Module):
 
 
 def test_clip_binds_where_expected_and_zeroes_the_gradient():
-    from tiwbench.ratio import LearnedRatio
+    from tiwbench.ratios.discriminator import LearnedRatio
 
     model = LearnedRatio(Affine(10.0), sigma_data=1.0, time_dependent=True, logit_max=5.0)
     sigma = torch.zeros(4)

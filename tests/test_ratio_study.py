@@ -7,8 +7,8 @@ import math
 import pytest
 from scipy import stats
 
-from tiwbench import ratio_study
-from tiwbench.report import report
+from tiwbench.report import ratio_study
+from tiwbench.report.render import report
 
 
 def _band(lo, hi, shift_mse, shift_norm=0.2, log_mse=0.01, log_norm=0.1, acc=0.6):

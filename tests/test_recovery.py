@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tiwbench.config import load_suite
-from tiwbench.runner import expand, run_cells
+from tiwbench.sweep.runner import expand, run_cells
 
 
 def test_tiw_dsm_with_exact_ratio_matches_oracle_bias(tmp_path):

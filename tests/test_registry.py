@@ -1,7 +1,7 @@
 import pytest
 
-from tiwbench.methods import Method
 from tiwbench.registry import METHODS, Registry, RegistryError
+from tiwbench.training.methods import Method
 
 
 def test_entry_point_methods_are_found():

@@ -10,7 +10,7 @@ from test_report import record, write
 from typer.testing import CliRunner
 
 from tiwbench.cli import app
-from tiwbench.regression import (
+from tiwbench.report.baseline_check import (
     FAILED,
     IMPROVEMENT,
     MISSING,

@@ -12,8 +12,10 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from tiwbench.cli import app
-from tiwbench.report import aggregate, ci_halfwidth, records_frame, render, to_markdown
-from tiwbench.results import atomic_write_json, cell_dir
+from tiwbench.records import atomic_write_json, cell_dir
+from tiwbench.report.intervals import ci_halfwidth
+from tiwbench.report.leaderboard import aggregate, records_frame, to_markdown
+from tiwbench.report.render import render
 
 
 def record(method, ref_frac, seed, fd=None, bias=None, *, status="ok", dataset="toy2d", suite="unit"):

@@ -41,7 +41,7 @@ def test_samples_do_not_depend_on_batch_size(toy, exact_denoiser):
 
 def test_network_samples_do_not_depend_on_batch_size():
     """With a real network too: no batch statistic couples samples (e.g. a stray BatchNorm)."""
-    from tiwbench.diffusion.nets import MLP
+    from tiwbench.diffusion.mlp import MLP
     from tiwbench.diffusion.precond import EDMPrecond
 
     torch.manual_seed(0)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tiwbench.config import load_suite
-from tiwbench.results import load_records
-from tiwbench.runner import expand, run_cells
+from tiwbench.records import load_records
+from tiwbench.sweep.runner import expand, run_cells
 
 # A one-group sweep small enough for seconds: one method without and one with the time-dependent ratio.
 TINY = """
@@ -81,7 +81,7 @@ def test_torchrun_two_gloo_processes_match_single_process(tiny_suite, inline_rec
 
 
 def test_shard_and_gather_cover_every_item_once():
-    from tiwbench import distributed
+    from tiwbench.training import distributed
 
     # outside a process group: the whole range, unchanged
     assert distributed.shard(7) == slice(0, 7)
@@ -90,7 +90,7 @@ def test_shard_and_gather_cover_every_item_once():
 
 def test_submitit_local_executor_writes_the_inline_records(tiny_suite, inline_records, tmp_path):
     pytest.importorskip("submitit")
-    from tiwbench.executors import submit_sweep
+    from tiwbench.sweep.executors import submit_sweep
 
     cells = expand(load_suite(str(tiny_suite)))
     out = tmp_path / "jobs"
@@ -129,7 +129,7 @@ def test_slurm_section_is_strict(tmp_path):
 def test_slurm_executor_parameters(tmp_path, monkeypatch):
     submitit = pytest.importorskip("submitit")
     from tiwbench.config import SlurmConfig
-    from tiwbench.executors import make_executor
+    from tiwbench.sweep.executors import make_executor
 
     # no Slurm here: pretend srun exists, then read the sbatch file it would submit
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))

@@ -5,8 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tiwbench.bench import known_peak
 from tiwbench.cli import app
+from tiwbench.training.step_bench import known_peak
 
 KEYS = {"method", "ms_per_step", "ratio_to_dsm_obs", "flops_per_step", "tflops", "share_of_peak"}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tiwbench.config import ConfigError, load_suite
-from tiwbench.report import records_frame, tables, to_markdown
-from tiwbench.results import load_records
-from tiwbench.runner import expand, run_cells
+from tiwbench.records import load_records
+from tiwbench.report.leaderboard import records_frame, tables, to_markdown
+from tiwbench.sweep.runner import expand, run_cells
 
 SWEEP = """
 name: sw
@@ -81,7 +81,7 @@ def test_sweep_runs_records_and_reports_against_the_swept_parameter(tmp_path):
     assert by[("dsm_obs", 0.0)]["data_hashes"]["bias"] == by[("dsm_obs", 0.5)]["data_hashes"]["bias"]
     assert by[("dsm_obs", 0.0)]["data_hashes"]["ref"] != by[("dsm_obs", 0.5)]["data_hashes"]["ref"]
 
-    from tiwbench.report import aggregate
+    from tiwbench.report.leaderboard import aggregate
 
     agg = aggregate(records_frame(records))
     assert set(agg.x_name) == {"contamination"} and sorted(set(agg.x)) == [0.0, 0.5]
@@ -89,7 +89,7 @@ def test_sweep_runs_records_and_reports_against_the_swept_parameter(tmp_path):
     assert t["fracs"] == [0.0, 0.5] and t["labels"][1].startswith("contamination=0.5")
     assert "contamination at ref_frac=0.1" in to_markdown(agg)
 
-    from tiwbench.plots import figure
+    from tiwbench.report.plots import figure
 
     fig = figure(agg)
     assert fig.axes[0].get_xlabel() == "contamination at ref_frac=0.1"
@@ -105,7 +105,7 @@ def test_digits_sweep_validated_against_its_parameters(tmp_path):
 
 
 def test_shipped_sweep_suites():
-    from tiwbench.runner import preflight
+    from tiwbench.sweep.runner import preflight
 
     rob = load_suite("robustness")
     assert rob.sweep == {"contamination": [0.0, 0.1, 0.25, 0.5]}

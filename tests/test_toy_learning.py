@@ -4,9 +4,9 @@ import torch
 
 from tiwbench.config import TrainConfig
 from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
-from tiwbench.networks import make_denoiser
 from tiwbench.registry import METHODS
-from tiwbench.train import train_score
+from tiwbench.training.denoiser import make_denoiser
+from tiwbench.training.loop import train_score
 
 
 def near_a_mode(samples: torch.Tensor, means: torch.Tensor, radius: float = 0.3) -> float:

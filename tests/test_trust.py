@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tiwbench.cli import app
 from tiwbench.config import load_suite
-from tiwbench.runner import expand, run_cells
+from tiwbench.sweep.runner import expand, run_cells
 
 TINY = """name: tiny
 datasets: [toy2d]
@@ -93,9 +93,9 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
 
 def test_checkpoint_resume_is_bit_identical(tmp_path, toy):
     from tiwbench.config import TrainConfig
-    from tiwbench.networks import make_denoiser
     from tiwbench.registry import METHODS
-    from tiwbench.train import train_score
+    from tiwbench.training.denoiser import make_denoiser
+    from tiwbench.training.loop import train_score
 
     split = toy.split(0.1, 0)
     x, is_ref = split.observed()
@@ -141,7 +141,7 @@ def test_nan_loss_is_a_failed_record_and_the_sweep_goes_on(tmp_path):
 
 
 def test_one_broken_cell_does_not_stop_the_sweep(tmp_path, monkeypatch):
-    import tiwbench.runner as runner
+    import tiwbench.sweep.runner as runner
 
     suite = load_suite(str(tiny_suite(tmp_path, steps=30)))
     cells = expand(suite, "default", ref_fracs=[0.1])
@@ -157,7 +157,7 @@ def test_one_broken_cell_does_not_stop_the_sweep(tmp_path, monkeypatch):
     assert len(summary["failed"]) == 1 and len(summary["ok"]) == 1
     rec = json.loads(Path(summary["failed"][0]).read_text())
     assert rec["status"] == "failed" and rec["error"]["message"] == "boom"
-    from tiwbench.report import report
+    from tiwbench.report.render import report
 
     assert "failed" in report(tmp_path / "o", "markdown")
 
@@ -197,7 +197,7 @@ def test_record_provenance(tmp_path):
 
 
 def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
-    from tiwbench.runner import checkpoint_path
+    from tiwbench.sweep.runner import checkpoint_path
 
     suite = load_suite(str(tiny_suite(tmp_path, steps=30)))
     cells = expand(suite, "default", methods=["dsm_obs"], ref_fracs=[0.1])
@@ -213,6 +213,6 @@ def test_report_flags_seeds_of_different_configs(tmp_path):
     changed = expand(suite, "default", methods=["dsm_obs"], ref_fracs=[0.1], seeds=[0])
     changed[0].budget.train.lr = 1e-3  # seed 0 re-run with another config; seed 1 is stale
     run_cells(changed, tmp_path / "o")
-    from tiwbench.report import report
+    from tiwbench.report.render import report
 
     assert "MIXED: 2 configs" in report(tmp_path / "o", "markdown")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tiwbench.data.evaluator import EvalCNN, load_classifier, save_classifier
 from tiwbench.diffusion.unet import ImageDiscriminator, ResBlock, UNet, count_parameters
-from tiwbench.evaluator import EvalCNN, save_classifier
+from tiwbench.ratios.discriminator import make_ratio
 
 
 def test_unet_output_shape_tiny_and_with_attention():
@@ -81,7 +82,7 @@ def test_discriminator_frozen_feature_extractor(tmp_path):
     ext = EvalCNN(1, 8, 10, width=8)
     path = tmp_path / "ext.pt"
     save_classifier(ext, path, {"accuracy": None})
-    d = ImageDiscriminator(1, 8, 16, time=True, feature_extractor=str(path))
+    d = ImageDiscriminator(1, 8, 16, time=True, feature_extractor=load_classifier(str(path)))
     for k, v in ext.state_dict().items():
         torch.testing.assert_close(d.extractor.state_dict()[k], v)
     assert not any(p.requires_grad for p in d.extractor.parameters())
@@ -97,16 +98,18 @@ def test_discriminator_frozen_feature_extractor(tmp_path):
 
 
 def test_missing_extractor_checkpoint_is_data_error(tmp_path):
+    from tiwbench.config import RatioConfig
     from tiwbench.data.base import DataError
+    from tiwbench.data.digits import DigitsLT
 
     with pytest.raises(DataError, match="sidecar"):
-        ImageDiscriminator(1, 8, 16, feature_extractor=str(tmp_path / "none.pt"))
+        make_ratio(DigitsLT(), RatioConfig(channels=16, feature_extractor=str(tmp_path / "none.pt")), True)
 
 
 def test_networks_build_image_models_from_config():
     from tiwbench.config import RatioConfig, TrainConfig
     from tiwbench.data.digits import DigitsLT
-    from tiwbench.networks import make_denoiser, make_ratio
+    from tiwbench.training.denoiser import make_denoiser
 
     ds = DigitsLT()
     den = make_denoiser(ds, TrainConfig(channels=16, channel_mult=[1, 2], num_blocks=2, attn_resolutions=[4]))

@@ -129,11 +129,11 @@ def run(
     try:
         from rich.console import Console
 
-        from tiwbench import distributed
         from tiwbench.config import load_suite
-        from tiwbench.executors import EXECUTORS, configure_threads, submit_sweep
         from tiwbench.progress import INTERVAL_ENV, PlainReporter, RichReporter
-        from tiwbench.runner import expand, run_cells
+        from tiwbench.sweep.executors import EXECUTORS, configure_threads, submit_sweep
+        from tiwbench.sweep.runner import expand, run_cells
+        from tiwbench.training import distributed
 
         if progress_every is not None:
             if progress_every <= 0:
@@ -172,7 +172,7 @@ def run(
                 cell.budget.eval.fid_backend = fid_backend
         configure_threads(threads)  # 0: each group picks its own (runner.Group -> apply_threads)
         if distributed.is_main():
-            from tiwbench.estimate import cpu_warning
+            from tiwbench.sweep.cost import cpu_warning
 
             note = cpu_warning(cells, device)
             if note:
@@ -202,7 +202,7 @@ def run(
     except _user_errors() as e:
         _fail(str(e))
     if report_after:
-        from tiwbench.report import report as make_report
+        from tiwbench.report.render import report as make_report
 
         typer.echo(make_report(out, "markdown"))
     n_ok, n_skip, n_fail = (len(summary[k]) for k in ("ok", "skipped", "failed"))
@@ -232,8 +232,9 @@ def report(
       tiwbench report --vs dsm_obs
     """
     try:
-        from tiwbench.report import FORMATS, ReportError
-        from tiwbench.report import report as make_report
+        from tiwbench.report.intervals import ReportError
+        from tiwbench.report.leaderboard import FORMATS
+        from tiwbench.report.render import report as make_report
 
         if format not in FORMATS:
             raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
@@ -274,7 +275,7 @@ def stats(
     try:
         from tiwbench.metrics.fidelity import precompute_references
         from tiwbench.progress import PlainReporter, using
-        from tiwbench.runner import Group, expand
+        from tiwbench.sweep.runner import Group, expand
 
         _check_device(device)
         from tiwbench.config import load_suite
@@ -316,8 +317,9 @@ def baseline(
       tiwbench baseline --from results/runs --output results/baselines/smoke.json
     """
     try:
-        from tiwbench.regression import ToleranceRule, make_baseline, write_baseline
-        from tiwbench.report import ReportError, load_runs
+        from tiwbench.report.baseline_check import ToleranceRule, make_baseline, write_baseline
+        from tiwbench.report.intervals import ReportError
+        from tiwbench.report.leaderboard import load_runs
 
         try:
             given = {"k": k, "rel": rel, "abs_floor": abs_floor}  # unset: ToleranceRule's defaults, the one table
@@ -347,9 +349,10 @@ def check(
       tiwbench check --baseline results/baselines/smoke.json --runs results/runs
     """
     try:
-        from tiwbench.regression import check as run_check
-        from tiwbench.regression import load_baseline
-        from tiwbench.report import ReportError, load_runs
+        from tiwbench.report.baseline_check import check as run_check
+        from tiwbench.report.baseline_check import load_baseline
+        from tiwbench.report.intervals import ReportError
+        from tiwbench.report.leaderboard import load_runs
 
         try:
             passed, text, _ = run_check(load_baseline(baseline), load_runs(runs), allow_missing, show_ok)
@@ -393,9 +396,9 @@ def bench(
     try:
         import json
 
-        from tiwbench.bench import METHOD_NAMES, format_table, run_bench
         from tiwbench.config import PROFILES
         from tiwbench.registry import DATASETS, METHODS
+        from tiwbench.training.step_bench import METHOD_NAMES, format_table, run_bench
 
         _check_device(device)
         DATASETS.get(dataset)
@@ -411,7 +414,7 @@ def bench(
 
             torch.set_num_threads(max(1, threads))
         if ratio_precision:
-            from tiwbench.bench import ratio_precision as measure
+            from tiwbench.training.step_bench import ratio_precision as measure
 
             result = {"dataset": dataset, "profile": profile, "ratio_precision": measure(dataset, profile, suite)}
         else:

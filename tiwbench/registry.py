@@ -113,22 +113,22 @@ class Registry(Generic[T]):
 
 # The project's registries. Built-ins are lazy strings, so `tiwbench ls` imports nothing heavy;
 # methods also come from the entry-point group `tiwbench.methods` (that is how the baselines arrive).
-METHODS: Registry = Registry("method", "tiwbench.methods:Method", entry_point_group="tiwbench.methods")
+METHODS: Registry = Registry("method", "tiwbench.training.methods:Method", entry_point_group="tiwbench.methods")
 DATASETS: Registry = Registry("dataset", "tiwbench.data.base:BiasedDataset", entry_point_group="tiwbench.datasets")
 METRICS: Registry = Registry("metric", "tiwbench.metrics.base:Metric", entry_point_group="tiwbench.metrics")
-# Density-ratio estimators (tiwbench/estimators.py); `learned` is the discriminator's older name.
-RATIOS: Registry = Registry("ratio", "tiwbench.estimators:RatioEstimator", entry_point_group="tiwbench.ratios")
+# Density-ratio estimators (tiwbench/ratios/estimators.py); `learned` is the discriminator's older name.
+RATIOS: Registry = Registry("ratio", "tiwbench.ratios.estimators:RatioEstimator", entry_point_group="tiwbench.ratios")
 
-METHODS.register("tiw_dsm", "tiwbench.methods:TIWDSM")
+METHODS.register("tiw_dsm", "tiwbench.training.methods:TIWDSM")
 DATASETS.register("toy2d", "tiwbench.data.mixtures:Toy2D")
 DATASETS.register("digits_lt", "tiwbench.data.digits:DigitsLT")
 DATASETS.register("cifar10_lt", "tiwbench.data.cifar10:CIFAR10LT")
 DATASETS.register("ffhq_gender", "tiwbench.data.ffhq:FFHQGender")
-RATIOS.register("exact", "tiwbench.estimators:Exact")
-RATIOS.register("discriminator", "tiwbench.estimators:Discriminator", aliases=("learned",))
-RATIOS.register("discriminator_precond", "tiwbench.estimators:PrecondDiscriminator")
-RATIOS.register("discriminator_smooth", "tiwbench.estimators:SmoothDiscriminator")
-RATIOS.register("denoiser_diff", "tiwbench.estimators:DenoiserDifference")
+RATIOS.register("exact", "tiwbench.ratios.estimators:Exact")
+RATIOS.register("discriminator", "tiwbench.ratios.estimators:Discriminator", aliases=("learned",))
+RATIOS.register("discriminator_precond", "tiwbench.ratios.estimators:PrecondDiscriminator")
+RATIOS.register("discriminator_smooth", "tiwbench.ratios.estimators:SmoothDiscriminator")
+RATIOS.register("denoiser_diff", "tiwbench.ratios.estimators:DenoiserDifference")
 METRICS.register("fd", "tiwbench.metrics.fd:FD")
 METRICS.register("bias", "tiwbench.metrics.base:Bias")
 METRICS.register("fid", "tiwbench.metrics.fidelity:FID")  # ↓, direction from the class

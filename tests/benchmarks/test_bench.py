@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from tiwbench.config import TrainConfig
-from tiwbench.diffusion.nets import MLP
+from tiwbench.diffusion.mlp import MLP
 from tiwbench.diffusion.precond import EDMPrecond
 from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
-from tiwbench.ratio import LearnedRatio, RatioTrainConfig, train_ratio
+from tiwbench.ratios.discriminator import LearnedRatio, RatioTrainConfig, train_ratio
 from tiwbench.registry import METHODS
-from tiwbench.train import train_score
+from tiwbench.training.loop import train_score
 
 METHOD_NAMES = ["dsm_ref", "dsm_obs", "iw_dsm", "tiw_dsm_nocorr", "tiw_dsm", "oracle"]
 HAVE_UNET = importlib.util.find_spec("tiwbench.diffusion.unet") is not None
@@ -136,9 +136,9 @@ def test_ratio_training(benchmark, threads, network):
     benchmark.pedantic(run, rounds=3, warmup_rounds=1)
 
 
-@pytest.mark.skipif(not HAVE_EVALUATOR, reason="tiwbench.evaluator not present")
+@pytest.mark.skipif(not HAVE_EVALUATOR, reason="tiwbench.data.evaluator not present")
 def test_evaluator_features(benchmark, threads):
-    from tiwbench.evaluator import EvalCNN, batched
+    from tiwbench.data.evaluator import EvalCNN, batched
 
     threads(2)
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ import torch
 from tiwbench.data.base import DataError
 from tiwbench.data.images import LabelledImageDataset, require_path
 from tiwbench.integrity import Damaged, load_or_move_aside
-from tiwbench.results import atomic_write_json
+from tiwbench.records import atomic_write_json
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 HOW_IMAGES = ("expected a folder or a .zip of PNG/JPG face images (e.g. FFHQ from "

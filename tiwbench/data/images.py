@@ -75,7 +75,7 @@ class LabelledImageDataset(BiasedDataset):
     kind = "image"
     sigma_data = 0.5  # EDM's value for images in [-1, 1]
     class_names: ClassVar[tuple[str, ...]] = ()
-    # The domain evaluator's classifier and its training (tiwbench.evaluator); part of its cache key.
+    # The domain evaluator's classifier and its training (tiwbench.data.evaluator); part of its cache key.
     evaluator_config: ClassVar[dict[str, Any]] = {
         "width": 32, "epochs": 30, "batch_size": 128, "lr": 2e-3, "weight_decay": 1e-4,
         "holdout": 0.2, "flip": False,
@@ -172,6 +172,6 @@ class LabelledImageDataset(BiasedDataset):
         return images[idx], labels[idx]
 
     def evaluator(self, cache_dir: str | None = None, device: str = "cpu") -> Evaluator:
-        from tiwbench.evaluator import ImageEvaluator
+        from tiwbench.data.evaluator import ImageEvaluator
 
         return ImageEvaluator.for_dataset(self, cache_dir=cache_dir, device=device)

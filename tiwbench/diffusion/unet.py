@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tiwbench.diffusion.nets import FourierEmbedding
+from tiwbench.diffusion.mlp import FourierEmbedding
 
 
 class GroupNorm(nn.GroupNorm):
@@ -198,13 +198,13 @@ class ImageDiscriminator(nn.Module):
     to 4×4, then global average pooling and a linear head. With ``time=False`` it is the clean-image
     classifier of IW-DSM and ignores c_noise.
 
-    ``feature_extractor`` (paper scale, optional): a path to a state_dict of the evaluator's
-    :class:`tiwbench.evaluator.EvalCNN` with its JSON sidecar (``<path>.json``, as the evaluator cache
-    writes it). Its pooled features, frozen, join the encoder's before the head.
+    ``feature_extractor`` (paper scale, optional): a network with ``features(x)`` and ``feature_dim``
+    (the evaluator's classifier, loaded by :func:`tiwbench.data.evaluator.load_classifier`). Its pooled
+    features, frozen, join the encoder's before the head.
     """
 
     def __init__(self, in_channels: int = 1, resolution: int = 8, channels: int = 32, time: bool = True,
-                 feature_extractor: str | None = None, sigma_data: float = 0.5):
+                 feature_extractor: nn.Module | None = None, sigma_data: float = 0.5):
         super().__init__()
         self.time = time
         self.sigma_data = sigma_data
@@ -223,10 +223,8 @@ class ImageDiscriminator(nn.Module):
         self.norm = group_norm(cur)
         self.extractor = None
         feat = cur
-        if feature_extractor:
-            from tiwbench.evaluator import load_classifier
-
-            self.extractor = load_classifier(feature_extractor).requires_grad_(False).eval()
+        if feature_extractor is not None:
+            self.extractor = feature_extractor.requires_grad_(False).eval()
             feat += self.extractor.feature_dim
         self.head = nn.Sequential(nn.Linear(feat + (emb_dim or 0), 2 * channels), nn.SiLU(),
                                   nn.Linear(2 * channels, 1))

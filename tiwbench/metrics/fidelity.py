@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tiwbench import tv_shim  # noqa: F401  (must precede torch_fidelity / cleanfid)
+from tiwbench.metrics import tv_shim  # noqa: F401  (must precede torch_fidelity / cleanfid)
 
 # isort: split
 import torch_fidelity

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tiwbench import tv_shim  # noqa: F401  (must precede torch_fidelity)
+from tiwbench.metrics import tv_shim  # noqa: F401  (must precede torch_fidelity)
 
 # isort: split
 from torch_fidelity import register_feature_extractor

@@ -13,8 +13,8 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-from tiwbench.intervals import CONFIDENCE, ReportError
-from tiwbench.report import direction
+from tiwbench.report.intervals import CONFIDENCE, ReportError
+from tiwbench.report.leaderboard import direction
 
 COLUMNS = ["suite", "dataset", "metric", "ref_frac", "method", "vs", "n", "diff", "paired_half", "unpaired_half",
            "narrower", "higher_is_better"]
@@ -110,7 +110,7 @@ def to_html(table: pd.DataFrame, vs: str) -> str:
 
 
 def paired_section(records: list[dict[str, Any]], vs: str, fmt: str) -> str:
-    from tiwbench.report import records_frame
+    from tiwbench.report.leaderboard import records_frame
 
     table = paired_table(records_frame(records), vs)
     if fmt == "markdown":

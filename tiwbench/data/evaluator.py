@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from tiwbench import progress
 from tiwbench.data.base import DataError, Evaluator, content_hash
 from tiwbench.integrity import Damaged, load_or_move_aside
-from tiwbench.results import atomic_write_json
+from tiwbench.records import atomic_write_json
 
 ARCH_VERSION = 1  # bump when EvalCNN changes, so old cache entries are not reused
 

@@ -8,8 +8,6 @@ is marked as tied ("≈"). Failed cells are shown as failed, with counts.
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 from pathlib import Path
@@ -18,9 +16,9 @@ from typing import Any
 import pandas as pd
 
 from tiwbench.config import config_hash
-from tiwbench.intervals import CONFIDENCE, ReportError, ci_halfwidth, panel_key
+from tiwbench.records import load_records
 from tiwbench.registry import METRICS, RegistryError
-from tiwbench.results import atomic_write_text, load_records
+from tiwbench.report.intervals import CONFIDENCE, ReportError, ci_halfwidth, panel_key
 
 FORMATS = ("markdown", "csv", "latex", "html", "json")
 # x: where a cell sits on the x-axis, the value of x_name (ref_frac, or the suite's swept dataset parameter)
@@ -196,7 +194,7 @@ def tables(agg: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def _title(t: dict[str, Any]) -> str:
+def table_title(t: dict[str, Any]) -> str:
     arrow = "↑" if t["higher_is_better"] else "↓"
     prof = f", profile {'/'.join(t['profiles'])}" if t["profiles"] else ""
     mixed = " (mixed profiles!)" if len(t["profiles"]) > 1 else ""
@@ -216,7 +214,7 @@ def to_markdown(agg: pd.DataFrame) -> str:
         return "no records found\n"
     parts = [f"_{LEGEND}_\n"]
     for t in tables(agg):
-        lines = [f"### {_title(t)}", "", "| method | " + " | ".join(t["labels"]) + " |",
+        lines = [f"### {table_title(t)}", "", "| method | " + " | ".join(t["labels"]) + " |",
                  "|---|" + "---|" * len(t["fracs"])]
         for m in t["methods"]:
             cells = []
@@ -302,69 +300,6 @@ def to_csv(agg: pd.DataFrame) -> str:
     return pd.DataFrame(tidy(agg), columns=list(tidy(agg)[0]) if len(agg) else KEY).to_csv(index=False)
 
 
-HTML_STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}
-th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th:first-child,td:first-child{text-align:left}
-td.best{font-weight:bold;background:#e6f4e6}
-td.tie{background:#f4f4e0}
-td.failed{color:#b00;background:#fbeaea}
-small{color:#666}
-img{max-width:100%}
-"""
-
-
-def to_html(agg: pd.DataFrame, png: bytes | None = None, extra: str = "") -> str:
-    """One self-contained page: tables, the plot embedded as a base64 PNG, then ``extra`` (the samples)."""
-    from tiwbench.gallery import GALLERY_STYLE
-
-    body = ["<h1>tiwbench report</h1>", f"<p><small>{html.escape(LEGEND)}</small></p>"]
-    if png:
-        b64 = base64.b64encode(png).decode("ascii")
-        body.append(f'<img alt="metrics against ref_frac" src="data:image/png;base64,{b64}">')
-    for t in tables(agg):
-        rows = ["<tr><th>method</th>" + "".join(f"<th>{html.escape(x)}</th>" for x in t["labels"]) + "</tr>"]
-        for m in t["methods"]:
-            tds = []
-            for f in t["fracs"]:
-                r = t["cells"].get((m, f))
-                if r is None:
-                    tds.append("<td>–</td>")
-                    continue
-                main, detail = cell_parts(r)
-                cls = "failed" if r.n == 0 else r.mark
-                main = ("≈ " if r.mark == "tie" else "") + main
-                tds.append(f'<td class="{cls}">{html.escape(main)}<br><small>{html.escape(detail)}</small></td>')
-            rows.append(f"<tr><td>{html.escape(m)}</td>{''.join(tds)}</tr>")
-        body.append(f"<h2>{html.escape(_title(t))}</h2><table>{''.join(rows)}</table>")
-    if agg.empty:
-        body.append("<p>no records found</p>")
-    if extra:
-        body.append(extra)
-    return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>tiwbench report</title>'
-            f"<style>{HTML_STYLE}{GALLERY_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
-def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any]] | None = None,
-           vs: str | None = None) -> str:
-    if fmt not in FORMATS:
-        raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    paired = ""
-    if vs is not None:  # per-seed differences to one method (tiwbench.paired)
-        from tiwbench.paired import paired_section
-
-        paired = paired_section(records or [], vs, fmt)
-    if fmt == "html":
-        from tiwbench.gallery import gallery_html
-        from tiwbench.plots import figure_png
-
-        return to_html(agg, figure_png(agg) if len(agg) else None, paired + gallery_html(records or []))
-    if paired:
-        return to_markdown(agg) + "\n" + paired
-    return {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json}[fmt](agg)
-
-
 # -- entry points -------------------------------------------------------------------------------------
 def load_runs(runs: Path) -> list[dict[str, Any]]:
     if not Path(runs).is_dir():
@@ -380,25 +315,3 @@ def load_runs(runs: Path) -> list[dict[str, Any]]:
 
 def summarize(runs: Path) -> pd.DataFrame:
     return aggregate(records_frame(load_runs(runs)))
-
-
-def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None,
-           vs: str | None = None) -> str:
-    """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given; with
-    ``vs``, the paired differences of every method to that one."""
-    records = load_runs(runs)
-    agg = aggregate(records_frame(records))
-    text = render(agg, fmt, records, vs)
-    if fmt == "markdown":  # suites comparing ratio estimators (method@ratio) get the ratio study's tables
-        from tiwbench.ratio_study import to_markdown as ratio_study_markdown
-
-        text += ratio_study_markdown(records)
-    if output is not None:
-        atomic_write_text(Path(output), text)
-    if plot is not None:
-        from tiwbench.plots import save_plot
-        from tiwbench.ratio_study import save_figures
-
-        save_plot(agg, Path(plot))
-        save_figures(records, Path(plot))
-    return text

@@ -26,9 +26,9 @@ from torch import nn
 
 from tiwbench.config import RatioConfig
 from tiwbench.diffusion.losses import edm_weight
-from tiwbench.diffusion.nets import MLP
+from tiwbench.diffusion.mlp import MLP
 from tiwbench.diffusion.precond import EDMPrecond, expand_like
-from tiwbench.ratio import LearnedRatio, RatioTrainConfig, balanced_batch, train_ratio
+from tiwbench.ratios.discriminator import LearnedRatio, RatioTrainConfig, balanced_batch, train_ratio
 
 
 class RatioEstimator(ABC):
@@ -80,7 +80,7 @@ class Discriminator(RatioEstimator):
     precond: ClassVar[bool | None] = None  # None: as RatioConfig.precond
 
     def build(self) -> LearnedRatio:
-        from tiwbench.networks import make_ratio
+        from tiwbench.ratios.discriminator import make_ratio
 
         cfg = self.cfg if self.precond is None else dataclasses.replace(self.cfg, precond=self.precond)
         return make_ratio(self.dataset, cfg, self.time_dependent)

@@ -14,19 +14,20 @@ from typing import Any
 
 import torch
 
-from tiwbench import distributed, progress
+from tiwbench import progress
 from tiwbench.config import Budget, ConfigError, Suite, config_hash, resolve_budget
 from tiwbench.data.base import DataError
 from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
-from tiwbench.locks import LOCK_NAME, claim
 from tiwbench.metrics.base import EvalContext
-from tiwbench.pictures import GRID_NAME, sample_picture
 from tiwbench.progress import PlainReporter, RichReporter  # noqa: F401  (where callers found them)
-from tiwbench.ratio import ratio_diagnostics
+from tiwbench.ratios.diagnostics import ratio_diagnostics
+from tiwbench.records import RECORD_NAME, SCHEMA_VERSION, atomic_write_bytes, atomic_write_json, cell_dir, environment
 from tiwbench.registry import DATASETS, METHODS, METRICS, RATIOS
-from tiwbench.results import RECORD_NAME, SCHEMA_VERSION, atomic_write_bytes, atomic_write_json, cell_dir, environment
-from tiwbench.threads import apply_threads
-from tiwbench.train import CellTimeout, NonFiniteLoss, train_score, weight_stats
+from tiwbench.report.cell_picture import GRID_NAME, sample_picture
+from tiwbench.sweep.locks import LOCK_NAME, claim
+from tiwbench.sweep.threads import apply_threads
+from tiwbench.training import distributed
+from tiwbench.training.loop import CellTimeout, NonFiniteLoss, train_score, weight_stats
 
 
 @dataclass
@@ -215,7 +216,7 @@ def check_method_name(name: str) -> None:
 
 
 def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path | None = None) -> dict[str, Any]:
-    from tiwbench.networks import make_denoiser
+    from tiwbench.training.denoiser import make_denoiser
 
     timing: dict[str, float] = {}
     method_name, ratio_name = method_and_ratio(cell.method)
@@ -386,7 +387,7 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
 
 
 def claim_cell(cell: Cell, out: Path, device: str, held: list) -> bool:
-    """Claim ``cell`` by its lock file (tiwbench.locks) unless another sweep holds it or has just
+    """Claim ``cell`` by its lock file (tiwbench.sweep.locks) unless another sweep holds it or has just
     recorded it. Under torchrun rank 0 decides and every rank follows; the claim goes to ``held``."""
     lock = None
     if distributed.is_main():

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tiwbench.config import load_suite, resolve_budget
 from tiwbench.diffusion.sampler import edm_sampler
 from tiwbench.registry import DATASETS, METHODS
-from tiwbench.train import train_score
+from tiwbench.training.loop import train_score
 
 METHOD_NAMES = ("dsm_obs", "dsm_ref", "iw_dsm", "tiw_dsm_nocorr", "tiw_dsm", "oracle")
 
@@ -72,7 +72,8 @@ def _sync(device) -> None:
 
 
 def _build(method_name: str, ds, budget, device):
-    from tiwbench.networks import make_denoiser, make_ratio
+    from tiwbench.ratios.discriminator import make_ratio
+    from tiwbench.training.denoiser import make_denoiser
 
     method = METHODS.get(method_name)()
     torch.manual_seed(0)
@@ -113,7 +114,7 @@ def time_train_step(method_name: str, ds, budget, x, is_ref, device, steps: int,
 
 
 def sampler_row(ds, budget, device, dtype: str, batch: int, peak: float | None) -> dict:
-    from tiwbench.networks import make_denoiser
+    from tiwbench.training.denoiser import make_denoiser
 
     s = budget.sample
     torch.manual_seed(0)
@@ -178,7 +179,8 @@ def run_bench(dataset: str, device: str = "cpu", profile: str = "smoke", suite: 
         r["ratio_flops_per_step"] = r["flops_per_step"] - base["flops_per_step"]  # the ratio model's share
     for dtype in sample_dtypes or (("float32", "bfloat16") if cuda else ("float32",)):
         rows.append(sampler_row(ds, budget, device, dtype, sample_batch or budget.sample.batch_size, peak))
-    from tiwbench.networks import make_denoiser, make_ratio
+    from tiwbench.ratios.discriminator import make_ratio
+    from tiwbench.training.denoiser import make_denoiser
 
     nets = {"score": _count(make_denoiser(ds, budget.train)), "ratio": _count(make_ratio(ds, budget.ratio, True))}
     machine = {"device": name, "torch": torch.__version__, "peak_bf16_tflops": peak,
@@ -218,8 +220,8 @@ def ratio_precision(dataset: str, profile: str = "smoke", suite: str = "ref_size
     float32, in w = exp(ℓ) and in the score correction σ²∇log w, per σ band, on D_bias samples of
     the dataset with the profile's trained time-dependent ratio model (CPU bf16 arithmetic)."""
     from tiwbench.diffusion.precond import expand_like
-    from tiwbench.networks import make_ratio
-    from tiwbench.ratio import SIGMA_BANDS, RatioTrainConfig, train_ratio
+    from tiwbench.ratios.diagnostics import SIGMA_BANDS
+    from tiwbench.ratios.discriminator import RatioTrainConfig, make_ratio, train_ratio
 
     budget, _ = resolve_budget(load_suite(suite), profile, dataset)
     ds = DATASETS.get(dataset)()

@@ -26,7 +26,8 @@ def cell_seconds(dataset, budget, probe_batch: int = 4) -> dict[str, float]:
     """Seconds of one cell's score training, sampling and ratio training on this CPU, from one step of
     each network on ``probe_batch`` images scaled linearly in the batch size (a lower bound on a CPU:
     larger batches do not get cheaper per image)."""
-    from tiwbench.networks import make_denoiser, make_ratio
+    from tiwbench.ratios.discriminator import make_ratio
+    from tiwbench.training.denoiser import make_denoiser
 
     t, s, r = budget.train, budget.sample, budget.ratio
     x = torch.randn(probe_batch, *dataset.shape)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from tiwbench import distributed, integrity, preemption
+from tiwbench import integrity
 from tiwbench.config import TrainConfig
 from tiwbench.diffusion.losses import Batch
+from tiwbench.training import distributed, preemption
 
 
 class NonFiniteLoss(FloatingPointError):

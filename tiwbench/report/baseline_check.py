@@ -27,8 +27,9 @@ from typing import Any
 
 import pandas as pd
 
-from tiwbench.report import ReportError, aggregate, direction, records_frame
-from tiwbench.results import atomic_write_text
+from tiwbench.records import atomic_write_text
+from tiwbench.report.intervals import ReportError
+from tiwbench.report.leaderboard import aggregate, direction, records_frame
 
 BASELINE_KIND = "tiwbench.baseline"
 BASELINE_SCHEMA = 1

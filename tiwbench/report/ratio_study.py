@@ -1,7 +1,7 @@
 """The ratio study: each estimator's error against the closed form per σ band, and its link to the outcome.
 
 Built from records alone. Every record carries the diagnostics of the ratio models of its group
-(``record["ratio"][key]["per_sigma"]``, from :func:`tiwbench.ratio.ratio_diagnostics`); models are fitted
+(``record["ratio"][key]["per_sigma"]``, from :func:`tiwbench.ratios.diagnostics.ratio_diagnostics`); models are fitted
 lazily, so a group's diagnostics are the union over its records. Per (suite, dataset, ref_frac,
 estimator, σ band) and over seeds: the error of log w_σ, of w_σ and of the correction σ²∇log w_σ, each
 relative to its signal (mean square of log w, of w − 1, of the exact correction), and the accuracy and
@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from tiwbench.report import CONFIDENCE, ci_halfwidth
+from tiwbench.report.intervals import CONFIDENCE, ci_halfwidth
 
 MEASURES = {  # column -> (mse key, signal key, title)
     "log_w": ("log_ratio_mse", "log_ratio_norm", "error of log w relative to its signal"),
@@ -281,7 +281,7 @@ def save_figures(records: list[dict[str, Any]], plot: Path, dpi: int = 110) -> l
     """Beside ``plot``: ``<stem>_ratio_error.png`` and ``<stem>_ratio_outcome.png``, where there is a study."""
     import matplotlib.pyplot as plt
 
-    from tiwbench.results import atomic_write_bytes
+    from tiwbench.records import atomic_write_bytes
 
     written = []
     for suffix, make in (("_ratio_error", error_figure), ("_ratio_outcome", outcome_figure)):

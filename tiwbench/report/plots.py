@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from tiwbench.intervals import CONFIDENCE, ReportError, panel_key  # noqa: E402
-from tiwbench.results import atomic_write_bytes  # noqa: E402
+from tiwbench.records import atomic_write_bytes  # noqa: E402
+from tiwbench.report.intervals import CONFIDENCE, ReportError, panel_key  # noqa: E402
 
 
 def figure(agg: pd.DataFrame):

@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tiwbench import preemption
 from tiwbench.config import ConfigError, SlurmConfig
+from tiwbench.records import RECORD_NAME, cell_dir
 from tiwbench.registry import DATASETS
-from tiwbench.results import RECORD_NAME, cell_dir
-from tiwbench.runner import PlainReporter, existing_record, run_cells
-from tiwbench.threads import auto_threads, configure_threads
+from tiwbench.sweep.runner import PlainReporter, existing_record, run_cells
+from tiwbench.sweep.threads import auto_threads, configure_threads
+from tiwbench.training import preemption
 
 EXECUTORS = ("inline", "local", "slurm")
 
@@ -36,7 +36,7 @@ class GroupJob(Checkpointable):
 
     Checkpointable through submitit: on the preemption / time-limit signal submitit calls
     :meth:`checkpoint` and requeues the job with the same arguments. The signal is held
-    (tiwbench.preemption) until the training loop has saved its checkpoint after the current step;
+    (tiwbench.training.preemption) until the training loop has saved its checkpoint after the current step;
     the requeued job skips the cells already recorded and resumes the interrupted one from it.
     """
 

@@ -1,5 +1,6 @@
-"""The HTML report's sample pictures: per (suite, dataset, ref_frac), one row per seed with the methods
-side by side, each picture inlined as base64 so the page is one self-contained file."""
+"""The HTML report: one self-contained page with the leaderboards, the plot and the sample pictures
+(per suite, dataset and ref_frac, one row per seed with the methods side by side), each picture
+inlined as base64."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import base64
 import html
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
+
+from tiwbench.report.leaderboard import LEGEND, cell_parts, table_title, tables
 
 GALLERY_STYLE = """
 .gallery{display:flex;flex-wrap:wrap;gap:10px;margin:0.4em 0 1.2em}
@@ -53,3 +58,45 @@ def gallery_html(records: list[dict[str, Any]], max_seeds: int = 1) -> str:
                          f"<small>(suite {html.escape(suite)})</small></h3>"
                          f'<div class="gallery">{"".join(figs)}</div>')
     return "\n".join(parts)
+
+
+HTML_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}
+td.best{font-weight:bold;background:#e6f4e6}
+td.tie{background:#f4f4e0}
+td.failed{color:#b00;background:#fbeaea}
+small{color:#666}
+img{max-width:100%}
+"""
+
+
+def to_html(agg: pd.DataFrame, png: bytes | None = None, extra: str = "") -> str:
+    """One self-contained page: tables, the plot embedded as a base64 PNG, then ``extra`` (the samples)."""
+    body = ["<h1>tiwbench report</h1>", f"<p><small>{html.escape(LEGEND)}</small></p>"]
+    if png:
+        b64 = base64.b64encode(png).decode("ascii")
+        body.append(f'<img alt="metrics against ref_frac" src="data:image/png;base64,{b64}">')
+    for t in tables(agg):
+        rows = ["<tr><th>method</th>" + "".join(f"<th>{html.escape(x)}</th>" for x in t["labels"]) + "</tr>"]
+        for m in t["methods"]:
+            tds = []
+            for f in t["fracs"]:
+                r = t["cells"].get((m, f))
+                if r is None:
+                    tds.append("<td>–</td>")
+                    continue
+                main, detail = cell_parts(r)
+                cls = "failed" if r.n == 0 else r.mark
+                main = ("≈ " if r.mark == "tie" else "") + main
+                tds.append(f'<td class="{cls}">{html.escape(main)}<br><small>{html.escape(detail)}</small></td>')
+            rows.append(f"<tr><td>{html.escape(m)}</td>{''.join(tds)}</tr>")
+        body.append(f"<h2>{html.escape(table_title(t))}</h2><table>{''.join(rows)}</table>")
+    if agg.empty:
+        body.append("<p>no records found</p>")
+    if extra:
+        body.append(extra)
+    return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>tiwbench report</title>'
+            f"<style>{HTML_STYLE}{GALLERY_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
