@@ -53,7 +53,7 @@ class RatioConfig:
     channels: int = 32
     feature_extractor: str = ""  # image discriminators: frozen EvalCNN state_dict path ("" = none)
     logit_max: float = 11.512925  # log 1e5
-    precond: bool = False  # scale the time-dependent logit by σ_data/sqrt(σ² + σ_data²) (see ratio.py)
+    precond: bool = False  # scale the time-dependent logit by σ_data/sqrt(σ² + σ_data²) (see ratios/discriminator.py)
     p_mean: float = -1.2
     p_std: float = 1.2
     sigma_min: float = 0.002
