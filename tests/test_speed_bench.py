@@ -28,7 +28,10 @@ def toy_bench(tmp_path_factory):
 
 def test_rows_hold_the_columns(toy_bench):
     rows = {r["method"]: r for r in toy_bench["rows"]}
-    assert set(rows) == {"dsm_obs", "dsm_ref", "iw_dsm", "tiw_dsm_nocorr", "tiw_dsm", "oracle", "sampler (float32)"}
+    assert set(rows) == {"dsm_obs", "dsm_ref", "iw_dsm", "tiw_dsm_nocorr", "tiw_dsm", "oracle", "sampler (float32)",
+                         "metrics (fd, bias)"}
+    metrics = rows.pop("metrics (fd, bias)")  # toy2d's metrics run on raw coordinates: no network, 0 FLOPs
+    assert KEYS <= set(metrics) and metrics["flops_per_step"] == 0 and metrics["images_per_s"] > 0
     for r in rows.values():
         assert KEYS <= set(r) and r["ms_per_step"] > 0 and r["flops_per_step"] > 0
         assert r["tflops"] == pytest.approx(r["flops_per_step"] / (r["ms_per_step"] * 1e-3) / 1e12)
@@ -37,7 +40,25 @@ def test_rows_hold_the_columns(toy_bench):
     for m in ("tiw_dsm", "iw_dsm"):
         assert rows[m]["ratio_to_dsm_obs"] == pytest.approx(rows[m]["ms_per_step"] / rows["dsm_obs"]["ms_per_step"])
     assert rows["sampler (float32)"]["images_per_s"] > 0 and rows["sampler (float32)"]["ratio_to_dsm_obs"] is None
-    assert rows["dsm_obs"]["cell_hours"] == pytest.approx(300 * rows["dsm_obs"]["ms_per_step"] / 3.6e6)
+
+
+def test_cell_hours_are_the_four_parts(toy_bench):
+    """toy2d smoke: 300 score steps, 300 ratio steps, 1000 samples; each part from its own timing."""
+    rows = {r["method"]: r for r in toy_bench["rows"]}
+    sample_s = 1000 / rows["sampler (float32)"]["images_per_s"]
+    metric_s = 1000 / rows["metrics (fd, bias)"]["images_per_s"]
+    for m in ("dsm_obs", "dsm_ref", "iw_dsm", "tiw_dsm_nocorr", "tiw_dsm", "oracle"):
+        r = rows[m]
+        assert r["train_hours"] == pytest.approx(300 * r["ms_per_step"] / 3.6e6)
+        ratio_ms = r["ratio_ms_per_step"] or 0.0
+        assert r["ratio_hours"] == pytest.approx(300 * ratio_ms / 3.6e6)
+        assert r["sample_hours"] == pytest.approx(sample_s / 3600)
+        assert r["metric_hours"] == pytest.approx(metric_s / 3600)
+        parts = r["train_hours"] + r["ratio_hours"] + r["sample_hours"] + r["metric_hours"]
+        assert r["cell_hours"] == pytest.approx(parts) and r["cell_hours"] > r["train_hours"]
+    # one time-dependent ratio model shared by the TIW methods; IW-DSM trains its own clean classifier
+    assert rows["tiw_dsm"]["ratio_ms_per_step"] == rows["tiw_dsm_nocorr"]["ratio_ms_per_step"] > 0
+    assert rows["iw_dsm"]["ratio_ms_per_step"] > 0 and rows["dsm_obs"]["ratio_hours"] == 0
 
 
 def test_flops_match_a_count_by_hand(toy_bench):
