@@ -23,7 +23,9 @@ def toy_bench(tmp_path_factory):
                                    "--steps", "3", "--repeats", "1", "--peak-tflops", "2.5", "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "tiw_dsm" in res.output and "sampler" in res.output
-    return json.loads(out.read_text())
+    data = json.loads(out.read_text())
+    assert data["complete"] is True
+    return data
 
 
 def test_rows_hold_the_columns(toy_bench):
@@ -102,3 +104,14 @@ def test_no_peak_is_null_and_known_gpus_have_one(tmp_path):
 def test_bad_bench_input_is_one_line():
     res = CliRunner().invoke(app, ["bench", "--dataset", "toy2d", "--peak-tflops", "-1"])
     assert res.exit_code == 2 and "--peak-tflops" in res.output
+
+
+def test_rows_reach_the_caller_one_by_one():
+    """A bench cut short (a stage's timeout) keeps the rows measured so far: each is handed over as it comes."""
+    from tiwbench.training.step_bench import run_bench
+
+    seen = []
+    res = run_bench("toy2d", methods=("dsm_obs", "tiw_dsm"), steps=1, warmup=1, repeats=1,
+                    on_row=lambda r: seen.append((len(r["rows"]), r["complete"])))
+    assert seen == [(i, False) for i in range(1, 5)] and res["complete"] and len(res["rows"]) == 4
+    assert [r["method"] for r in res["rows"]] == ["sampler (float32)", "metrics (fd, bias)", "dsm_obs", "tiw_dsm"]

@@ -225,12 +225,13 @@ def run_bench(dataset: str, device: str = "cpu", profile: str = "smoke", suite: 
               methods: tuple[str, ...] = METHOD_NAMES, steps: int | None = None, warmup: int | None = None,
               peak_tflops: float | None = None, compile: bool | None = None,
               sample_dtypes: tuple[str, ...] | None = None, sample_batch: int | None = None,
-              repeats: int | None = None) -> dict:
-    """Time every method's training step, the ratio model's training, the sampler and the metrics;
+              repeats: int | None = None, on_row=None) -> dict:
+    """Time the sampler, the metrics, the ratio models' training and every method's training step;
     return {"machine": ..., "rows": [...]}. Each method row projects its whole cell: ``train_hours``
     (train.steps score steps), ``ratio_hours`` (ratio.steps steps of the ratio model it needs),
     ``sample_hours`` (sample.n samples in the profile's sample.dtype), ``metric_hours`` (the suite's
-    metrics on them) and ``cell_hours``, their sum."""
+    metrics on them) and ``cell_hours``, their sum. ``on_row(result)`` is called with the result so far
+    after each row (``result["complete"]`` is False until the end), so a run cut short keeps its rows."""
     cuda = str(device).startswith("cuda")
     suite_cfg = load_suite(suite)
     budget, _ = resolve_budget(suite_cfg, profile, dataset)
@@ -241,54 +242,62 @@ def run_bench(dataset: str, device: str = "cpu", profile: str = "smoke", suite: 
     ds = dataset_shape(dataset)
     steps = steps or (20 if cuda else 30 if ds.kind == "vector" else 4)
     warmup = warmup if warmup is not None else (10 if cuda else 2)
+    repeats = repeats or (1 if cuda else 3)
+    s = budget.sample
     x, is_ref = synthetic_data(ds.shape, max(8 * budget.train.batch_size, 2 * budget.ratio.batch_size, 1024))
-    if "dsm_obs" not in methods:
-        methods = ("dsm_obs", *methods)
+    methods = ("dsm_obs", *(m for m in methods if m != "dsm_obs"))  # the others' ratios need it first
+    nets = {"score": _count(make_denoiser(ds, budget.train)), "ratio": _count(make_ratio(ds, budget.ratio, True))}
+    machine = {"device": name, "torch": torch.__version__, "peak_bf16_tflops": peak,
+               "threads": torch.get_num_threads(), "cuda": torch.version.cuda}
+    rows: list[dict] = []
+    result = {"dataset": dataset, "profile": profile, "suite": suite, "steps_timed": steps, "warmup": warmup,
+              "repeats": repeats, "compile": budget.train.compile, "amp": budget.train.amp and cuda,
+              "channels_last": budget.train.channels_last and cuda, "parameters": nets,
+              "cell_steps": budget.train.steps, "ratio_steps": budget.ratio.steps, "samples": s.n,
+              "sample_dtype": s.dtype, "machine": machine, "rows": rows, "complete": False}
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(result)
+
+    dtypes = tuple(sample_dtypes or (("float32", "bfloat16") if cuda else ("float32",)))
+    if s.dtype not in dtypes:  # the profile's own precision is what its cells run
+        dtypes = (s.dtype, *dtypes)
+    for d in dtypes:
+        add(sampler_row(ds, budget, device, d, sample_batch or s.batch_size, peak))
+    profile_sampler = next(r for r in rows if r["method"] == f"sampler ({s.dtype})")
+    sample_seconds = s.n / profile_sampler["images_per_s"]
+    metrics = metric_row(dataset, ds, budget, list(suite_cfg.metrics), device, peak)
+    add(metrics)
+    metric_seconds = s.n / metrics["images_per_s"]
     ratios, ratio_seconds = {}, {}
     for kind in dict.fromkeys(METHODS.get(m).ratio for m in methods):
         if kind is not None:  # once per kind, shared by the methods (a sweep's group shares it)
             ratios[kind], ratio_seconds[kind] = fit_ratio(kind, ds, budget, x, is_ref, device, steps, warmup)
     best = dict.fromkeys(methods, math.inf)
-    for _ in range(repeats or (1 if cuda else 3)):  # round-robin, fastest kept: a neighbour's burst only adds time
+    base = None
+    for round_ in range(repeats):  # round-robin, fastest kept: a neighbour's burst only adds time
         for m in methods:
             best[m] = min(best[m], time_train_step(m, ds, budget, x, is_ref, device, steps, warmup, ratios))
-    s = budget.sample
-    dtypes = tuple(sample_dtypes or (("float32", "bfloat16") if cuda else ("float32",)))
-    if s.dtype not in dtypes:  # the profile's own precision is what its cells run
-        dtypes = (s.dtype, *dtypes)
-    samplers = [sampler_row(ds, budget, device, d, sample_batch or s.batch_size, peak) for d in dtypes]
-    sample_seconds = s.n / next(r for r in samplers if r["method"] == f"sampler ({s.dtype})")["images_per_s"]
-    metrics = metric_row(dataset, ds, budget, list(suite_cfg.metrics), device, peak)
-    metric_seconds = s.n / metrics["images_per_s"]
-    rows, base = [], None
-    for m in methods:
-        flops = train_step_flops(m, ds, budget, x, is_ref, device, ratios)
-        sec = best[m]
-        tflops = flops / sec / 1e12
-        kind = METHODS.get(m).ratio
-        parts = {"train_hours": budget.train.steps * sec / 3600,
-                 "ratio_hours": budget.ratio.steps * ratio_seconds[kind] / 3600 if kind else 0.0,
-                 "sample_hours": sample_seconds / 3600, "metric_hours": metric_seconds / 3600}
-        rows.append({"method": m, "kind": "train", "batch": budget.train.batch_size, "ms_per_step": 1e3 * sec,
-                     "ratio_to_dsm_obs": None, "flops_per_step": flops, "tflops": tflops,
-                     "share_of_peak": tflops / peak if peak else None,
-                     "ratio_ms_per_step": 1e3 * ratio_seconds[kind] if kind else None,
-                     **parts, "cell_hours": sum(parts.values())})
-        if m == "dsm_obs":
-            base = rows[-1]
-    for r in rows:
-        r["ratio_to_dsm_obs"] = r["ms_per_step"] / base["ms_per_step"]
-        r["ratio_flops_per_step"] = r["flops_per_step"] - base["flops_per_step"]  # the ratio model's share
-    rows += [*samplers, metrics]
-    nets = {"score": _count(make_denoiser(ds, budget.train)), "ratio": _count(make_ratio(ds, budget.ratio, True))}
-    machine = {"device": name, "torch": torch.__version__, "peak_bf16_tflops": peak,
-               "threads": torch.get_num_threads(), "cuda": torch.version.cuda}
-    return {"dataset": dataset, "profile": profile, "suite": suite, "steps_timed": steps, "warmup": warmup,
-            "repeats": repeats or (1 if cuda else 3),
-            "compile": budget.train.compile, "amp": budget.train.amp and cuda,
-            "channels_last": budget.train.channels_last and cuda, "parameters": nets,
-            "cell_steps": budget.train.steps, "ratio_steps": budget.ratio.steps, "samples": s.n,
-            "sample_dtype": s.dtype, "machine": machine, "rows": rows}
+            if round_ < repeats - 1:
+                continue
+            flops = train_step_flops(m, ds, budget, x, is_ref, device, ratios)
+            sec = best[m]
+            tflops = flops / sec / 1e12
+            kind = METHODS.get(m).ratio
+            parts = {"train_hours": budget.train.steps * sec / 3600,
+                     "ratio_hours": budget.ratio.steps * ratio_seconds[kind] / 3600 if kind else 0.0,
+                     "sample_hours": sample_seconds / 3600, "metric_hours": metric_seconds / 3600}
+            base = base or {"ms_per_step": 1e3 * sec, "flops_per_step": flops}  # dsm_obs comes first
+            add({"method": m, "kind": "train", "batch": budget.train.batch_size, "ms_per_step": 1e3 * sec,
+                 "ratio_to_dsm_obs": 1e3 * sec / base["ms_per_step"], "flops_per_step": flops, "tflops": tflops,
+                 "share_of_peak": tflops / peak if peak else None,
+                 "ratio_flops_per_step": flops - base["flops_per_step"],  # the ratio model's share
+                 "ratio_ms_per_step": 1e3 * ratio_seconds[kind] if kind else None,
+                 **parts, "cell_hours": sum(parts.values())})
+    result["complete"] = True
+    return result
 
 
 def _count(model: torch.nn.Module) -> int:
@@ -305,7 +314,7 @@ def format_table(result: dict) -> str:
     def f(v, fmt):
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
-    for r in result["rows"]:
+    for r in sorted(result["rows"], key=lambda r: r.get("kind") != "train"):  # methods first, as measured
         lines.append(f"{r['method']:<20} {f(r['ms_per_step'], '10.2f')} {f(r['ratio_to_dsm_obs'], '9.2f')} "
                      f"{f(r['flops_per_step'] / 1e9, '11.3f')} {f(r.get('ratio_flops_per_step', 0) / 1e9, '11.3f')} "
                      f"{f(r['tflops'], '8.3f')} {f(r['share_of_peak'], '8.1%')} {f(r.get('cell_hours'), '8.3g')} "
