@@ -1,8 +1,14 @@
 """`tiwbench bench`: its JSON rows, and its FLOP counts against a count by hand."""
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tiwbench.cli import app
@@ -115,3 +121,14 @@ def test_rows_reach_the_caller_one_by_one():
                     on_row=lambda r: seen.append((len(r["rows"]), r["complete"])))
     assert seen == [(i, False) for i in range(1, 5)] and res["complete"] and len(res["rows"]) == 4
     assert [r["method"] for r in res["rows"]] == ["sampler (float32)", "metrics (fd, bias)", "dsm_obs", "tiw_dsm"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_gpu_bench_without_cuda_is_one_line_and_exit_2(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    t0 = time.monotonic()
+    res = subprocess.run(["bash", str(root / "scripts" / "gpu_bench.sh")], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PY": sys.executable, "OUT": str(tmp_path / "gpu")})
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "no CUDA GPU" in lines[0], res
+    assert time.monotonic() - t0 < 60 and not (tmp_path / "gpu").exists()  # nothing installed or written
