@@ -394,7 +394,6 @@ def bench(
       tiwbench bench --dataset cifar10_lt --device cuda --profile paper --json results/bench_gpu.json
     """
     try:
-
         from tiwbench.config import PROFILES
         from tiwbench.records import atomic_write_json as write_json
         from tiwbench.registry import DATASETS, METHODS

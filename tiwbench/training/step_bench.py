@@ -84,7 +84,8 @@ def _attention_backward(grad_out, query, key, value, *args, **kwargs):
 
 
 # The counter knows the CUDA attention kernels but counts the CPU's flash attention as 0 FLOPs; the same
-# formulas (softmax(QKᵀ)V: 4·B·heads·Lq·Lk·d forward, the four matmuls of its gradient backward) fill in.
+# formulas (softmax(QKᵀ)V: 4·B·heads·Lq·Lk·d forward; backward five such matmuls: QKᵀ recomputed, dV, dP,
+# dQ, dK) fill in. On NCHW memory the CPU kernel declines the strided heads and torch's math (bmm) runs.
 CPU_ATTENTION_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_forward,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward,
