@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-gpu lint setup clean browser
+.PHONY: run test bench bench-gpu wheels lint setup clean browser
 
 # constraints.txt pins the exact CPU builds of these machines; the package itself only states ranges.
 $(STAMP): pyproject.toml constraints.txt
@@ -31,9 +31,17 @@ bench: $(STAMP)
 	$(BIN)/tiwbench bench --dataset toy2d --json results/bench_step_toy2d.json
 	$(BIN)/tiwbench bench --dataset digits_lt --json results/bench_step_digits_lt.json
 
-# On a CUDA machine: the paper-network figures of docs/benchmarks.md (JSON under results/gpu/).
+# On a CUDA machine: the paper-network figures of docs/benchmarks.md (JSON under results/gpu/), offline.
+# Without CUDA it says so in one line and exits 2.
 bench-gpu:
 	OUT=results/gpu PY=$(PY) bash scripts/gpu_bench.sh
+
+# The light pure-Python dependencies as wheels in .whl/ (git-ignored, carried to a GPU machine with the
+# tree), for scripts/gpu_bench.sh's offline install; torch, numpy, scipy, pandas, scikit-learn and
+# matplotlib are expected on a GPU image (their wheels would not fit a small carry).
+wheels: $(STAMP)
+	$(BIN)/pip download -q --disable-pip-version-check -c constraints.txt -d .whl --only-binary=:all: \
+		setuptools pyyaml typer rich
 
 # Chromium for the HTML report's browser test (tests/test_browser.py skips without it). Kept out of `make test`:
 # a fresh `apt-get install -y chromium` took 98 s here and needs root; where apt is absent it only says so.

@@ -17,6 +17,7 @@ import torch
 from tiwbench.config import load_suite, resolve_budget
 from tiwbench.diffusion.sampler import edm_sampler
 from tiwbench.ratios.discriminator import make_ratio
+from tiwbench.records import atomic_write_json
 from tiwbench.registry import METHODS
 from tiwbench.training.denoiser import make_denoiser
 from tiwbench.training.loop import train_score
@@ -35,6 +36,11 @@ def train_tiw(budget, ds, x, is_ref, device, compile_: bool) -> tuple[float, flo
     return info["final_loss"], float(sum(p.detach().double().norm() ** 2 for p in net.parameters()) ** 0.5)
 
 
+def save(path: Path | None, result: dict) -> None:
+    if path is not None:
+        atomic_write_json(path, result)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
@@ -51,6 +57,7 @@ def main() -> int:
     result = {"compile": {"eager": {"final_loss": eager[0], "param_norm": eager[1]},
                           "compiled": {"final_loss": compiled[0], "param_norm": compiled[1]},
                           "max_rel_diff": rel, "ok": rel < 1e-3}}
+    save(a.out, result)  # each check on disk as it is done: a timeout keeps the ones before it
 
     paper, _ = resolve_budget(load_suite("ref_size"), "paper", a.dataset)
     pds = dataset_shape(a.dataset)
@@ -64,11 +71,8 @@ def main() -> int:
     err = float(((low - full).flatten(1).norm(dim=1) / full.flatten(1).norm(dim=1)).median())
     result["sampler_bf16"] = {"median_rel_err": err, "ok": err < 0.05,
                               "note": "random-init net; the metric check is fd/bias on a trained cell"}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
+    save(a.out, result)
+    print(json.dumps(result, indent=2))
     return 0 if all(v["ok"] for v in result.values()) else 1
 
 

@@ -1,8 +1,14 @@
 """`tiwbench bench`: its JSON rows, and its FLOP counts against a count by hand."""
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tiwbench.cli import app
@@ -23,12 +29,17 @@ def toy_bench(tmp_path_factory):
                                    "--steps", "3", "--repeats", "1", "--peak-tflops", "2.5", "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "tiw_dsm" in res.output and "sampler" in res.output
-    return json.loads(out.read_text())
+    data = json.loads(out.read_text())
+    assert data["complete"] is True
+    return data
 
 
 def test_rows_hold_the_columns(toy_bench):
     rows = {r["method"]: r for r in toy_bench["rows"]}
-    assert set(rows) == {"dsm_obs", "dsm_ref", "iw_dsm", "tiw_dsm_nocorr", "tiw_dsm", "oracle", "sampler (float32)"}
+    assert set(rows) == {"dsm_obs", "dsm_ref", "iw_dsm", "tiw_dsm_nocorr", "tiw_dsm", "oracle", "sampler (float32)",
+                         "metrics (fd, bias)"}
+    metrics = rows.pop("metrics (fd, bias)")  # toy2d's metrics run on raw coordinates: no network, 0 FLOPs
+    assert KEYS <= set(metrics) and metrics["flops_per_step"] == 0 and metrics["images_per_s"] > 0
     for r in rows.values():
         assert KEYS <= set(r) and r["ms_per_step"] > 0 and r["flops_per_step"] > 0
         assert r["tflops"] == pytest.approx(r["flops_per_step"] / (r["ms_per_step"] * 1e-3) / 1e12)
@@ -37,7 +48,25 @@ def test_rows_hold_the_columns(toy_bench):
     for m in ("tiw_dsm", "iw_dsm"):
         assert rows[m]["ratio_to_dsm_obs"] == pytest.approx(rows[m]["ms_per_step"] / rows["dsm_obs"]["ms_per_step"])
     assert rows["sampler (float32)"]["images_per_s"] > 0 and rows["sampler (float32)"]["ratio_to_dsm_obs"] is None
-    assert rows["dsm_obs"]["cell_hours"] == pytest.approx(300 * rows["dsm_obs"]["ms_per_step"] / 3.6e6)
+
+
+def test_cell_hours_are_the_four_parts(toy_bench):
+    """toy2d smoke: 300 score steps, 300 ratio steps, 1000 samples; each part from its own timing."""
+    rows = {r["method"]: r for r in toy_bench["rows"]}
+    sample_s = 1000 / rows["sampler (float32)"]["images_per_s"]
+    metric_s = 1000 / rows["metrics (fd, bias)"]["images_per_s"]
+    for m in ("dsm_obs", "dsm_ref", "iw_dsm", "tiw_dsm_nocorr", "tiw_dsm", "oracle"):
+        r = rows[m]
+        assert r["train_hours"] == pytest.approx(300 * r["ms_per_step"] / 3.6e6)
+        ratio_ms = r["ratio_ms_per_step"] or 0.0
+        assert r["ratio_hours"] == pytest.approx(300 * ratio_ms / 3.6e6)
+        assert r["sample_hours"] == pytest.approx(sample_s / 3600)
+        assert r["metric_hours"] == pytest.approx(metric_s / 3600)
+        parts = r["train_hours"] + r["ratio_hours"] + r["sample_hours"] + r["metric_hours"]
+        assert r["cell_hours"] == pytest.approx(parts) and r["cell_hours"] > r["train_hours"]
+    # one time-dependent ratio model shared by the TIW methods; IW-DSM trains its own clean classifier
+    assert rows["tiw_dsm"]["ratio_ms_per_step"] == rows["tiw_dsm_nocorr"]["ratio_ms_per_step"] > 0
+    assert rows["iw_dsm"]["ratio_ms_per_step"] > 0 and rows["dsm_obs"]["ratio_hours"] == 0
 
 
 def test_flops_match_a_count_by_hand(toy_bench):
@@ -81,3 +110,25 @@ def test_no_peak_is_null_and_known_gpus_have_one(tmp_path):
 def test_bad_bench_input_is_one_line():
     res = CliRunner().invoke(app, ["bench", "--dataset", "toy2d", "--peak-tflops", "-1"])
     assert res.exit_code == 2 and "--peak-tflops" in res.output
+
+
+def test_rows_reach_the_caller_one_by_one():
+    """A bench cut short (a stage's timeout) keeps the rows measured so far: each is handed over as it comes."""
+    from tiwbench.training.step_bench import run_bench
+
+    seen = []
+    res = run_bench("toy2d", methods=("dsm_obs", "tiw_dsm"), steps=1, warmup=1, repeats=1,
+                    on_row=lambda r: seen.append((len(r["rows"]), r["complete"])))
+    assert seen == [(i, False) for i in range(1, 5)] and res["complete"] and len(res["rows"]) == 4
+    assert [r["method"] for r in res["rows"]] == ["sampler (float32)", "metrics (fd, bias)", "dsm_obs", "tiw_dsm"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_gpu_bench_without_cuda_is_one_line_and_exit_2(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    t0 = time.monotonic()
+    res = subprocess.run(["bash", str(root / "scripts" / "gpu_bench.sh")], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PY": sys.executable, "OUT": str(tmp_path / "gpu")})
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "no CUDA GPU" in lines[0], res
+    assert time.monotonic() - t0 < 60 and not (tmp_path / "gpu").exists()  # nothing installed or written

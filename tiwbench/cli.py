@@ -394,9 +394,8 @@ def bench(
       tiwbench bench --dataset cifar10_lt --device cuda --profile paper --json results/bench_gpu.json
     """
     try:
-        import json
-
         from tiwbench.config import PROFILES
+        from tiwbench.records import atomic_write_json as write_json
         from tiwbench.registry import DATASETS, METHODS
         from tiwbench.training.step_bench import METHOD_NAMES, format_table, run_bench
 
@@ -418,8 +417,12 @@ def bench(
 
             result = {"dataset": dataset, "profile": profile, "ratio_precision": measure(dataset, profile, suite)}
         else:
+            def partial(res):  # each row on disk as soon as it is measured: a timeout keeps what was done
+                if json_out is not None:
+                    write_json(json_out, res)
+
             result = run_bench(dataset, device, profile, suite, names, steps=steps, peak_tflops=peak_tflops,
-                               compile=compile, repeats=repeats, sample_batch=sample_batch)
+                               compile=compile, repeats=repeats, sample_batch=sample_batch, on_row=partial)
     except _user_errors() as e:
         _fail(str(e))
     if ratio_precision:
@@ -428,8 +431,7 @@ def bench(
     else:
         typer.echo(format_table(result), nl=False)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(json_out, result)
 
 
 @app.command("ls")

@@ -20,6 +20,15 @@ def edm_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
+def device_generator(generator: torch.Generator, device) -> torch.Generator:
+    """``generator`` itself if it lives on ``device``'s kind, else one there seeded from it (one draw),
+    so the same seed gives the same run on each kind of device and draws need no host copy."""
+    if generator.device.type == torch.device(device).type:
+        return generator
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def sample_sigma(n: int, generator: torch.Generator | None = None, p_mean: float = P_MEAN,
                  p_std: float = P_STD, device: str | torch.device = "cpu") -> torch.Tensor:
     return (torch.randn(n, generator=generator, device=device) * p_std + p_mean).exp()

@@ -22,18 +22,34 @@ class GroupNorm(nn.GroupNorm):
 
     torch's CUDA kernel needs NCHW and converts a channels-last input (a copy in, a copy out, and
     the next convolution converts back). Here the statistics are taken on a view of the NHWC memory:
-    [B, H·W, groups, C/groups], reduced over H·W and C/groups, in float32.
+    [B, H·W, groups, C/groups], reduced over H·W and C/groups.
+
+    A bf16 input (under autocast) stays bf16: casting the activation to float32 and back would cost two
+    activation-sized copies a call (forward and backward). The reductions accumulate in float32 inside
+    their kernels; the group mean is taken out in two passes (a bf16-rounded mean, then the small
+    remainder), so a large mean costs no precision; only per-(sample, channel) factors are cast.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
             return super().forward(x)
         b, c, h, w = x.shape
-        v = x.permute(0, 2, 3, 1).reshape(b, h * w, self.num_groups, c // self.num_groups).float()
+        v = x.permute(0, 2, 3, 1).reshape(b, h * w, self.num_groups, c // self.num_groups)
+        weight, bias = self.weight.reshape(self.num_groups, -1), self.bias.reshape(self.num_groups, -1)
+        if x.dtype in (torch.bfloat16, torch.float16):
+            return self._low_precision(v, weight, bias).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        v = v.float()
         var, mean = torch.var_mean(v, dim=(1, 3), keepdim=True, correction=0)
-        out = ((v - mean) * torch.rsqrt(var + self.eps)).reshape(b, h, w, c)
-        out = out * self.weight.float() + self.bias.float()
-        return out.to(x.dtype).permute(0, 3, 1, 2)  # a channels-last view
+        out = (v - mean) * torch.rsqrt(var + self.eps) * weight.float() + bias.float()
+        return out.to(x.dtype).reshape(b, h, w, c).permute(0, 3, 1, 2)  # a channels-last view
+
+    def _low_precision(self, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        dims = (1, 3)
+        d = v - v.mean(dim=dims, keepdim=True)  # bf16 out, float32 accumulation (CPU and CUDA kernels)
+        var, rest = torch.var_mean(d, dim=dims, keepdim=True, correction=0)  # rest: what the rounded mean left
+        scale = torch.rsqrt(var.float() + self.eps) * weight.float()  # [B, 1, groups, C/groups]
+        shift = bias.float() - rest.float() * scale
+        return torch.addcmul(shift.to(v.dtype), d, scale.to(v.dtype))
 
 
 def group_norm(ch: int) -> GroupNorm:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tiwbench.config import RatioConfig
+from tiwbench.diffusion.losses import device_generator
 from tiwbench.diffusion.mlp import MLP
 from tiwbench.diffusion.precond import expand_like
 
@@ -101,30 +102,36 @@ class RatioTrainConfig:
 
 def draw_ratio_sigma(n: int, cfg: RatioTrainConfig, generator: torch.Generator, device="cpu") -> torch.Tensor:
     """The training-noise distribution, widened so that it covers the sampler's whole σ range."""
-    normal = torch.randn(n, generator=generator) * cfg.p_std + cfg.p_mean
+    dev = generator.device  # drawn where the generator lives (the training device: no copy)
+    normal = torch.randn(n, generator=generator, device=dev) * cfg.p_std + cfg.p_mean
     lo, hi = math.log(cfg.sigma_min), math.log(cfg.sigma_max)
-    uniform = torch.rand(n, generator=generator) * (hi - lo) + lo
-    pick = torch.rand(n, generator=generator) < 0.5
+    uniform = torch.rand(n, generator=generator, device=dev) * (hi - lo) + lo
+    pick = torch.rand(n, generator=generator, device=dev) < 0.5
     return torch.where(pick, normal, uniform).exp().to(device)
 
 
 def balanced_batch(ref: torch.Tensor, bias: torch.Tensor, b: int, cfg: RatioTrainConfig,
                    generator: torch.Generator, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``b`` samples of D_ref then ``b`` of D_bias, each with its own σ (the widened training-noise
-    distribution) and standard-normal noise: the batch every ratio model trains on."""
-    i_ref = torch.randint(len(ref), (b,), generator=generator)
-    i_bias = torch.randint(len(bias), (b,), generator=generator)
+    distribution) and standard-normal noise: the batch every ratio model trains on. Draws come from
+    ``generator`` where it lives; with the data and the generator on ``device`` nothing is copied."""
+    dev = generator.device
+    i_ref = torch.randint(len(ref), (b,), generator=generator, device=dev).to(ref.device)
+    i_bias = torch.randint(len(bias), (b,), generator=generator, device=dev).to(bias.device)
     y = torch.cat([ref[i_ref], bias[i_bias]]).to(device)
     sigma = draw_ratio_sigma(2 * b, cfg, generator, device)
-    noise = torch.randn(y.shape, generator=generator).to(device)
+    noise = torch.randn(y.shape, generator=generator, device=dev).to(device)
     return y, sigma, noise
 
 
 def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg: RatioTrainConfig,
                 generator: torch.Generator, device="cpu", progress=None, regulariser=None) -> dict:
     """Balanced BCE: D_ref labelled 1, D_bias labelled 0, each sample at its own σ; plus
-    ``regulariser(x, sigma)`` (a scalar) when given."""
+    ``regulariser(x, sigma)`` (a scalar) when given. The data move to ``device`` once and every draw
+    comes from a generator there (``device_generator``: on the CPU the given one, the same draws)."""
     model.to(device).train()
+    bias, ref = bias.to(device), ref.to(device)
+    generator = device_generator(generator, device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     b = cfg.batch_size
     labels = torch.cat([torch.ones(b), torch.zeros(b)]).to(device)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from tiwbench.config import RatioConfig
-from tiwbench.diffusion.losses import edm_weight
+from tiwbench.diffusion.losses import device_generator, edm_weight
 from tiwbench.diffusion.mlp import MLP
 from tiwbench.diffusion.precond import EDMPrecond, expand_like
 from tiwbench.ratios.discriminator import LearnedRatio, RatioTrainConfig, balanced_batch, train_ratio
@@ -175,6 +175,8 @@ def train_labelled_denoiser(d_ref: EDMPrecond, d_bias: EDMPrecond, bias: torch.T
     ratio models' widened noise distribution (so that the difference is trained over the sampler's range)."""
     params = list(d_ref.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    bias, ref = bias.to(device), ref.to(device)  # once; the draws then come from a generator there
+    generator = device_generator(generator, device)
     b = cfg.batch_size
     losses = torch.zeros(cfg.steps, device=device)
     d_ref.train()

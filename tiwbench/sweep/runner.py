@@ -27,7 +27,7 @@ from tiwbench.report.cell_picture import GRID_NAME, sample_picture
 from tiwbench.sweep.locks import LOCK_NAME, claim
 from tiwbench.sweep.threads import apply_threads
 from tiwbench.training import distributed
-from tiwbench.training.loop import CellTimeout, NonFiniteLoss, train_score, weight_stats
+from tiwbench.training.loop import CellTimeout, NonFiniteLoss, sampling_network, train_score, weight_stats
 
 
 @dataclass
@@ -268,8 +268,7 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     seeds = [cell.seed * 1_000_003 + i for i in range(s.n)]  # common to all methods of a seed
     seeds = seeds[distributed.shard(s.n)]  # under torchrun each rank samples its part of the seeds
     task = reporter.phase("sample", len(seeds))
-    if s.compile:
-        ema.compile()
+    sampling_network(ema, s)  # in place: the denoiser above wraps it
     for i in range(0, len(seeds), s.batch_size):
         lat = per_sample_latents(seeds[i : i + s.batch_size], group.dataset.shape, device)
         samples.append(edm_sampler(denoiser, lat, s.steps, s.sigma_min, s.sigma_max, s.rho, dtype=s.dtype).cpu())

@@ -12,7 +12,7 @@ import torch
 
 from tiwbench import integrity
 from tiwbench.config import TrainConfig
-from tiwbench.diffusion.losses import Batch
+from tiwbench.diffusion.losses import Batch, device_generator
 from tiwbench.training import distributed, preemption
 
 
@@ -58,15 +58,13 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
     cuda = str(device).startswith("cuda")
     if cuda:  # every step has the same shapes (methods see the whole batch): each is tuned once
         torch.backends.cudnn.benchmark = True
-    if cfg.channels_last and cuda:
-        net.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores; no-op for MLPs
+    fast_layout(net, cfg, device)  # the EMA copy (so the sampler) inherits the layout
+    fast_layout(ratio, cfg, device)  # the ratio model sees the score network's batches
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     x, is_ref = x.to(device), is_ref.to(device)
     generator = device_generator(generator, device)  # the one whose state a checkpoint saves
-    if cfg.compile:  # in place: parameter names (checkpoints, the EMA copy) stay as they are
-        net.compile()
-        if isinstance(getattr(ratio, "net", None), torch.nn.Module):
-            ratio.net.compile()
+    if cfg.compile:
+        compile_networks(net, ratio)
     model = distributed.wrap(net, device)  # DDP under torchrun: gradients averaged over ranks
     world, part = distributed.world_size(), distributed.shard(cfg.batch_size)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)  # one kernel for all tensors: 3x faster step
@@ -121,13 +119,26 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
                  "resumed_from_step": first}
 
 
-def device_generator(generator: torch.Generator, device) -> torch.Generator:
-    """``generator`` itself if it lives on ``device``'s kind, else one there seeded from it (one draw),
-    so the same seed gives the same run on each kind of device."""
-    if generator.device.type == torch.device(device).type:
-        return generator
-    seed = int(torch.randint(2**62, (1,), generator=generator))
-    return torch.Generator(device=device).manual_seed(seed)
+def fast_layout(module, cfg: TrainConfig, device) -> None:
+    """Channels-last memory for image networks on CUDA under ``train.channels_last`` (faster convolutions
+    on tensor cores); a no-op on the CPU, for MLPs and for a ratio that is no module (exact ratios)."""
+    if cfg.channels_last and str(device).startswith("cuda") and isinstance(module, torch.nn.Module):
+        module.to(memory_format=torch.channels_last)
+
+
+def compile_networks(net: torch.nn.Module, ratio=None) -> None:
+    """``train.compile``: torch.compile of the score network and of the ratio model's network, in place
+    (parameter names, so checkpoints and the EMA copy, stay as they are)."""
+    net.compile()
+    if isinstance(getattr(ratio, "net", None), torch.nn.Module):
+        ratio.net.compile()
+
+
+def sampling_network(ema: torch.nn.Module, sample_cfg) -> torch.nn.Module:
+    """The trained (EMA) network as the sampler runs it: compiled under ``sample.compile``."""
+    if sample_cfg.compile:
+        ema.compile()
+    return ema
 
 
 def save_checkpoint(path: Path, step: int, net, ema, opt, generator: torch.Generator, losses) -> None:

@@ -2,9 +2,11 @@
 
 Per row: ms per step, the ratio to ``dsm_obs`` in the same run, FLOPs per step counted by
 ``torch.utils.flop_counter`` (matmuls, convolutions, attention; not elementwise work), achieved
-TFLOP/s, the share of a stated bf16 peak, and the hours the profile's cell would take at this speed.
-Each step goes through the project's own ``train_score`` and ``edm_sampler``, on synthetic data of
-the dataset's shape (speed does not depend on the pixel values; no download is needed).
+TFLOP/s, the share of a stated bf16 peak, and the hours the profile's whole cell would take at this
+speed: score training, ratio training, sampling and metrics. Everything goes through the functions a
+sweep runs (``make_denoiser``, the ratio estimator's ``fit``, ``train_score``, ``sampling_network``,
+``edm_sampler``), on synthetic data of the dataset's shape (speed does not depend on the pixel
+values; no download is needed).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import time
 from types import SimpleNamespace
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from tiwbench.config import load_suite, resolve_budget
 from tiwbench.diffusion.sampler import edm_sampler
-from tiwbench.registry import DATASETS, METHODS
-from tiwbench.training.loop import train_score
+from tiwbench.ratios.discriminator import make_ratio
+from tiwbench.registry import DATASETS, METHODS, RATIOS
+from tiwbench.training.denoiser import make_denoiser
+from tiwbench.training.loop import fast_layout, sampling_network, train_score
 
 METHOD_NAMES = ("dsm_obs", "dsm_ref", "iw_dsm", "tiw_dsm_nocorr", "tiw_dsm", "oracle")
 
@@ -71,61 +75,95 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _build(method_name: str, ds, budget, device):
-    from tiwbench.ratios.discriminator import make_ratio
-    from tiwbench.training.denoiser import make_denoiser
-
-    method = METHODS.get(method_name)()
-    torch.manual_seed(0)
-    net = make_denoiser(ds, budget.train)
-    ratio = None
-    if method.ratio is not None:
-        ratio = make_ratio(ds, budget.ratio, method.ratio == "time").to(device).eval()
-        if str(device).startswith("cuda") and budget.train.channels_last and ds.kind == "image":
-            ratio.to(memory_format=torch.channels_last)
-    return method, net, ratio
+def _attention_forward(query, key, value, *args, **kwargs):
+    return sdpa_flop_count(query, key, value)
 
 
-def train_step_flops(method_name: str, ds, budget, x, is_ref, device) -> int:
-    """FLOPs of one training step (forward, backward, the ratio model's share), by the flop counter."""
-    method, net, ratio = _build(method_name, ds, budget, device)
-    cfg = dataclasses.replace(budget.train, steps=1, check_every=1, checkpoint_every=0, time_limit=0.0,
-                              compile=False)
-    with FlopCounterMode(display=False) as counter:
-        train_score(method, net, x, is_ref, ratio, cfg, torch.Generator().manual_seed(0), device)
-    return int(counter.get_total_flops())
+def _attention_backward(grad_out, query, key, value, *args, **kwargs):
+    return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
-def time_train_step(method_name: str, ds, budget, x, is_ref, device, steps: int, warmup: int) -> float:
-    """Seconds per step, from the wall clock between the end of warm-up and the end of training
-    (the GPU synchronised at both ends only, so steps overlap as in a real run)."""
-    method, net, ratio = _build(method_name, ds, budget, device)
-    cfg = dataclasses.replace(budget.train, steps=warmup + steps, check_every=10**9, checkpoint_every=0,
-                              time_limit=0.0)
-    marks = {}
+# The counter knows the CUDA attention kernels but counts the CPU's flash attention as 0 FLOPs; the same
+# formulas (softmax(QKᵀ)V: 4·B·heads·Lq·Lk·d forward; backward five such matmuls: QKᵀ recomputed, dV, dP,
+# dQ, dK) fill in. On NCHW memory the CPU kernel declines the strided heads and torch's math (bmm) runs.
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_forward,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward,
+}
 
-    def progress(step, total):
+
+def flop_counter() -> FlopCounterMode:
+    return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+
+
+def _marks(device, warmup: int, total: int) -> tuple[dict, object]:
+    """A progress callback noting the wall clock after step ``warmup`` and after the last step."""
+    marks: dict[int, float] = {}
+
+    def progress(step, _total):
         if step in (warmup, total):
             _sync(device)
             marks[step] = time.perf_counter()
 
+    return marks, progress
+
+
+def fit_ratio(kind: str, ds, budget, x, is_ref, device, steps: int, warmup: int):
+    """The suite's ratio estimator fitted by its own ``fit`` (``train_ratio``: data and draws on the
+    device) for ``warmup + steps`` steps on the synthetic D_bias/D_ref; returns the model and the seconds
+    a ratio-training step takes (0 where the estimator trains nothing, e.g. exact ratios)."""
+    warmup = max(warmup, 1)
+    cfg = dataclasses.replace(budget.ratio, steps=warmup + steps)
+    estimator = RATIOS.get(cfg.provider)(ds, cfg, kind == "time")
+    marks, progress = _marks(device, warmup, warmup + steps)
+    torch.manual_seed(0)
+    model, _ = estimator.fit(x[~is_ref], x[is_ref], torch.Generator().manual_seed(0), device, progress)
+    seconds = (marks[warmup + steps] - marks[warmup]) / steps if len(marks) == 2 else 0.0
+    return model, seconds
+
+
+def _build(method_name: str, ds, budget, ratios: dict):
+    """The method, a fresh score network from ``make_denoiser`` (as the runner's) and the ratio model
+    the method trains with (fitted once per kind and shared, as a sweep's group shares it)."""
+    method = METHODS.get(method_name)()
+    torch.manual_seed(0)
+    net = make_denoiser(ds, budget.train)
+    return method, net, ratios.get(method.ratio)
+
+
+def train_step_flops(method_name: str, ds, budget, x, is_ref, device, ratios: dict) -> int:
+    """FLOPs of one training step (forward, backward, the ratio model's share), by the flop counter."""
+    method, net, ratio = _build(method_name, ds, budget, ratios)
+    cfg = dataclasses.replace(budget.train, steps=1, check_every=1, checkpoint_every=0, time_limit=0.0,
+                              compile=False)
+    with flop_counter() as counter:
+        train_score(method, net, x, is_ref, ratio, cfg, torch.Generator().manual_seed(0), device)
+    return int(counter.get_total_flops())
+
+
+def time_train_step(method_name: str, ds, budget, x, is_ref, device, steps: int, warmup: int,
+                    ratios: dict) -> float:
+    """Seconds per step, from the wall clock between the end of warm-up and the end of training
+    (the GPU synchronised at both ends only, so steps overlap as in a real run)."""
+    method, net, ratio = _build(method_name, ds, budget, ratios)
+    cfg = dataclasses.replace(budget.train, steps=warmup + steps, check_every=10**9, checkpoint_every=0,
+                              time_limit=0.0)
+    marks, progress = _marks(device, warmup, warmup + steps)
     train_score(method, net, x, is_ref, ratio, cfg, torch.Generator().manual_seed(0), device, progress)
     return (marks[warmup + steps] - marks[warmup]) / steps
 
 
 def sampler_row(ds, budget, device, dtype: str, batch: int, peak: float | None) -> dict:
-    from tiwbench.training.denoiser import make_denoiser
-
+    """One batch through the profile's Heun sampler, with the network as training leaves it (layout) and
+    the sampler runs it (``sampling_network``: compiled under sample.compile)."""
     s = budget.sample
     torch.manual_seed(0)
     net = make_denoiser(ds, budget.train).to(device).eval()
-    if str(device).startswith("cuda") and budget.train.channels_last and ds.kind == "image":
-        net.to(memory_format=torch.channels_last)
-    if s.compile:
-        net.compile()
+    fast_layout(net, budget.train, device)
+    sampling_network(net, s)
     lat = torch.randn(batch, *ds.shape, device=device)
     evals = 2 * s.steps - 1
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    with torch.inference_mode(), flop_counter() as counter:
         net(lat, torch.ones(batch, device=device))
     flops = int(counter.get_total_flops())
     edm_sampler(net, lat, 2, s.sigma_min, s.sigma_max, s.rho, dtype=dtype)  # warm-up (and compilation)
@@ -141,14 +179,63 @@ def sampler_row(ds, budget, device, dtype: str, batch: int, peak: float | None) 
             "images_per_s": batch / seconds, "seconds": seconds}
 
 
+def metric_row(dataset: str, ds, budget, metrics: list[str], device, peak: float | None, batch: int = 1024) -> dict:
+    """What a cell's metrics cost per generated sample: the evaluator's passes over the samples that
+    fd (features) and bias (class predictions) make. Vector data: the dataset's own evaluator. Images:
+    an untrained ``EvalCNN`` of the evaluator's width (training it needs the dataset's images; its speed
+    does not). Reference statistics are computed once per run and cached, so a cell does not pay them;
+    metrics other than fd and bias are not timed."""
+    from tiwbench.data.evaluator import EvalCNN, batched
+
+    x = synthetic_data(ds.shape, batch, seed=1)[0]
+    if ds.kind == "vector":
+        evaluator = DATASETS.get(dataset)().evaluator(device=str(device))
+        calls = {"fd": evaluator.features, "bias": evaluator.predict}
+        warm = None
+    else:
+        cls = DATASETS.get(dataset)
+        width = budget.evaluator.width or getattr(cls, "evaluator_config", {}).get("width", 32)
+        classes = len(getattr(cls, "class_names", range(10)))
+        c, h, _ = ds.shape
+        torch.manual_seed(0)
+        net = EvalCNN(in_channels=c, resolution=h, num_classes=classes, width=width).to(device).eval()
+        calls = {"fd": net.features, "bias": net}
+        warm = net
+    passes = [calls[m] for m in metrics if m in calls]
+    flops = 0
+    if warm is not None:
+        with torch.inference_mode(), flop_counter() as counter:
+            for f in passes:
+                f(x[:2].to(device))
+        flops = int(counter.get_total_flops()) * batch // 2
+        batched(warm, x[:64], str(device))  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    for f in passes:
+        batched(f, x, str(device)) if warm is not None else f(x)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    tflops = flops / seconds / 1e12
+    return {"method": f"metrics ({', '.join(metrics)})", "kind": "metric", "batch": batch,
+            "ms_per_step": 1e3 * seconds, "ratio_to_dsm_obs": None, "flops_per_step": flops, "tflops": tflops,
+            "share_of_peak": tflops / peak if peak and flops else None, "images_per_s": batch / seconds,
+            "seconds": seconds}
+
+
 def run_bench(dataset: str, device: str = "cpu", profile: str = "smoke", suite: str = "ref_size",
               methods: tuple[str, ...] = METHOD_NAMES, steps: int | None = None, warmup: int | None = None,
               peak_tflops: float | None = None, compile: bool | None = None,
               sample_dtypes: tuple[str, ...] | None = None, sample_batch: int | None = None,
-              repeats: int | None = None) -> dict:
-    """Time every method's training step and the sampler; return {"machine": ..., "rows": [...]}."""
+              repeats: int | None = None, on_row=None) -> dict:
+    """Time the sampler, the metrics, the ratio models' training and every method's training step;
+    return {"machine": ..., "rows": [...]}. Each method row projects its whole cell: ``train_hours``
+    (train.steps score steps), ``ratio_hours`` (ratio.steps steps of the ratio model it needs),
+    ``sample_hours`` (sample.n samples in the profile's sample.dtype), ``metric_hours`` (the suite's
+    metrics on them) and ``cell_hours``, their sum. ``on_row(result)`` is called with the result so far
+    after each row (``result["complete"]`` is False until the end), so a run cut short keeps its rows."""
     cuda = str(device).startswith("cuda")
-    budget, _ = resolve_budget(load_suite(suite), profile, dataset)
+    suite_cfg = load_suite(suite)
+    budget, _ = resolve_budget(suite_cfg, profile, dataset)
     if compile is not None:
         budget.train.compile = budget.sample.compile = compile
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
@@ -156,40 +243,62 @@ def run_bench(dataset: str, device: str = "cpu", profile: str = "smoke", suite: 
     ds = dataset_shape(dataset)
     steps = steps or (20 if cuda else 30 if ds.kind == "vector" else 4)
     warmup = warmup if warmup is not None else (10 if cuda else 2)
-    x, is_ref = synthetic_data(ds.shape, max(8 * budget.train.batch_size, 1024))
-    if "dsm_obs" not in methods:
-        methods = ("dsm_obs", *methods)
-    best = dict.fromkeys(methods, math.inf)
-    for _ in range(repeats or (1 if cuda else 3)):  # round-robin, fastest kept: a neighbour's burst only adds time
-        for m in methods:
-            best[m] = min(best[m], time_train_step(m, ds, budget, x, is_ref, device, steps, warmup))
-    rows, base = [], None
-    for m in methods:
-        flops = train_step_flops(m, ds, budget, x, is_ref, device)
-        sec = best[m]
-        tflops = flops / sec / 1e12
-        rows.append({"method": m, "kind": "train", "batch": budget.train.batch_size, "ms_per_step": 1e3 * sec,
-                     "ratio_to_dsm_obs": None, "flops_per_step": flops, "tflops": tflops,
-                     "share_of_peak": tflops / peak if peak else None,
-                     "cell_hours": budget.train.steps * sec / 3600})
-        if m == "dsm_obs":
-            base = rows[-1]
-    for r in rows:
-        r["ratio_to_dsm_obs"] = r["ms_per_step"] / base["ms_per_step"]
-        r["ratio_flops_per_step"] = r["flops_per_step"] - base["flops_per_step"]  # the ratio model's share
-    for dtype in sample_dtypes or (("float32", "bfloat16") if cuda else ("float32",)):
-        rows.append(sampler_row(ds, budget, device, dtype, sample_batch or budget.sample.batch_size, peak))
-    from tiwbench.ratios.discriminator import make_ratio
-    from tiwbench.training.denoiser import make_denoiser
-
+    repeats = repeats or (1 if cuda else 3)
+    s = budget.sample
+    x, is_ref = synthetic_data(ds.shape, max(8 * budget.train.batch_size, 2 * budget.ratio.batch_size, 1024))
+    methods = ("dsm_obs", *(m for m in methods if m != "dsm_obs"))  # the others' ratios need it first
     nets = {"score": _count(make_denoiser(ds, budget.train)), "ratio": _count(make_ratio(ds, budget.ratio, True))}
     machine = {"device": name, "torch": torch.__version__, "peak_bf16_tflops": peak,
                "threads": torch.get_num_threads(), "cuda": torch.version.cuda}
-    return {"dataset": dataset, "profile": profile, "suite": suite, "steps_timed": steps, "warmup": warmup,
-            "repeats": repeats or (1 if cuda else 3),
-            "compile": budget.train.compile, "amp": budget.train.amp and cuda,
-            "channels_last": budget.train.channels_last and cuda, "parameters": nets,
-            "cell_steps": budget.train.steps, "machine": machine, "rows": rows}
+    rows: list[dict] = []
+    result = {"dataset": dataset, "profile": profile, "suite": suite, "steps_timed": steps, "warmup": warmup,
+              "repeats": repeats, "compile": budget.train.compile, "amp": budget.train.amp and cuda,
+              "channels_last": budget.train.channels_last and cuda, "parameters": nets,
+              "cell_steps": budget.train.steps, "ratio_steps": budget.ratio.steps, "samples": s.n,
+              "sample_dtype": s.dtype, "machine": machine, "rows": rows, "complete": False}
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(result)
+
+    dtypes = tuple(sample_dtypes or (("float32", "bfloat16") if cuda else ("float32",)))
+    if s.dtype not in dtypes:  # the profile's own precision is what its cells run
+        dtypes = (s.dtype, *dtypes)
+    for d in dtypes:
+        add(sampler_row(ds, budget, device, d, sample_batch or s.batch_size, peak))
+    profile_sampler = next(r for r in rows if r["method"] == f"sampler ({s.dtype})")
+    sample_seconds = s.n / profile_sampler["images_per_s"]
+    metrics = metric_row(dataset, ds, budget, list(suite_cfg.metrics), device, peak)
+    add(metrics)
+    metric_seconds = s.n / metrics["images_per_s"]
+    ratios, ratio_seconds = {}, {}
+    for kind in dict.fromkeys(METHODS.get(m).ratio for m in methods):
+        if kind is not None:  # once per kind, shared by the methods (a sweep's group shares it)
+            ratios[kind], ratio_seconds[kind] = fit_ratio(kind, ds, budget, x, is_ref, device, steps, warmup)
+    best = dict.fromkeys(methods, math.inf)
+    base = None
+    for round_ in range(repeats):  # round-robin, fastest kept: a neighbour's burst only adds time
+        for m in methods:
+            best[m] = min(best[m], time_train_step(m, ds, budget, x, is_ref, device, steps, warmup, ratios))
+            if round_ < repeats - 1:
+                continue
+            flops = train_step_flops(m, ds, budget, x, is_ref, device, ratios)
+            sec = best[m]
+            tflops = flops / sec / 1e12
+            kind = METHODS.get(m).ratio
+            parts = {"train_hours": budget.train.steps * sec / 3600,
+                     "ratio_hours": budget.ratio.steps * ratio_seconds[kind] / 3600 if kind else 0.0,
+                     "sample_hours": sample_seconds / 3600, "metric_hours": metric_seconds / 3600}
+            base = base or {"ms_per_step": 1e3 * sec, "flops_per_step": flops}  # dsm_obs comes first
+            add({"method": m, "kind": "train", "batch": budget.train.batch_size, "ms_per_step": 1e3 * sec,
+                 "ratio_to_dsm_obs": 1e3 * sec / base["ms_per_step"], "flops_per_step": flops, "tflops": tflops,
+                 "share_of_peak": tflops / peak if peak else None,
+                 "ratio_flops_per_step": flops - base["flops_per_step"],  # the ratio model's share
+                 "ratio_ms_per_step": 1e3 * ratio_seconds[kind] if kind else None,
+                 **parts, "cell_hours": sum(parts.values())})
+    result["complete"] = True
+    return result
 
 
 def _count(model: torch.nn.Module) -> int:
@@ -206,10 +315,10 @@ def format_table(result: dict) -> str:
     def f(v, fmt):
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
-    for r in result["rows"]:
+    for r in sorted(result["rows"], key=lambda r: r.get("kind") != "train"):  # methods first, as measured
         lines.append(f"{r['method']:<20} {f(r['ms_per_step'], '10.2f')} {f(r['ratio_to_dsm_obs'], '9.2f')} "
                      f"{f(r['flops_per_step'] / 1e9, '11.3f')} {f(r.get('ratio_flops_per_step', 0) / 1e9, '11.3f')} "
-                     f"{f(r['tflops'], '8.3f')} {f(r['share_of_peak'], '8.1%')} {f(r.get('cell_hours'), '8.2f')} "
+                     f"{f(r['tflops'], '8.3f')} {f(r['share_of_peak'], '8.1%')} {f(r.get('cell_hours'), '8.3g')} "
                      f"{f(r.get('images_per_s'), '9.1f')}")
     return "\n".join(lines) + "\n"
 
