@@ -98,8 +98,8 @@ def test_submitit_local_executor_writes_the_inline_records(tiny_suite, inline_re
     first = [c for c in cells if c.method == "dsm_obs"]
     run_cells(first, out)
     before = (out / "tiny/toy2d/dsm_obs/ref0.1_seed0/record.json").read_text()
-    # threads=0: each group picks its threads as the in-process run did, so kernels sum in the same order
-    summary = submit_sweep(cells, out, kind="local", threads=0, poll_s=0.05)
+    # each cell carries its thread count (1 by default), so kernels sum in the same order as in-process
+    summary = submit_sweep(cells, out, kind="local", poll_s=0.05)
     assert len(summary["skipped"]) == 1 and len(summary["ok"]) == 1 and not summary["failed"], summary
     assert (out / "tiny/toy2d/dsm_obs/ref0.1_seed0/record.json").read_text() == before
     jobs = _by_method(out)

@@ -209,7 +209,9 @@ def from_dict(cls, data: dict[str, Any], where: str, base=None):
     return cls(**kwargs)
 
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+# package data (pyproject's package-data), so a non-editable install finds them; `suites/` at the top of
+# the repository is a link here
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 
 def suite_path(name_or_path: str) -> Path:

@@ -19,7 +19,7 @@ from tiwbench.config import ConfigError, SlurmConfig
 from tiwbench.records import RECORD_NAME, cell_dir
 from tiwbench.registry import DATASETS
 from tiwbench.sweep.runner import PlainReporter, existing_record, run_cells
-from tiwbench.sweep.threads import auto_threads, configure_threads
+from tiwbench.sweep.threads import cells_threads
 from tiwbench.training import preemption
 
 EXECUTORS = ("inline", "local", "slurm")
@@ -44,11 +44,10 @@ class GroupJob(Checkpointable):
         self.grace_s = grace_s  # how long a signal outside training waits for a step end
         self.requeues = 0
 
-    def __call__(self, cells: list, out: str, device: str, cache_dir: str | None, threads: int) -> dict[str, list]:
+    def __call__(self, cells: list, out: str, device: str, cache_dir: str | None) -> dict[str, list]:
         import submitit
 
         preemption.hold(submitit.JobEnvironment._usr_sig(), self.grace_s)
-        configure_threads(threads)
         echo = lambda m: print(m, flush=True)  # noqa: E731
         if self.requeues:
             echo(f"requeued job, start {self.requeues + 1}: recorded cells are skipped, a checkpoint is resumed")
@@ -92,7 +91,7 @@ def _cost(cell) -> float:
 
 def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | None = None, kind: str = "local",
                  slurm: SlurmConfig | None = None, folder: Path | None = None, max_running: int = 0,
-                 threads: int = 0, echo=print, poll_s: float = 0.2, reporter=None,
+                 echo=print, poll_s: float = 0.2, reporter=None,
                  grace_s: float = 30.0) -> dict[str, list]:
     """Submit one job per pending group and wait for all; return ok/skipped/failed record paths.
 
@@ -102,7 +101,7 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
     out = Path(out)
     slurm = slurm or SlurmConfig()
     folder = Path(folder) if folder else out / ".submitit"
-    summary: dict[str, list] = {"ok": [], "skipped": [], "failed": []}
+    summary: dict[str, list] = {"ok": [], "skipped": [], "claimed": [], "lost": [], "failed": []}
     groups: dict[tuple, list] = {}
     for c in cells:
         path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed, c.sweep) / RECORD_NAME
@@ -119,9 +118,9 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
     ex = make_executor(kind, folder, slurm, device)
     # longest groups first (image data, many steps), so the short ones fill the gaps at the end
     order = sorted(groups.values(), key=lambda m: -sum(_cost(c) for c in m))
-    args = [(members, str(out), device, str(cache_dir) if cache_dir else None, threads) for members in order]
+    args = [(members, str(out), device, str(cache_dir) if cache_dir else None) for members in order]
     if kind == "local" and max_running <= 0:
-        max_running = max(1, (os.cpu_count() or 1) // (threads or auto_threads(cells)))
+        max_running = max(1, (os.cpu_count() or 1) // cells_threads(cells))
     jobs: list = []
     if kind == "slurm" or max_running >= len(args):
         with ex.batch():  # one Slurm job array
@@ -156,7 +155,7 @@ def _collect(job, members: list, out: Path, summary: dict[str, list], echo, repo
             path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed, c.sweep) / RECORD_NAME
             summary["failed"].append(str(path))
         return
-    for key in ("ok", "skipped", "failed"):
+    for key in summary:
         summary[key].extend(res.get(key, []))
     echo(f"job {job.job_id} done: {len(res.get('ok', []))} ok, {len(res.get('failed', []))} failed")
     if reporter is not None:  # the cells' own lines (metrics, time), as an inline run prints them

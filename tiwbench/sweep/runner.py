@@ -43,6 +43,7 @@ class Cell:
     dataset_params: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, Any] = field(default_factory=dict)  # the swept dataset parameter and its value here
+    threads: int = 1  # torch intra-op threads: they change the numbers, so they are part of the config
 
     def config(self) -> dict[str, Any]:
         """The resolved config: everything the result depends on, saved with it and hashed."""
@@ -51,6 +52,7 @@ class Cell:
             "method": self.method, "method_options": self.method_options, "ref_frac": self.ref_frac,
             "seed": self.seed, "profile": self.profile, "metrics": self.metrics,
             **dataclasses.asdict(self.budget), **({"sweep": self.sweep} if self.sweep else {}),
+            "threads": self.threads,
         }
 
     @property
@@ -61,7 +63,7 @@ class Cell:
     def group(self) -> tuple:
         return (self.dataset, json.dumps(self.dataset_params, sort_keys=True), self.ref_frac, self.seed,
                 json.dumps(dataclasses.asdict(self.budget.ratio), sort_keys=True),
-                json.dumps(self.budget.evaluator.overrides(), sort_keys=True))
+                json.dumps(self.budget.evaluator.overrides(), sort_keys=True), self.threads)
 
     def label(self) -> str:
         swept = "".join(f" {k}={v}" for k, v in self.sweep.items())
@@ -141,7 +143,7 @@ class Group:
         self.cache_dir = cache_dir  # image metrics keep their reference statistics here
         t0 = time.monotonic()
         self.dataset = DATASETS.get(cell.dataset)(**cell.dataset_params)
-        apply_threads(self.dataset)  # 1 thread for small MLPs, the cores for images (unless --threads)
+        apply_threads(cell)  # the thread count recorded in the cell's config
         self.split = self.dataset.split(cell.ref_frac, cell.seed)
         t1 = time.monotonic()
         if cell.budget.evaluator.overrides() and hasattr(self.dataset, "evaluator_config"):
@@ -309,7 +311,7 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
 
 
 def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | None, reporter) -> dict[str, list]:
-    summary: dict[str, list] = {"ok": [], "skipped": [], "failed": []}
+    summary: dict[str, list] = {"ok": [], "skipped": [], "claimed": [], "lost": [], "failed": []}
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         groups.setdefault(c.group, []).append(c)
@@ -331,8 +333,8 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
                     if deferrable and group is None:  # another sweep is on this group: come back at the end
                         queue.append((members[i:], False))
                         break
-                    summary["skipped"].append(str(path))
-                    reporter.echo(f"{cell.label()}: claimed by another sweep ({path.parent / LOCK_NAME}), skipped")
+                    summary["claimed"].append(str(path))
+                    reporter.echo(f"{cell.label()}: claimed by another sweep ({path.parent / LOCK_NAME}), left to it")
                     continue
                 reporter.start(cell)
                 t0, started = time.monotonic(), time.time()
@@ -344,7 +346,7 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
                                                  for c in members} - {None}
                     result = run_cell(cell, group, device, reporter, checkpoint=checkpoint_path(path.parent, cell))
                     picture = result.pop("_picture", None)
-                    if picture is not None and distributed.is_main():
+                    if picture is not None and distributed.is_main() and (not held or held[-1].holds()):
                         atomic_write_bytes(path.parent / GRID_NAME, picture)  # before the record that names it
                         result["pictures"] = {"samples": GRID_NAME}
                     rec.update(status="ok", **result)
@@ -367,7 +369,13 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
                 failing_rank = "rank" in rec.get("error", {})
                 # a rank that failed because another one left first (a closed connection) keeps that one's record
                 first_failure = failing_rank and not (path.exists() and path.stat().st_mtime >= started)
-                if (distributed.is_main() and not failing_rank) or first_failure:  # one rank writes
+                # fenced write: a sweep paused past its lease, whose cell another sweep has taken, writes nothing
+                lease_lost = bool(held) and not held[-1].confirm()
+                if lease_lost:
+                    reporter.echo(f"{cell.label()}: its claim was taken by another sweep while this one ran "
+                                  f"(lease lost); not writing {path}")
+                    summary["lost"].append(str(path))
+                elif (distributed.is_main() and not failing_rank) or first_failure:  # one rank writes
                     atomic_write_json(path, rec)
                     # the record supersedes them (and the temp file of a save cut short by a kill)
                     for stale in [*path.parent.glob("checkpoint-*.pt"), *path.parent.glob(".checkpoint-*.tmp")]:
@@ -377,6 +385,8 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
                 if failing_rank:
                     distributed.abort_job(f"{cell.label()} failed on rank {distributed.rank()}: "
                                           f"{rec['error']['type']}: {rec['error']['message']}; record: {path}")
+                if lease_lost:
+                    continue
                 summary["ok" if rec["status"] == "ok" else "failed"].append(str(path))
                 reporter.finish(cell, rec)
     finally:
