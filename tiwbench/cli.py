@@ -26,10 +26,11 @@ def _fail(msg: str, code: int = 2):
 def _user_errors():
     from tiwbench.config import ConfigError
     from tiwbench.data.base import DataError
+    from tiwbench.integrity import Unreadable
     from tiwbench.metrics.base import MetricError
     from tiwbench.registry import RegistryError
 
-    return (UserError, ConfigError, DataError, MetricError, RegistryError, FileNotFoundError)
+    return (UserError, ConfigError, DataError, MetricError, RegistryError, FileNotFoundError, Unreadable)
 
 
 def _csv(value: str | None, cast):

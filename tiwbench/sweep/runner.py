@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tiwbench import progress
+from tiwbench import integrity, progress
 from tiwbench.config import Budget, ConfigError, Suite, config_hash, resolve_budget
 from tiwbench.data.base import DataError
 from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
@@ -352,8 +352,8 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
                     rec.update(status="ok", **result)
                 except (NonFiniteLoss, CellTimeout) as e:
                     rec.update(status="failed", error={"type": type(e).__name__, "message": str(e), "step": e.step})
-                except (DataError, ConfigError):
-                    raise  # bad input: stop the sweep with the message, write nothing
+                except (DataError, ConfigError, integrity.Unreadable):
+                    raise  # bad input or another user's cache file: stop the sweep with the message, write nothing
                 except Exception as e:  # one cell's failure must not end the sweep
                     rec.update(status="failed", error={"type": type(e).__name__, "message": str(e),
                                                        "traceback": traceback.format_exc(limit=8)})
