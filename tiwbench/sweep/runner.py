@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from tiwbench import integrity, progress
-from tiwbench.config import Budget, ConfigError, Suite, config_hash, resolve_budget
+from tiwbench.config import Budget, ConfigError, Suite, config_hash, profile_metrics, resolve_budget
 from tiwbench.data.base import DataError
 from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
 from tiwbench.metrics.base import EvalContext
@@ -27,7 +27,14 @@ from tiwbench.report.cell_picture import GRID_NAME, sample_picture
 from tiwbench.sweep.locks import LOCK_NAME, claim
 from tiwbench.sweep.threads import apply_threads
 from tiwbench.training import distributed
-from tiwbench.training.loop import CellTimeout, NonFiniteLoss, train_score, weight_stats
+from tiwbench.training.loop import (
+    CellTimeout,
+    NonFiniteLoss,
+    load_network,
+    save_network,
+    train_score,
+    weight_stats,
+)
 
 
 @dataclass
@@ -84,8 +91,9 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
            seeds: list[int] | None = None) -> list[Cell]:
     ds_names = _pick(suite.datasets, datasets, DATASETS, "dataset")
     m_names = _pick(suite.methods, methods, METHODS, "method")
-    for m in suite.metrics:
-        METRICS.get(m)
+    for ds in ds_names:
+        for m in profile_metrics(suite, profile, ds):
+            METRICS.get(m)
     for f in ref_fracs or []:
         if not 0 < f <= 1:
             raise ConfigError(f"--ref-fracs: {f} is not in (0, 1]")
@@ -97,7 +105,7 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
                 for seed in seeds if seeds is not None else (profile_seeds or suite.seeds):
                     for m in m_names:
                         cells.append(Cell(suite.name, ds, m, float(rf), int(seed), profile,
-                                          dataclasses.replace(budget), list(suite.metrics),
+                                          dataclasses.replace(budget), profile_metrics(suite, profile, ds),
                                           {**suite.dataset_params.get(ds, {}), **swept},
                                           dict(suite.method_options.get(m, suite.method_options.get(
                                               method_and_ratio(m)[0], {}))), dict(swept)))
@@ -230,15 +238,30 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         x, is_ref = split.oracle, torch.ones(len(split.oracle), dtype=torch.bool)
     else:
         x, is_ref = split.observed()
-    t0 = time.monotonic()
-    ratio = group.ratio(method.ratio, ratio_name)
-    timing["ratio"] = time.monotonic() - t0
-    if ratio is not None and hasattr(ratio, "clipped"):
-        ratio.clipped, ratio.seen = ratio.clipped * 0, ratio.seen * 0  # clip rate of this cell only
     trains_as = method.trains_as or cell.method  # a sampling-time method shares its base's training seeds
     shared = (trains_as, json.dumps(dataclasses.asdict(cell.budget.train), sort_keys=True))
+    network = checkpoint.with_name(f"network-{cell.hash}.pt") if checkpoint is not None else None
+    restored = None
+    if network is not None and shared not in group.trained and network.is_file():
+        torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
+        ema = make_denoiser(group.dataset, cell.budget.train).to(device).eval().requires_grad_(False)
+        restored = load_network(network, ema)  # trained before a preemption: only sampling and metrics remain
+    timing["ratio"] = 0.0
+    if restored is not None:
+        train_info = {**restored["train"], "restored_network": True}
+        for key, info in restored["ratio_info"].items():  # the record still says which ratio model trained it
+            group.ratio_info.setdefault(key, info)
+        ratio = None
+    else:
+        t0 = time.monotonic()
+        ratio = group.ratio(method.ratio, ratio_name)
+        timing["ratio"] = time.monotonic() - t0
+    if ratio is not None and hasattr(ratio, "clipped"):
+        ratio.clipped, ratio.seen = ratio.clipped * 0, ratio.seen * 0  # clip rate of this cell only
     t0 = time.monotonic()
-    if shared in group.trained:  # the same seeds and loss: the base cell's network, not a retrained copy
+    if restored is not None:
+        pass
+    elif shared in group.trained:  # the same seeds and loss: the base cell's network, not a retrained copy
         ema, train_info = group.trained[shared][0], {**group.trained[shared][1], "shared_with": trains_as}
     else:
         torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
@@ -251,10 +274,14 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         if cell.method in group.shared_training:
             group.trained[shared] = (ema, dict(train_info))
     timing["train"] = time.monotonic() - t0
-    if ratio is not None:
-        train_info["clip_rate"] = ratio.clip_rate
-    gw = torch.Generator().manual_seed(derived_seed(cell.seed, "ess", cell.method))
-    train_info.update(weight_stats(method, ratio, x, is_ref, gw))
+    if restored is None:
+        if ratio is not None:
+            train_info["clip_rate"] = ratio.clip_rate
+        gw = torch.Generator().manual_seed(derived_seed(cell.seed, "ess", cell.method))
+        train_info.update(weight_stats(method, ratio, x, is_ref, gw))
+        if network is not None and distributed.is_main():
+            used = {k: v for k, v in group.ratio_info.items() if k.partition("@")[0] == method.ratio}
+            save_network(network, ema, {"train": train_info, "ratio_info": used})
 
     t0 = time.monotonic()
     sampling_ratio = group.ratio(method.sampling_ratio, ratio_name)  # `dg_obs@NAME` guides with NAME
@@ -378,7 +405,8 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
                 elif (distributed.is_main() and not failing_rank) or first_failure:  # one rank writes
                     atomic_write_json(path, rec)
                     # the record supersedes them (and the temp file of a save cut short by a kill)
-                    for stale in [*path.parent.glob("checkpoint-*.pt"), *path.parent.glob(".checkpoint-*.tmp")]:
+                    for stale in [*path.parent.glob("checkpoint-*.pt"), *path.parent.glob(".checkpoint-*.tmp"),
+                                  *path.parent.glob("network-*.pt"), *path.parent.glob(".network-*.tmp")]:
                         stale.unlink(missing_ok=True)
                 while held:
                     held.pop().release()
