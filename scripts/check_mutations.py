@@ -16,8 +16,8 @@ T = "tests/test_locks.py::"
 MUTATIONS = [
     ("re-check after break", LOCKS, "if owner(path) != seen or not is_stale(path, stale_after_s):", "if False:",
      T + "test_break_rechecks_that_the_lock_is_the_one_judged_stale"),
-    ("guard around break", LOCKS, "        with _guard(path):\n", "        with __import__('contextlib').nullcontext():\n",
-     T + "test_break_waits_for_the_guard"),
+    ("guard around break", LOCKS, "        with _guard(path):\n",
+     "        with __import__('contextlib').nullcontext():\n", T + "test_break_waits_for_the_guard"),
     ("pid namespace in identity", LOCKS,
      'and info.get("pidns") is not None and info.get("pidns") == pid_namespace())', ")",
      T + "test_owner_in_another_pid_namespace_is_judged_by_its_lease"),
