@@ -112,6 +112,26 @@ def test_submitit_local_executor_writes_the_inline_records(tiny_suite, inline_re
     assert len(again["skipped"]) == 2 and not again["ok"]
 
 
+def test_submitit_job_with_two_tasks_trains_with_ddp(tiny_suite, inline_records, tmp_path):
+    # --slurm-gpus 4 gives one task per GPU, joined into one DDP group from the job's environment; the
+    # local executor starts its tasks the same way, here two CPU processes over gloo
+    pytest.importorskip("submitit")
+    from tiwbench.config import SlurmConfig
+    from tiwbench.sweep.executors import submit_sweep
+
+    cells = expand(load_suite(str(tiny_suite)))
+    out = tmp_path / "ddp_jobs"
+    summary = submit_sweep(cells, out, kind="local", slurm=SlurmConfig(tasks_per_job=2), poll_s=0.05)
+    assert len(summary["ok"]) == 2 and not summary["failed"], summary
+    jobs = _by_method(out)
+    for method, rec in jobs.items():
+        assert rec["env"]["world_size"] == 2, rec["env"]  # really data-parallel
+        ref = _metrics(inline_records[method])
+        for name, value in _metrics(rec).items():
+            assert value == pytest.approx(ref[name], rel=DDP_RTOL), (method, name)
+    assert len(list(out.rglob("record.json"))) == 2
+
+
 def test_slurm_section_is_strict(tmp_path):
     from tiwbench.config import ConfigError
 

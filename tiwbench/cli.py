@@ -106,7 +106,9 @@ def run(
     jobs_dir: Annotated[Optional[Path], typer.Option(help="submitit logs (default: <out>/.submitit)")] = None,
     max_jobs: Annotated[int, typer.Option(help="local executor: concurrent jobs (0 = cores / threads)")] = 0,
     slurm_partition: Annotated[Optional[str], typer.Option(help="Slurm partition (default: suite's slurm)")] = None,
-    slurm_gpus: Annotated[Optional[int], typer.Option(help="GPUs per Slurm job")] = None,
+    slurm_gpus: Annotated[Optional[int], typer.Option(help="GPUs per Slurm job (one DDP process per GPU)")] = None,
+    slurm_tasks: Annotated[Optional[int], typer.Option(
+        help="processes per job, data-parallel among them (default: one per GPU)")] = None,
     slurm_time: Annotated[Optional[int], typer.Option(help="minutes per Slurm job")] = None,
     slurm_cpus: Annotated[Optional[int], typer.Option(help="CPUs per Slurm job")] = None,
     slurm_mem: Annotated[Optional[int], typer.Option(help="GB of memory per Slurm job")] = None,
@@ -195,7 +197,8 @@ def run(
         echo = (lambda m: print(m, file=sys.stderr, flush=True)) if distributed.is_main() else (lambda m: None)
         if executor != "inline":
             for key, value in (("partition", slurm_partition), ("gpus_per_job", slurm_gpus),
-                               ("time_min", slurm_time), ("cpus_per_job", slurm_cpus), ("mem_gb", slurm_mem)):
+                               ("tasks_per_job", slurm_tasks), ("time_min", slurm_time),
+                               ("cpus_per_job", slurm_cpus), ("mem_gb", slurm_mem)):
                 if value is not None:
                     setattr(s.slurm, key, value)
             reporter = RichReporter(len(cells), console) if console.is_terminal else PlainReporter(len(cells), echo)

@@ -117,6 +117,8 @@ class SlurmConfig:
 
     partition: str = ""  # "" = the cluster's default
     gpus_per_job: int = 0
+    # processes per job, data-parallel (DDP) among them: 0 = one per GPU (gpus_per_job), else 1
+    tasks_per_job: int = 0
     cpus_per_job: int = 2
     mem_gb: int = 8
     time_min: int = 60  # wall-clock limit per job

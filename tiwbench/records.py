@@ -89,7 +89,9 @@ def environment(device: str = "cpu") -> dict[str, Any]:
                 "python": platform.python_version(), "platform": platform.platform()}
     import torch
 
-    dev = {"device": device, "threads": torch.get_num_threads()}
+    ddp = torch.distributed.is_available() and torch.distributed.is_initialized()
+    dev = {"device": device, "threads": torch.get_num_threads(),
+           "world_size": torch.distributed.get_world_size() if ddp else 1}  # processes training data-parallel
     if device.startswith("cuda") and torch.cuda.is_available():
         dev["device_name"] = torch.cuda.get_device_name()
     return {**_ENV, **dev}
