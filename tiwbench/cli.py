@@ -228,10 +228,10 @@ def run(
     missing = [c for c in cells if existing_record(c, out) is None]
     n = {k: len(v) for k, v in summary.items()}
     claimed_open = sum(1 for c in missing if _record_path(c, out) in set(summary.get("claimed", [])))
-    typer.echo(f"{n.get('ok', 0)} cells run, {n.get('skipped', 0)} already recorded, {n.get('claimed', 0)} claimed "
-               f"by another sweep ({claimed_open} of them not recorded yet), {n.get('lost', 0)} lost to another "
-               f"sweep, {n.get('failed', 0)} failed; {len(missing)} of {len(cells)} cells missing; records under {out}",
-               err=True)
+    others = (f"{n['claimed']} claimed by another sweep ({claimed_open} of them not recorded yet), "
+              if n.get("claimed") else "") + (f"{n['lost']} lost to another sweep, " if n.get("lost") else "")
+    typer.echo(f"{n.get('ok', 0)} cells run, {n.get('skipped', 0)} already recorded, {others}{n.get('failed', 0)} "
+               f"failed; {len(missing)} of {len(cells)} cells missing; records under {out}", err=True)
     for p in summary.get("failed", []):
         typer.echo(f"failed: {p}", err=True)
     if missing:
