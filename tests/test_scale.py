@@ -156,8 +156,9 @@ def test_slurm_executor_parameters(tmp_path, monkeypatch):
     cfg = SlurmConfig(partition="gpu", gpus_per_job=2, time_min=90, cpus_per_job=8, mem_gb=32, account="lab")
     ex = make_executor("slurm", tmp_path, cfg, "cuda")
     sbatch = ex._executor._make_submission_file_text("python -m x", "uid")
-    for line in ("--partition=gpu", "--gpus-per-node=2", "--time=90", "--cpus-per-task=8", "--mem=32GB",
-                 "--account=lab"):
+    # one task per GPU (DDP among them), the job's CPUs shared between its tasks
+    for line in ("--partition=gpu", "--gpus-per-node=2", "--ntasks-per-node=2", "--time=90", "--cpus-per-task=4",
+                 "--mem=32GB", "--account=lab"):
         assert f"#SBATCH {line}" in sbatch, line
 
 

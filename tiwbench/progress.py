@@ -63,6 +63,7 @@ class PlainReporter:
         self._said = time.monotonic()  # when the last line went out (real time, whatever ``clock`` is)
         self._now: dict[str, Any] | None = None  # the open phase: name, done, total, start, prefix, last
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._beat: threading.Thread | None = None
         if heartbeat and self.interval > 0:
             self._beat = threading.Thread(target=self._heartbeat, daemon=True)
@@ -77,13 +78,14 @@ class PlainReporter:
         while not self._stop.wait(tick):
             if time.monotonic() - self._said < self.interval - tick or not self.label:
                 continue
-            p = self._now
-            if p is None:
-                self.echo(f"{self._prefix()} · still running")
-                continue
-            now = self.clock()
-            p["last"] = now
-            self.echo(self._line(p["prefix"], p["name"], p["done"], p["total"], now - p["t0"]))
+            with self._lock:  # never between a phase's state change and its own line
+                p = self._now
+                if p is None:
+                    self.echo(f"{self._prefix()} · still running")
+                    continue
+                now = self.clock()
+                p["last"] = now
+                self.echo(self._line(p["prefix"], p["name"], p["done"], p["total"], now - p["t0"]))
 
     @staticmethod
     def _line(prefix: str, name: str, done: int, total: int, elapsed: float) -> str:
@@ -110,13 +112,14 @@ class PlainReporter:
 
         def update(done: int, total: int = total):
             now = self.clock()
-            state["done"], state["total"] = done, total
-            if ended[0] or (done < total and now - state["last"] < self.interval):
-                return
-            state["last"], ended[0] = now, done >= total  # the end is said once
-            if ended[0] and self._now is state:
-                self._now = None
-            self.echo(self._line(state["prefix"], name, done, total, now - t0))
+            with self._lock:
+                state["done"], state["total"] = done, total
+                if ended[0] or (done < total and now - state["last"] < self.interval):
+                    return
+                state["last"], ended[0] = now, done >= total  # the end is said once
+                if ended[0] and self._now is state:
+                    self._now = None
+                self.echo(self._line(state["prefix"], name, done, total, now - t0))
 
         return update
 
