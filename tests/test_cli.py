@@ -70,6 +70,6 @@ def test_run_report_show_end_to_end(tmp_path):
     assert rec["env"]["packages"]["torch"].startswith("2.13")
     # running again skips both cells: nothing is recomputed
     r2 = runner.invoke(app, args)
-    assert r2.exit_code == 0 and "0 cells run, 2 skipped" in r2.output
+    assert r2.exit_code == 0 and "0 cells run, 2 already recorded" in r2.output
     r3 = runner.invoke(app, ["show", str(recs[0])])
     assert r3.exit_code == 0 and "fd" in r3.output

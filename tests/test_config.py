@@ -48,3 +48,35 @@ def test_from_dict_rejects_bool_for_int_and_keeps_base():
 def test_unknown_suite_name_suggests():
     with pytest.raises(ConfigError, match="Did you mean 'ref_size'"):
         load_suite("ref_sise")
+
+
+def test_every_paper_profile_checkpoints_and_image_paper_profiles_agree():
+    from tiwbench.config import available_suites, profile_metrics
+
+    image: dict = {}
+    for name in available_suites():
+        suite = load_suite(name)
+        for ds in suite.profiles.get("paper", {}):
+            if ds == "all":
+                continue
+            budget, _ = resolve_budget(suite, "paper", ds)
+            assert budget.train.checkpoint_every > 0, (name, ds)
+            if ds in ("cifar10_lt", "ffhq_gender"):
+                assert "fid" in profile_metrics(suite, "paper", ds), (name, ds)
+                assert budget.eval.fid_ref_samples == 0, (name, ds)  # the full reference set
+                image[(name, ds)] = (budget.train.amp, budget.train.channels_last, budget.train.compile,
+                                     budget.sample.dtype, budget.ratio.channels)
+    assert {k[1] for k in image} == {"cifar10_lt", "ffhq_gender"} and len(set(image.values())) == 1, image
+
+
+def test_profile_metrics_override_the_suites(tmp_path):
+    from tiwbench.sweep.runner import expand
+
+    p = tmp_path / "s.yaml"
+    p.write_text("name: s\ndatasets: [toy2d]\nmethods: [dsm_obs]\nref_fracs: [0.1]\nseeds: [0]\nmetrics: [fd]\n"
+                 "profiles:\n  paper:\n    toy2d: {metrics: [fd, bias]}\n")
+    assert [c.metrics for c in expand(load_suite(str(p)), "paper")] == [["fd", "bias"]]
+    assert [c.metrics for c in expand(load_suite(str(p)), "default")] == [["fd"]]
+    p.write_text(p.read_text().replace("[fd, bias]", "fd"))
+    with pytest.raises(ConfigError, match="metrics"):
+        load_suite(str(p))

@@ -19,9 +19,9 @@ def test_cell_seconds_extrapolates_the_budget(fixed_step):
     from tiwbench.registry import DATASETS
 
     cell = expand(load_suite("smoke"), "smoke", ["cifar10_lt"])[0]
-    b = cell.budget  # train 30 × 16, sample 100 × (2·4 − 1), ratio 20 × 2·16; 0.5 s per 4 images
+    b = cell.budget  # train 20 × 16, sample 100 × (2·3 − 1), ratio 20 × 2·16; 0.5 s per 4 images
     secs = estimate.cell_seconds(DATASETS.get("cifar10_lt")(), b, probe_batch=4)
-    assert secs == {"train": 0.125 * 16 * 30, "sample": 0.125 * 100 * 7, "ratio": 0.125 * 32 * 20}
+    assert secs == {"train": 0.125 * 16 * 20, "sample": 0.125 * 100 * 5, "ratio": 0.125 * 32 * 20}
 
 
 def test_warning_only_for_paper_image_runs_on_a_cpu(fixed_step):

@@ -73,3 +73,50 @@ def test_damaged_cache_is_moved_aside_and_rebuilt(source, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"warning: damaged decoded image cache {npy}")
     assert len(list(npy.parent.glob("*.corrupt-*"))) == 2  # the array and its sidecar
+
+
+def test_bit_flip_in_the_cache_is_caught_by_its_content_hash(source, capsys):
+    root, wanted = source
+    ref = ffhq.cached_images(root, wanted, 8)
+    (npy,) = ffhq.decoded_cache_dir(root).glob("*.npy")
+    data = bytearray(npy.read_bytes())
+    data[-50] ^= 0x10  # one bit of one pixel: shape, size and header unchanged
+    npy.write_bytes(bytes(data))
+    again = ffhq.cached_images(root, wanted, 8)
+    np.testing.assert_array_equal(again[0], ref[0])  # rebuilt from the source, not the flipped copy
+    assert "sha256" in capsys.readouterr().err
+    assert len(list(npy.parent.glob("*.corrupt-*"))) == 2
+
+
+def test_cache_files_follow_the_umask(source):
+    root, wanted = source
+    old = os.umask(0o002)  # a group-shared cache
+    try:
+        ffhq.cached_images(root, wanted, 8)
+    finally:
+        os.umask(old)
+    files = list(ffhq.decoded_cache_dir(root).iterdir())
+    assert len(files) == 2 and all(f.stat().st_mode & 0o777 == 0o664 for f in files), \
+        [oct(f.stat().st_mode) for f in files]
+    old = os.umask(0o077)  # a private one
+    try:
+        ffhq.cached_images(root, wanted, 4)
+    finally:
+        os.umask(old)
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in ffhq.decoded_cache_dir(root).glob("*4px*"))
+
+
+def test_another_users_cache_file_is_an_error_naming_it_never_damage(source, monkeypatch):
+    from tiwbench.integrity import Unreadable
+
+    root, wanted = source
+    ffhq.cached_images(root, wanted, 8)
+    (npy,) = ffhq.decoded_cache_dir(root).glob("*.npy")
+
+    def denied(path, *a, **k):  # what np.load raises on a 0600 file of another user (root reads anything)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(np, "load", denied)
+    with pytest.raises(Unreadable, match=str(npy)):
+        ffhq.cached_images(root, wanted, 8)
+    assert npy.exists() and not list(npy.parent.glob("*.corrupt-*"))  # the valid file is left alone

@@ -43,6 +43,10 @@ def test_built_wheel_does_not_pin_torch(tmp_path):
         for spec in reqs[name]:
             version = spec.split(";")[0]  # the marker (extra == "fid") is not a version pin
             assert "==" not in version and ">=" in version, spec
+    # the suites are package data: a non-editable install finds `--suite ref_size`
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for suite in (ROOT / "suites").glob("*.yaml"):
+        assert f"tiwbench/suites/{suite.name}" in names, f"{suite.name} is not in the wheel"
     # the set-up step keeps the exact CPU builds
     pins = (ROOT / "constraints.txt").read_text()
     assert re.search(r"^torch==\d", pins, re.M) and re.search(r"^torchvision==\d", pins, re.M)
@@ -60,3 +64,14 @@ def test_missing_extra_is_named_before_any_cell(tmp_path, monkeypatch):
     lines = [x for x in r.output.strip().splitlines() if x.startswith("error:")]
     assert len(lines) == 1 and "tiwbench[fid]" in lines[0] and "'fd' on digits_lt" in lines[0]
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_missing_cluster_extra_is_one_line(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "submitit" else real(name, *a, **k))
+    r = CliRunner().invoke(app, ["run", "--suite", "smoke", "--executor", "local", "--out", str(tmp_path / "runs"),
+                                 "--no-report"])
+    assert r.exit_code == 2, r.output
+    lines = [x for x in r.output.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and "tiwbench[cluster]" in lines[0], r.output

@@ -56,3 +56,24 @@ def test_report_vs_prints_paired_differences(tmp_path):
     assert "0.3333 ± 0.5171" in line and "better" not in line  # the paired interval contains 0 here
     bad = CliRunner().invoke(app, ["report", "--runs", str(runs), "--vs", "oracle"])
     assert bad.exit_code == 2 and "no finished records" in bad.output
+
+
+def test_report_vs_on_a_suite_swept_over_a_dataset_parameter(tmp_path):
+    # robustness / ref_size_wide: one cell per (ref_frac, swept value, seed); pairs stay within a value
+    from tiwbench.records import atomic_write_json, cell_dir, load_records
+
+    runs = tmp_path / "runs"
+    for c, shift in ((0.0, 0.0), (0.5, 10.0)):
+        for rec in _records():
+            rec = {**rec, "suite": "robustness", "sweep": {"contamination": c},
+                   "metrics": [{**m, "value": m["value"] + shift} for m in rec["metrics"]]}
+            atomic_write_json(cell_dir(runs, rec["suite"], rec["dataset"], rec["method"], rec["ref_frac"],
+                                       rec["seed"], rec["sweep"]) / "record.json", rec)
+    t = paired_table(records_frame(load_records(runs)), "dsm_obs")
+    fd = t[t.metric == "fd"].sort_values("x")
+    assert list(fd.x) == [0.0, 0.5] and list(fd.n) == [3, 3]
+    # the shift is common to both methods at a value, so the paired difference is the unswept one
+    assert fd["diff"].tolist() == pytest.approx([1 / 3, 1 / 3])
+    r = CliRunner().invoke(app, ["report", "--runs", str(runs), "--vs", "dsm_obs"])
+    assert r.exit_code == 0, r.output
+    assert "0.05 · contamination=0.5" in r.output

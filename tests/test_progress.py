@@ -35,6 +35,26 @@ def test_plain_lines_every_interval_and_at_the_end():
     assert body[-1].endswith("train 1000/1000 (100%), 10/s, took 1m40s")
 
 
+def test_a_slow_phase_still_prints_every_interval():
+    # one sampling batch (or a step-less phase) longer than the interval: the heartbeat speaks for it
+    import time
+
+    lines, stamps = [], []
+    rep = PlainReporter(1, echo=lambda m: (lines.append(m), stamps.append(time.monotonic())), interval=0.4)
+    try:
+        rep.start(Cell())
+        update = rep.phase("sample", 2)
+        update(0, 2)
+        time.sleep(1.5)
+        update(2, 2)
+    finally:
+        rep.close()
+    middle = [x for x in lines if "sample 0/2" in x]
+    assert len(middle) >= 2, lines  # ~3 in 1.5 s
+    assert max(b - a for a, b in zip(stamps, stamps[1:])) < 0.4 + 0.3, stamps
+    assert lines[-1].endswith("took 2s") or "sample 2/2 (100%)" in lines[-1]
+
+
 def test_rate_eta_and_duration():
     assert rate_and_eta(25, 100, 5.0) == (5.0, 15.0)
     assert duration(59.6) == "1m00s" and duration(4000) == "1h06m" and duration(3) == "3s"

@@ -168,3 +168,33 @@ def test_non_finite_value_counts_as_failed():
     recs[2]["metrics"][0]["value"] = float("nan")
     r = cells(aggregate(records_frame(recs)))[("a", 0.1)]
     assert r.n == 2 and r.failed == 1 and r["mean"] == pytest.approx(0.105)
+
+
+@pytest.mark.parametrize("n_methods", [3, 10])
+def test_plot_legend_overlaps_no_axis_label(n_methods):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tiwbench.report.plots import figure
+
+    recs = [record(f"method_{i}", f, s, 0.1 * i + s * 0.01) for i in range(n_methods) for f in (0.05, 0.25)
+            for s in range(2)]
+    fig = figure(aggregate(records_frame(recs)))
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    for ax in fig.axes:
+        if ax.get_visible():
+            # the axes with its tick labels and x-label: nothing of it may sit inside the legend's box
+            assert ax.get_tightbbox(renderer).y0 > legend.y1, (ax.get_tightbbox(renderer), legend)
+
+
+def test_sample_grids_are_shown_at_their_own_size(tmp_path):
+    from tiwbench.report.html import GALLERY_STYLE, gallery_html
+
+    png = (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + (265).to_bytes(4, "big") + (265).to_bytes(4, "big")
+           + b"\x08\x02\x00\x00\x00")
+    (tmp_path / "samples.png").write_bytes(png)
+    rec = {**record("a", 0.05, 0, 0.1), "pictures": {"samples": "samples.png"}, "_path": str(tmp_path / "record.json")}
+    page = gallery_html([rec])
+    assert 'width="265" height="265"' in page
+    assert "width:" not in GALLERY_STYLE.split(".gallery img", 1)[1].split("}", 1)[0]  # no CSS rescaling

@@ -98,8 +98,8 @@ def test_submitit_local_executor_writes_the_inline_records(tiny_suite, inline_re
     first = [c for c in cells if c.method == "dsm_obs"]
     run_cells(first, out)
     before = (out / "tiny/toy2d/dsm_obs/ref0.1_seed0/record.json").read_text()
-    # threads=0: each group picks its threads as the in-process run did, so kernels sum in the same order
-    summary = submit_sweep(cells, out, kind="local", threads=0, poll_s=0.05)
+    # each cell carries its thread count (1 by default), so kernels sum in the same order as in-process
+    summary = submit_sweep(cells, out, kind="local", poll_s=0.05)
     assert len(summary["skipped"]) == 1 and len(summary["ok"]) == 1 and not summary["failed"], summary
     assert (out / "tiny/toy2d/dsm_obs/ref0.1_seed0/record.json").read_text() == before
     jobs = _by_method(out)
@@ -110,6 +110,26 @@ def test_submitit_local_executor_writes_the_inline_records(tiny_suite, inline_re
     # a second submission finds everything recorded and submits nothing
     again = submit_sweep(cells, out, kind="local")
     assert len(again["skipped"]) == 2 and not again["ok"]
+
+
+def test_submitit_job_with_two_tasks_trains_with_ddp(tiny_suite, inline_records, tmp_path):
+    # --slurm-gpus 4 gives one task per GPU, joined into one DDP group from the job's environment; the
+    # local executor starts its tasks the same way, here two CPU processes over gloo
+    pytest.importorskip("submitit")
+    from tiwbench.config import SlurmConfig
+    from tiwbench.sweep.executors import submit_sweep
+
+    cells = expand(load_suite(str(tiny_suite)))
+    out = tmp_path / "ddp_jobs"
+    summary = submit_sweep(cells, out, kind="local", slurm=SlurmConfig(tasks_per_job=2), poll_s=0.05)
+    assert len(summary["ok"]) == 2 and not summary["failed"], summary
+    jobs = _by_method(out)
+    for method, rec in jobs.items():
+        assert rec["env"]["world_size"] == 2, rec["env"]  # really data-parallel
+        ref = _metrics(inline_records[method])
+        for name, value in _metrics(rec).items():
+            assert value == pytest.approx(ref[name], rel=DDP_RTOL), (method, name)
+    assert len(list(out.rglob("record.json"))) == 2
 
 
 def test_slurm_section_is_strict(tmp_path):
@@ -136,8 +156,9 @@ def test_slurm_executor_parameters(tmp_path, monkeypatch):
     cfg = SlurmConfig(partition="gpu", gpus_per_job=2, time_min=90, cpus_per_job=8, mem_gb=32, account="lab")
     ex = make_executor("slurm", tmp_path, cfg, "cuda")
     sbatch = ex._executor._make_submission_file_text("python -m x", "uid")
-    for line in ("--partition=gpu", "--gpus-per-node=2", "--time=90", "--cpus-per-task=8", "--mem=32GB",
-                 "--account=lab"):
+    # one task per GPU (DDP among them), the job's CPUs shared between its tasks
+    for line in ("--partition=gpu", "--gpus-per-node=2", "--ntasks-per-node=2", "--time=90", "--cpus-per-task=4",
+                 "--mem=32GB", "--account=lab"):
         assert f"#SBATCH {line}" in sbatch, line
 
 

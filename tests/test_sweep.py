@@ -116,3 +116,17 @@ def test_shipped_sweep_suites():
     for name in ("ref_size", "toy_exact"):  # the 2×2 ablation and the sampling-time baselines are on the board
         assert {"dsm_obs", "tiw_dsm_nocorr", "tiw_dsm_noweight", "tiw_dsm", "dg_obs", "ir_obs"} <= set(
             load_suite(name).methods)
+
+
+def test_threads_are_part_of_the_config_a_record_is_matched_by(tmp_path):
+    from tiwbench.config import load_suite
+    from tiwbench.sweep.runner import existing_record, expand, run_cells
+    from tiwbench.sweep.threads import free_cores, resolve_threads
+
+    cells = expand(load_suite("smoke"), "smoke", ["toy2d"], ["dsm_ref"], [0.05], [0])
+    assert cells[0].threads == 1 and cells[0].config()["threads"] == 1  # one thread unless told otherwise
+    run_cells(cells, tmp_path)
+    assert existing_record(cells[0], tmp_path) is not None
+    cells[0].threads = 2  # the same cell with two threads is another configuration: it runs again
+    assert existing_record(cells[0], tmp_path) is None
+    assert resolve_threads(3) == 3 and 1 <= resolve_threads(0) <= free_cores()

@@ -216,3 +216,43 @@ def test_report_flags_seeds_of_different_configs(tmp_path):
     from tiwbench.report.render import report
 
     assert "MIXED: 2 configs" in report(tmp_path / "o", "markdown")
+
+
+SAMPLING_HEAVY = """name: heavy
+datasets: [toy2d]
+methods: [tiw_dsm]
+ref_fracs: [0.1]
+seeds: [0]
+profiles:
+  default:
+    toy2d:
+      train: {steps: 150, hidden: 32, checkpoint_every: 50}
+      ratio: {steps: 60, hidden: 32}
+      sample: {n: 40000, steps: 6, batch_size: 2000}
+"""
+
+
+def test_kill_in_sampling_resumes_without_retraining(tmp_path):
+    suite = tmp_path / "heavy.yaml"
+    suite.write_text(SAMPLING_HEAVY)
+    clean = _run(suite, tmp_path / "clean")
+    assert clean.wait(timeout=600) == 0, clean.stdout.read()
+
+    out = tmp_path / "killed"
+    proc = _run(suite, out)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.rglob("network-*.pt")) and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # training is over, sampling has begun: the network is on disk
+    proc.wait()
+    assert list(out.rglob("network-*.pt")), "the finished network was not saved before sampling"
+    assert not list(out.rglob("record.json"))  # killed before the record
+
+    again = _run(suite, out)
+    log = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, log
+    assert " · train " not in log and " · ratio " not in log, log  # neither the network nor the ratio retrained
+    (rec,) = [json.loads(p.read_text()) for p in out.rglob("record.json")]
+    assert rec["train"]["restored_network"] is True and "time" in rec["ratio"]
+    assert _metrics(out) == _metrics(tmp_path / "clean")  # the same numbers as a run never interrupted
+    assert not list(out.rglob("network-*.pt")) and not list(out.rglob("checkpoint-*.pt"))

@@ -26,10 +26,11 @@ def _fail(msg: str, code: int = 2):
 def _user_errors():
     from tiwbench.config import ConfigError
     from tiwbench.data.base import DataError
+    from tiwbench.integrity import Unreadable
     from tiwbench.metrics.base import MetricError
     from tiwbench.registry import RegistryError
 
-    return (UserError, ConfigError, DataError, MetricError, RegistryError, FileNotFoundError)
+    return (UserError, ConfigError, DataError, MetricError, RegistryError, FileNotFoundError, Unreadable)
 
 
 def _csv(value: str | None, cast):
@@ -105,11 +106,14 @@ def run(
     jobs_dir: Annotated[Optional[Path], typer.Option(help="submitit logs (default: <out>/.submitit)")] = None,
     max_jobs: Annotated[int, typer.Option(help="local executor: concurrent jobs (0 = cores / threads)")] = 0,
     slurm_partition: Annotated[Optional[str], typer.Option(help="Slurm partition (default: suite's slurm)")] = None,
-    slurm_gpus: Annotated[Optional[int], typer.Option(help="GPUs per Slurm job")] = None,
+    slurm_gpus: Annotated[Optional[int], typer.Option(help="GPUs per Slurm job (one DDP process per GPU)")] = None,
+    slurm_tasks: Annotated[Optional[int], typer.Option(
+        help="processes per job, data-parallel among them (default: one per GPU)")] = None,
     slurm_time: Annotated[Optional[int], typer.Option(help="minutes per Slurm job")] = None,
     slurm_cpus: Annotated[Optional[int], typer.Option(help="CPUs per Slurm job")] = None,
     slurm_mem: Annotated[Optional[int], typer.Option(help="GB of memory per Slurm job")] = None,
-    threads: Annotated[int, typer.Option(help="torch threads per process (0 = auto: 1 for vector data)")] = 0,
+    threads: Annotated[int, typer.Option(help="torch threads per process, recorded in each cell's config "
+                                              "(0 = the cores free now, shared among local processes)")] = 1,
     data_root: Annotated[Optional[Path], typer.Option(
         help="where the dataset files are (cifar10_lt, ffhq_gender)")] = None,
     data_param: Annotated[Optional[list[str]], typer.Option(help="dataset parameter KEY=VALUE (repeatable), "
@@ -131,7 +135,7 @@ def run(
 
         from tiwbench.config import load_suite
         from tiwbench.progress import INTERVAL_ENV, PlainReporter, RichReporter
-        from tiwbench.sweep.executors import EXECUTORS, configure_threads, submit_sweep
+        from tiwbench.sweep.executors import EXECUTORS, submit_sweep
         from tiwbench.sweep.runner import expand, run_cells
         from tiwbench.training import distributed
 
@@ -145,6 +149,12 @@ def run(
             raise UserError(f"--launcher {launcher!r}: use none or torchrun")
         if executor not in EXECUTORS:
             raise UserError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+        if executor != "inline":
+            import importlib.util
+
+            if importlib.util.find_spec("submitit") is None:
+                raise UserError(f"--executor {executor} needs submitit, which is not installed; "
+                                "pip install 'tiwbench[cluster]' (or use --executor inline)")
         if launcher == "torchrun" and executor != "inline":
             raise UserError("--launcher torchrun runs in this process group; combine it with --executor inline")
         if launcher == "torchrun" and not distributed.launched():
@@ -170,7 +180,13 @@ def run(
                 raise UserError(f"--fid-backend {fid_backend!r}: use torch-fidelity or clean-fid")
             for cell in cells:  # part of each cell's config, so its hash and records follow the choice
                 cell.budget.eval.fid_backend = fid_backend
-        configure_threads(threads)  # 0: each group picks its own (runner.Group -> apply_threads)
+        from tiwbench.sweep.threads import resolve_threads
+
+        if threads < 0:
+            raise UserError(f"--threads {threads}: give 1 or more, or 0 for the cores free now")
+        n_threads = resolve_threads(threads)
+        for cell in cells:  # part of each cell's config: a resumed sweep never mixes thread counts
+            cell.threads = n_threads
         if distributed.is_main():
             from tiwbench.sweep.cost import cpu_warning
 
@@ -181,13 +197,14 @@ def run(
         echo = (lambda m: print(m, file=sys.stderr, flush=True)) if distributed.is_main() else (lambda m: None)
         if executor != "inline":
             for key, value in (("partition", slurm_partition), ("gpus_per_job", slurm_gpus),
-                               ("time_min", slurm_time), ("cpus_per_job", slurm_cpus), ("mem_gb", slurm_mem)):
+                               ("tasks_per_job", slurm_tasks), ("time_min", slurm_time),
+                               ("cpus_per_job", slurm_cpus), ("mem_gb", slurm_mem)):
                 if value is not None:
                     setattr(s.slurm, key, value)
             reporter = RichReporter(len(cells), console) if console.is_terminal else PlainReporter(len(cells), echo)
             try:
                 summary = submit_sweep(cells, out, device=device, cache_dir=cache_dir, kind=executor,
-                                       slurm=s.slurm, folder=jobs_dir, max_running=max_jobs, threads=threads,
+                                       slurm=s.slurm, folder=jobs_dir, max_running=max_jobs,
                                        echo=reporter.echo, reporter=reporter)
             finally:
                 reporter.close()
@@ -205,13 +222,29 @@ def run(
         from tiwbench.report.render import report as make_report
 
         typer.echo(make_report(out, "markdown"))
-    n_ok, n_skip, n_fail = (len(summary[k]) for k in ("ok", "skipped", "failed"))
-    typer.echo(f"{n_ok} cells run, {n_skip} skipped (already recorded), {n_fail} failed; records under {out}",
-               err=True)
-    if n_fail:
-        for p in summary["failed"]:
-            typer.echo(f"failed: {p}", err=True)
+    from tiwbench.sweep.runner import existing_record
+
+    # counted against the folder at the end: a cell another sweep claimed may have been recorded since
+    missing = [c for c in cells if existing_record(c, out) is None]
+    n = {k: len(v) for k, v in summary.items()}
+    claimed_open = sum(1 for c in missing if _record_path(c, out) in set(summary.get("claimed", [])))
+    others = (f"{n['claimed']} claimed by another sweep ({claimed_open} of them not recorded yet), "
+              if n.get("claimed") else "") + (f"{n['lost']} lost to another sweep, " if n.get("lost") else "")
+    typer.echo(f"{n.get('ok', 0)} cells run, {n.get('skipped', 0)} already recorded, {others}{n.get('failed', 0)} "
+               f"failed; {len(missing)} of {len(cells)} cells missing; records under {out}", err=True)
+    for p in summary.get("failed", []):
+        typer.echo(f"failed: {p}", err=True)
+    if missing:
+        if claimed_open:
+            typer.echo(f"{claimed_open} cells are still being run by another sweep; run this command again "
+                       "once it ends to check", err=True)
         raise typer.Exit(1)
+
+
+def _record_path(cell, out: Path) -> str:
+    from tiwbench.records import RECORD_NAME, cell_dir
+
+    return str(cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed, cell.sweep) / RECORD_NAME)
 
 
 @app.command()

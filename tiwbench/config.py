@@ -117,6 +117,8 @@ class SlurmConfig:
 
     partition: str = ""  # "" = the cluster's default
     gpus_per_job: int = 0
+    # processes per job, data-parallel (DDP) among them: 0 = one per GPU (gpus_per_job), else 1
+    tasks_per_job: int = 0
     cpus_per_job: int = 2
     mem_gb: int = 8
     time_min: int = 60  # wall-clock limit per job
@@ -209,7 +211,9 @@ def from_dict(cls, data: dict[str, Any], where: str, base=None):
     return cls(**kwargs)
 
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+# package data (pyproject's package-data), so a non-editable install finds them; `suites/` at the top of
+# the repository is a link here
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 
 def suite_path(name_or_path: str) -> Path:
@@ -272,6 +276,8 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
         part = dict(per_ds.get(key) or {})
         if "seeds" in part:
             seeds = _check_type(part.pop("seeds"), list[int], f"{suite.source}: profiles.{profile}.{key}.seeds")
+        if "metrics" in part:  # read by profile_metrics
+            _check_type(part.pop("metrics"), list[str], f"{suite.source}: profiles.{profile}.{key}.metrics")
         budget = from_dict(Budget, part, f"{suite.source}: profiles.{profile}.{key}", budget)
     where = f"{suite.source}: profiles.{profile}.{dataset}"
     for name, value, low in (("train.steps", budget.train.steps, 1), ("train.batch_size", budget.train.batch_size, 1),
@@ -290,6 +296,17 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
     if budget.ratio.provider not in RATIOS:
         raise ConfigError(f"{suite.source}: ratio: {RATIOS.unknown_message(budget.ratio.provider)}")
     return budget, seeds
+
+
+def profile_metrics(suite: Suite, profile: str, dataset: str) -> list[str]:
+    """The metrics of ``dataset``'s cells under ``profile``: the profile's ``metrics`` (dataset, then
+    ``all``) where set, e.g. FID in a paper profile only, else the suite's."""
+    per_ds = suite.profiles.get(profile, {})
+    for key in (dataset, "all"):
+        part = per_ds.get(key) or {}
+        if "metrics" in part:
+            return list(part["metrics"])
+    return list(suite.metrics)
 
 
 def like_default(value: Any, default: Any) -> Any:

@@ -30,6 +30,11 @@ class Damaged(ValueError):
     """A file that loaded but whose content is not what was written (hash or structure)."""
 
 
+class Unreadable(PermissionError):
+    """A cache file this user may not read (another user's, in a shared cache): not damage, so it is
+    never moved aside; the sweep stops with the file's name and the fix."""
+
+
 # What a damaged file raises from torch.load / np.load / json.loads (truncated zip, bad CRC, bad header,
 # unpickling garbage, a missing key).
 LOAD_ERRORS = (Damaged, OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, IndexError,
@@ -53,9 +58,14 @@ def move_aside(path: Path, reason: str, what: str, echo: Callable[[str], None] |
 
 def load_or_move_aside(path: Path, load: Callable[[Path], T], what: str, echo: Callable[[str], None] | None = None,
                        companions: tuple[Path, ...] = ()) -> T | None:
-    """``load(path)``; on a damaged file move it aside (see :func:`move_aside`) and return None."""
+    """``load(path)``; on a damaged file move it aside (see :func:`move_aside`) and return None. A file
+    (or its companion) this user may not read raises :class:`Unreadable`: it is someone else's valid file."""
     try:
         return load(path)
+    except PermissionError as e:
+        where = e.filename or path
+        raise Unreadable(f"cannot read the {what} {where}: permission denied (it belongs to another user); "
+                         f"ask its owner for group read access (chmod g+r) or use a cache folder of your own") from None
     except LOAD_ERRORS as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         move_aside(path, f"{type(e).__name__}: {msg}"[:200], what, echo, companions)

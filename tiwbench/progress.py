@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -47,12 +48,53 @@ def rate_and_eta(done: int, total: int, elapsed: float) -> tuple[float, float]:
 
 
 class PlainReporter:
-    """Log lines for a non-terminal (CI logs, pipes, Slurm): rich's bar would print only at the end."""
+    """Log lines for a non-terminal (CI logs, pipes, Slurm): rich's bar would print only at the end.
 
-    def __init__(self, total: int, echo=print, interval: float | None = None, clock=time.monotonic):
-        self.total, self.done, self.echo, self.clock = total, 0, echo, clock
+    Lines come from the phases' callbacks, and from a heartbeat thread whenever nothing was printed for
+    ``interval`` seconds: a phase whose steps are slow (or that has no steps: loading, a metric's
+    feature extraction) still says where it is, so a log is never silent longer than ``interval``.
+    """
+
+    def __init__(self, total: int, echo=print, interval: float | None = None, clock=time.monotonic,
+                 heartbeat: bool = True):
+        self.total, self.done, self._echo, self.clock = total, 0, echo, clock
         self.interval = default_interval() if interval is None else float(interval)
         self.label = ""
+        self._said = time.monotonic()  # when the last line went out (real time, whatever ``clock`` is)
+        self._now: dict[str, Any] | None = None  # the open phase: name, done, total, start, prefix, last
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._beat: threading.Thread | None = None
+        if heartbeat and self.interval > 0:
+            self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+            self._beat.start()
+
+    def echo(self, message: str) -> None:
+        self._said = time.monotonic()
+        self._echo(message)
+
+    def _heartbeat(self) -> None:
+        tick = min(1.0, self.interval / 4)
+        while not self._stop.wait(tick):
+            if time.monotonic() - self._said < self.interval - tick or not self.label:
+                continue
+            with self._lock:  # never between a phase's state change and its own line
+                p = self._now
+                if p is None:
+                    self.echo(f"{self._prefix()} · still running")
+                    continue
+                now = self.clock()
+                p["last"] = now
+                self.echo(self._line(p["prefix"], p["name"], p["done"], p["total"], now - p["t0"]))
+
+    @staticmethod
+    def _line(prefix: str, name: str, done: int, total: int, elapsed: float) -> str:
+        rate, eta = rate_and_eta(done, total, elapsed)
+        pct = 100.0 * done / total if total else 100.0
+        tail = f"{rate:.3g}/s, " if rate == rate else ""
+        when = f"ETA {duration(eta)}" if done < total and eta == eta else (
+            f"took {duration(elapsed)}" if done >= total else f"{duration(elapsed)} so far")
+        return f"{prefix} · {name} {done}/{total} ({pct:.0f}%), {tail}{when}"
 
     def _prefix(self) -> str:
         return f"[{self.done + 1}/{self.total}] {self.label}" if self.label else "[setup]"
@@ -64,25 +106,26 @@ class PlainReporter:
     def phase(self, name: str, total: int) -> Callback:
         """A callback ``(done, total)`` for one phase; it prints when ``interval`` has passed and at the end."""
         t0 = self.clock()
-        last, ended = [t0], [False]
-        prefix = self._prefix()
+        state = {"name": name, "done": 0, "total": total, "t0": t0, "prefix": self._prefix(), "last": t0}
+        self._now = state
+        ended = [False]
 
         def update(done: int, total: int = total):
             now = self.clock()
-            if ended[0] or (done < total and now - last[0] < self.interval):
-                return
-            last[0], ended[0] = now, done >= total  # the end is said once
-            rate, eta = rate_and_eta(done, total, now - t0)
-            pct = 100.0 * done / total if total else 100.0
-            tail = f"{rate:.3g}/s, " if rate == rate else ""
-            when = f"ETA {duration(eta)}" if done < total and eta == eta else f"took {duration(now - t0)}"
-            self.echo(f"{prefix} · {name} {done}/{total} ({pct:.0f}%), {tail}{when}")
+            with self._lock:
+                state["done"], state["total"] = done, total
+                if ended[0] or (done < total and now - state["last"] < self.interval):
+                    return
+                state["last"], ended[0] = now, done >= total  # the end is said once
+                if ended[0] and self._now is state:
+                    self._now = None
+                self.echo(self._line(state["prefix"], name, done, total, now - t0))
 
         return update
 
     def finish(self, cell, rec: dict, skipped: bool = False):
         self.done += 1
-        self.label = ""
+        self.label, self._now = "", None
         if skipped:
             self.echo(f"[{self.done}/{self.total}] {cell.label()}: done earlier (config unchanged), skipped")
         elif rec["status"] == "ok":
@@ -92,7 +135,7 @@ class PlainReporter:
             self.echo(f"[{self.done}/{self.total}] {cell.label()}: FAILED: {rec['error']['message']}")
 
     def close(self):
-        pass
+        self._stop.set()
 
 
 class RichReporter(PlainReporter):
@@ -108,7 +151,7 @@ class RichReporter(PlainReporter):
             TimeRemainingColumn,
         )
 
-        super().__init__(total, echo=console.print)
+        super().__init__(total, echo=console.print, heartbeat=False)  # the live bars show it
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=console)
         self.progress.start()

@@ -19,6 +19,25 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def current_umask() -> int:
+    """The process's umask now, read without changing it (Linux); the one at import elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _UMASK
+
+
+def shared_temp(folder: Path, prefix: str, suffix: str = ".tmp") -> tuple[int, str]:
+    """``tempfile.mkstemp`` with the permissions of an ordinary new file (0666 less the umask), not 0600:
+    caches and results are shared by a group when the umask lets them be."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    os.chmod(tmp, 0o666 & ~current_umask())
+    return fd, tmp
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
@@ -26,9 +45,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = shared_temp(path.parent, f".{path.name}.")
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared like any written file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -71,7 +89,9 @@ def environment(device: str = "cpu") -> dict[str, Any]:
                 "python": platform.python_version(), "platform": platform.platform()}
     import torch
 
-    dev = {"device": device, "threads": torch.get_num_threads()}
+    ddp = torch.distributed.is_available() and torch.distributed.is_initialized()
+    dev = {"device": device, "threads": torch.get_num_threads(),
+           "world_size": torch.distributed.get_world_size() if ddp else 1}  # processes training data-parallel
     if device.startswith("cuda") and torch.cuda.is_available():
         dev["device_name"] = torch.cuda.get_device_name()
     return {**_ENV, **dev}

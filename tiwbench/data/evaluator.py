@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from torch.nn import functional as F
 from tiwbench import progress
 from tiwbench.data.base import DataError, Evaluator, content_hash
 from tiwbench.integrity import Damaged, load_or_move_aside
-from tiwbench.records import atomic_write_json
+from tiwbench.records import atomic_write_json, shared_temp
 
 ARCH_VERSION = 1  # bump when EvalCNN changes, so old cache entries are not reused
 
@@ -81,7 +80,7 @@ def save_classifier(net: EvalCNN, path: Path, info: dict[str, Any]) -> None:
     the sidecar comes last, so its presence means the weights are complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = shared_temp(path.parent, f".{path.name}.")
     os.close(fd)
     try:
         torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -18,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from tiwbench import progress
 from tiwbench.data.base import DataError
 from tiwbench.data.images import LabelledImageDataset, require_path
 from tiwbench.integrity import Damaged, load_or_move_aside
-from tiwbench.records import atomic_write_json
+from tiwbench.records import atomic_write_json, shared_temp
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 HOW_IMAGES = ("expected a folder or a .zip of PNG/JPG face images (e.g. FFHQ from "
@@ -132,8 +132,10 @@ def _decode_all(root: Path, entries: dict[str, Any], reader, wanted: dict[str, i
                 resolution: int) -> tuple[np.ndarray, np.ndarray, int]:
     ids = sorted(set(entries) & set(wanted))
     images = np.empty((len(ids), 3, resolution, resolution), dtype=np.uint8)
+    task = progress.phase("decoding images", len(ids))  # 70k FFHQ images take minutes: say how far
     for i, key in enumerate(ids):
         images[i] = _decode(reader(entries[key]), resolution, f"{root}:{entries[key]}")
+        task(i + 1, len(ids))
     return images, np.array([wanted[k] for k in ids], dtype=np.int64), len(entries)
 
 
@@ -163,12 +165,12 @@ def cached_images(root: Path, wanted: dict[str, int], resolution: int) -> tuple[
     images, labels, seen = _decode_all(root, entries, reader, wanted, resolution)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{npy.name}.", suffix=".tmp")
+        fd, tmp = shared_temp(folder, f".{npy.name}.")
         with os.fdopen(fd, "wb") as f:
             np.save(f, images)
         os.replace(tmp, npy)
         atomic_write_json(side, {"labels": labels.tolist(), "seen": seen, "shape": list(images.shape),
-                                 "source": str(root)})
+                                 "sha256": array_digest(images), "source": str(root)})
     except OSError as e:
         print(f"note: cannot write the decoded image cache under {folder} ({e}); set ${DECODED_CACHE_ENV}",
               file=sys.stderr, flush=True)
@@ -180,7 +182,24 @@ def _map_decoded(npy: Path, side: Path) -> tuple[np.ndarray, np.ndarray, int]:
     images = np.load(npy, mmap_mode="r")  # a short file fails here (the header says how long it must be)
     if list(images.shape) != meta["shape"] or images.dtype != np.uint8:
         raise Damaged(f"array {images.dtype} {list(images.shape)} is not the uint8 {meta['shape']} recorded")
+    # a bit flip keeps the shape: the content hash written with the array catches it (caches written
+    # before the hash existed have none, and are rebuilt once)
+    if meta.get("sha256") != array_digest(images, progress_name="decoded cache check"):
+        raise Damaged("content does not match the sha256 recorded with it")
     return images, np.asarray(meta["labels"], dtype=np.int64), int(meta["seen"])
+
+
+def array_digest(images: np.ndarray, progress_name: str | None = None, chunk_bytes: int = 1 << 26) -> str:
+    """sha256 of the array's bytes, read in chunks (a mapped cache is not loaded whole)."""
+    h = hashlib.sha256()
+    flat = images.reshape(len(images), -1) if len(images) else images.reshape(0, 1)
+    rows = max(1, chunk_bytes // max(flat.shape[1], 1))
+    task = progress.phase(progress_name, len(flat)) if progress_name else None
+    for i in range(0, len(flat), rows):
+        h.update(np.ascontiguousarray(flat[i : i + rows]).tobytes())
+        if task is not None:
+            task(min(i + rows, len(flat)), len(flat))
+    return h.hexdigest()
 
 
 class FFHQGender(LabelledImageDataset):

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from tiwbench import progress
 from tiwbench.data.base import content_hash
 from tiwbench.integrity import load_or_move_aside
 from tiwbench.metrics.base import FIDELITY_MODULES, EvalContext, Metric, MetricError, check_enough_samples
+from tiwbench.records import shared_temp
 
 EVALUATOR_EXTRACTOR = "tiwbench-evaluator"
 EVALUATOR_FEATURES = "features"
@@ -280,7 +280,7 @@ def _reference_subset(target: torch.Tensor, n_ref: int, seed: int) -> torch.Tens
 
 def _atomic_savez(path: Path, **arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    fd, tmp = shared_temp(path.parent, path.stem)
     try:
         with os.fdopen(fd, "wb") as f:  # a file object, so numpy adds no ".npz" to the temp name
             np.savez(f, **arrays)

@@ -29,6 +29,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from tiwbench.metrics.base import MetricError
+from tiwbench.records import shared_temp
 
 INCEPTION_EXTRACTOR = "tiwbench-inception-v3"
 INCEPTION_FEATURES = "2048"
@@ -123,7 +124,7 @@ def _is_torchscript(path: Path) -> bool:
 
 def _atomic_torch_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = shared_temp(path.parent, path.name)
     os.close(fd)
     try:
         torch.save(obj, tmp)

@@ -16,9 +16,16 @@ from tiwbench.report.leaderboard import LEGEND, cell_parts, table_title, tables
 GALLERY_STYLE = """
 .gallery{display:flex;flex-wrap:wrap;gap:10px;margin:0.4em 0 1.2em}
 .gallery figure{margin:0;text-align:center}
-.gallery img{width:200px;height:auto;image-rendering:pixelated;border:1px solid #ddd}
+.gallery img{image-rendering:pixelated;border:1px solid #ddd}
 .gallery figcaption{font-size:0.85em;color:#444}
 """
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
 def pictures(records: list[dict[str, Any]]) -> dict[tuple, dict[str, bytes]]:
@@ -52,7 +59,9 @@ def gallery_html(records: list[dict[str, Any]], max_seeds: int = 1) -> str:
             for method, png in sorted(pics[(suite, ds, frac, seed)].items()):
                 b64 = base64.b64encode(png).decode("ascii")
                 label = html.escape(method)
-                figs.append(f'<figure><img alt="samples of {label}" src="data:image/png;base64,{b64}">'
+                w, h = png_size(png)  # shown at its own size: a grid pixel is a sample pixel
+                figs.append(f'<figure><img alt="samples of {label}" width="{w}" height="{h}" '
+                            f'src="data:image/png;base64,{b64}">'
                             f"<figcaption>{label}</figcaption></figure>")
             parts.append(f"<h3>{html.escape(ds)} · ref_frac {frac:g} · seed {seed} "
                          f"<small>(suite {html.escape(suite)})</small></h3>"

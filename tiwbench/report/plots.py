@@ -76,9 +76,12 @@ def figure(agg: pd.DataFrame):
         seen.update(zip(lab, h, strict=True))
     if agg.n.eq(0).any():
         seen["× on the axis: failed (all seeds)"] = plt.Line2D([], [], ls="", marker="x", color="0.3", ms=9, mew=2.5)
-    fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(len(seen), 6), frameon=False)
+    legend = fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(len(seen), 6),
+                        frameon=False)
     fig.suptitle(f"mean over seeds, error bars: {CONFIDENCE:.0%} Student-t CI", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(seen) > 6), 1, 0.97))
+    # the axes go above the legend's measured height (its rows depend on the methods and the figure's size)
+    box = legend.get_window_extent(fig.canvas.get_renderer()).transformed(fig.transFigure.inverted())
+    fig.tight_layout(rect=(0, box.y1 + 0.01, 1, 0.97))
     return fig
 
 

@@ -19,8 +19,8 @@ from tiwbench.config import ConfigError, SlurmConfig
 from tiwbench.records import RECORD_NAME, cell_dir
 from tiwbench.registry import DATASETS
 from tiwbench.sweep.runner import PlainReporter, existing_record, run_cells
-from tiwbench.sweep.threads import auto_threads, configure_threads
-from tiwbench.training import preemption
+from tiwbench.sweep.threads import cells_threads
+from tiwbench.training import distributed, preemption
 
 EXECUTORS = ("inline", "local", "slurm")
 
@@ -44,16 +44,23 @@ class GroupJob(Checkpointable):
         self.grace_s = grace_s  # how long a signal outside training waits for a step end
         self.requeues = 0
 
-    def __call__(self, cells: list, out: str, device: str, cache_dir: str | None, threads: int) -> dict[str, list]:
+    def __call__(self, cells: list, out: str, device: str, cache_dir: str | None) -> dict[str, list]:
         import submitit
 
         preemption.hold(submitit.JobEnvironment._usr_sig(), self.grace_s)
-        configure_threads(threads)
-        echo = lambda m: print(m, flush=True)  # noqa: E731
+        if submitit.JobEnvironment().num_tasks > 1:  # one task per GPU: DDP, as under torchrun
+            # rank, world size and the master's address from the Slurm (or local executor's) environment
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+            device = distributed.init(device)
+        main = distributed.is_main()
+        echo = (lambda m: print(m, flush=True)) if main else (lambda m: None)
         if self.requeues:
             echo(f"requeued job, start {self.requeues + 1}: recorded cells are skipped, a checkpoint is resumed")
-        return run_cells(cells, Path(out), device=device, cache_dir=Path(cache_dir) if cache_dir else None,
-                         reporter=PlainReporter(len(cells), echo=echo))
+        try:
+            return run_cells(cells, Path(out), device=device, cache_dir=Path(cache_dir) if cache_dir else None,
+                             reporter=PlainReporter(len(cells), echo=echo, heartbeat=main))
+        finally:
+            distributed.shutdown()
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         print("preemption or time-limit signal: requeueing this job", flush=True)
@@ -67,8 +74,9 @@ def make_executor(kind: str, folder: Path, slurm: SlurmConfig, device: str):
     if kind not in ("local", "slurm"):
         raise ConfigError(f"unknown executor {kind!r}; use one of {', '.join(EXECUTORS)}")
     ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=kind)
-    params: dict[str, Any] = {"timeout_min": slurm.time_min, "cpus_per_task": slurm.cpus_per_job,
-                              "mem_gb": slurm.mem_gb, "name": "tiwbench"}
+    ntasks = tasks_per_job(slurm)
+    params: dict[str, Any] = {"timeout_min": slurm.time_min, "cpus_per_task": max(1, slurm.cpus_per_job // ntasks),
+                              "mem_gb": slurm.mem_gb, "name": "tiwbench", "tasks_per_node": ntasks}
     if kind == "slurm":
         params.update(gpus_per_node=slurm.gpus_per_job, slurm_array_parallelism=slurm.max_parallel)
         extra = dict(slurm.extra)
@@ -85,6 +93,11 @@ def make_executor(kind: str, folder: Path, slurm: SlurmConfig, device: str):
     return ex
 
 
+def tasks_per_job(slurm: SlurmConfig) -> int:
+    """Processes per job: ``tasks_per_job``, else one per GPU, else one."""
+    return slurm.tasks_per_job or max(slurm.gpus_per_job, 1)
+
+
 def _cost(cell) -> float:
     image = getattr(DATASETS.get(cell.dataset), "kind", "vector") == "image"
     return cell.budget.train.steps * cell.budget.train.batch_size * (20 if image else 1)
@@ -92,7 +105,7 @@ def _cost(cell) -> float:
 
 def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | None = None, kind: str = "local",
                  slurm: SlurmConfig | None = None, folder: Path | None = None, max_running: int = 0,
-                 threads: int = 0, echo=print, poll_s: float = 0.2, reporter=None,
+                 echo=print, poll_s: float = 0.2, reporter=None,
                  grace_s: float = 30.0) -> dict[str, list]:
     """Submit one job per pending group and wait for all; return ok/skipped/failed record paths.
 
@@ -102,7 +115,7 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
     out = Path(out)
     slurm = slurm or SlurmConfig()
     folder = Path(folder) if folder else out / ".submitit"
-    summary: dict[str, list] = {"ok": [], "skipped": [], "failed": []}
+    summary: dict[str, list] = {"ok": [], "skipped": [], "claimed": [], "lost": [], "failed": []}
     groups: dict[tuple, list] = {}
     for c in cells:
         path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed, c.sweep) / RECORD_NAME
@@ -119,9 +132,9 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
     ex = make_executor(kind, folder, slurm, device)
     # longest groups first (image data, many steps), so the short ones fill the gaps at the end
     order = sorted(groups.values(), key=lambda m: -sum(_cost(c) for c in m))
-    args = [(members, str(out), device, str(cache_dir) if cache_dir else None, threads) for members in order]
+    args = [(members, str(out), device, str(cache_dir) if cache_dir else None) for members in order]
     if kind == "local" and max_running <= 0:
-        max_running = max(1, (os.cpu_count() or 1) // (threads or auto_threads(cells)))
+        max_running = max(1, (os.cpu_count() or 1) // (cells_threads(cells) * tasks_per_job(slurm)))
     jobs: list = []
     if kind == "slurm" or max_running >= len(args):
         with ex.batch():  # one Slurm job array
@@ -148,7 +161,7 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
 
 def _collect(job, members: list, out: Path, summary: dict[str, list], echo, reporter=None) -> None:
     try:
-        res = job.result()
+        res = job.results()[0]  # rank 0's summary (every rank of a DDP job returns the same cells)
     except Exception as e:  # the job itself died (node failure, time limit, killed): its cells failed
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         echo(f"job {job.job_id} failed: {msg}")
@@ -156,7 +169,7 @@ def _collect(job, members: list, out: Path, summary: dict[str, list], echo, repo
             path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed, c.sweep) / RECORD_NAME
             summary["failed"].append(str(path))
         return
-    for key in ("ok", "skipped", "failed"):
+    for key in summary:
         summary[key].extend(res.get(key, []))
     echo(f"job {job.job_id} done: {len(res.get('ok', []))} ok, {len(res.get('failed', []))} failed")
     if reporter is not None:  # the cells' own lines (metrics, time), as an inline run prints them

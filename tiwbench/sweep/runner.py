@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from tiwbench import progress
-from tiwbench.config import Budget, ConfigError, Suite, config_hash, resolve_budget
+from tiwbench import integrity, progress
+from tiwbench.config import Budget, ConfigError, Suite, config_hash, profile_metrics, resolve_budget
 from tiwbench.data.base import DataError
 from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
 from tiwbench.metrics.base import EvalContext
@@ -27,7 +27,15 @@ from tiwbench.report.cell_picture import GRID_NAME, sample_picture
 from tiwbench.sweep.locks import LOCK_NAME, claim
 from tiwbench.sweep.threads import apply_threads
 from tiwbench.training import distributed
-from tiwbench.training.loop import CellTimeout, NonFiniteLoss, sampling_network, train_score, weight_stats
+from tiwbench.training.loop import (
+    CellTimeout,
+    NonFiniteLoss,
+    load_network,
+    sampling_network,
+    save_network,
+    train_score,
+    weight_stats,
+)
 
 
 @dataclass
@@ -43,6 +51,7 @@ class Cell:
     dataset_params: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, Any] = field(default_factory=dict)  # the swept dataset parameter and its value here
+    threads: int = 1  # torch intra-op threads: they change the numbers, so they are part of the config
 
     def config(self) -> dict[str, Any]:
         """The resolved config: everything the result depends on, saved with it and hashed."""
@@ -51,6 +60,7 @@ class Cell:
             "method": self.method, "method_options": self.method_options, "ref_frac": self.ref_frac,
             "seed": self.seed, "profile": self.profile, "metrics": self.metrics,
             **dataclasses.asdict(self.budget), **({"sweep": self.sweep} if self.sweep else {}),
+            "threads": self.threads,
         }
 
     @property
@@ -61,7 +71,7 @@ class Cell:
     def group(self) -> tuple:
         return (self.dataset, json.dumps(self.dataset_params, sort_keys=True), self.ref_frac, self.seed,
                 json.dumps(dataclasses.asdict(self.budget.ratio), sort_keys=True),
-                json.dumps(self.budget.evaluator.overrides(), sort_keys=True))
+                json.dumps(self.budget.evaluator.overrides(), sort_keys=True), self.threads)
 
     def label(self) -> str:
         swept = "".join(f" {k}={v}" for k, v in self.sweep.items())
@@ -82,8 +92,9 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
            seeds: list[int] | None = None) -> list[Cell]:
     ds_names = _pick(suite.datasets, datasets, DATASETS, "dataset")
     m_names = _pick(suite.methods, methods, METHODS, "method")
-    for m in suite.metrics:
-        METRICS.get(m)
+    for ds in ds_names:
+        for m in profile_metrics(suite, profile, ds):
+            METRICS.get(m)
     for f in ref_fracs or []:
         if not 0 < f <= 1:
             raise ConfigError(f"--ref-fracs: {f} is not in (0, 1]")
@@ -95,7 +106,7 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
                 for seed in seeds if seeds is not None else (profile_seeds or suite.seeds):
                     for m in m_names:
                         cells.append(Cell(suite.name, ds, m, float(rf), int(seed), profile,
-                                          dataclasses.replace(budget), list(suite.metrics),
+                                          dataclasses.replace(budget), profile_metrics(suite, profile, ds),
                                           {**suite.dataset_params.get(ds, {}), **swept},
                                           dict(suite.method_options.get(m, suite.method_options.get(
                                               method_and_ratio(m)[0], {}))), dict(swept)))
@@ -141,7 +152,7 @@ class Group:
         self.cache_dir = cache_dir  # image metrics keep their reference statistics here
         t0 = time.monotonic()
         self.dataset = DATASETS.get(cell.dataset)(**cell.dataset_params)
-        apply_threads(self.dataset)  # 1 thread for small MLPs, the cores for images (unless --threads)
+        apply_threads(cell)  # the thread count recorded in the cell's config
         self.split = self.dataset.split(cell.ref_frac, cell.seed)
         t1 = time.monotonic()
         if cell.budget.evaluator.overrides() and hasattr(self.dataset, "evaluator_config"):
@@ -228,15 +239,30 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         x, is_ref = split.oracle, torch.ones(len(split.oracle), dtype=torch.bool)
     else:
         x, is_ref = split.observed()
-    t0 = time.monotonic()
-    ratio = group.ratio(method.ratio, ratio_name)
-    timing["ratio"] = time.monotonic() - t0
-    if ratio is not None and hasattr(ratio, "clipped"):
-        ratio.clipped, ratio.seen = ratio.clipped * 0, ratio.seen * 0  # clip rate of this cell only
     trains_as = method.trains_as or cell.method  # a sampling-time method shares its base's training seeds
     shared = (trains_as, json.dumps(dataclasses.asdict(cell.budget.train), sort_keys=True))
+    network = checkpoint.with_name(f"network-{cell.hash}.pt") if checkpoint is not None else None
+    restored = None
+    if network is not None and shared not in group.trained and network.is_file():
+        torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
+        ema = make_denoiser(group.dataset, cell.budget.train).to(device).eval().requires_grad_(False)
+        restored = load_network(network, ema)  # trained before a preemption: only sampling and metrics remain
+    timing["ratio"] = 0.0
+    if restored is not None:
+        train_info = {**restored["train"], "restored_network": True}
+        for key, info in restored["ratio_info"].items():  # the record still says which ratio model trained it
+            group.ratio_info.setdefault(key, info)
+        ratio = None
+    else:
+        t0 = time.monotonic()
+        ratio = group.ratio(method.ratio, ratio_name)
+        timing["ratio"] = time.monotonic() - t0
+    if ratio is not None and hasattr(ratio, "clipped"):
+        ratio.clipped, ratio.seen = ratio.clipped * 0, ratio.seen * 0  # clip rate of this cell only
     t0 = time.monotonic()
-    if shared in group.trained:  # the same seeds and loss: the base cell's network, not a retrained copy
+    if restored is not None:
+        pass
+    elif shared in group.trained:  # the same seeds and loss: the base cell's network, not a retrained copy
         ema, train_info = group.trained[shared][0], {**group.trained[shared][1], "shared_with": trains_as}
     else:
         torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
@@ -249,10 +275,14 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         if cell.method in group.shared_training:
             group.trained[shared] = (ema, dict(train_info))
     timing["train"] = time.monotonic() - t0
-    if ratio is not None:
-        train_info["clip_rate"] = ratio.clip_rate
-    gw = torch.Generator().manual_seed(derived_seed(cell.seed, "ess", cell.method))
-    train_info.update(weight_stats(method, ratio, x, is_ref, gw))
+    if restored is None:
+        if ratio is not None:
+            train_info["clip_rate"] = ratio.clip_rate
+        gw = torch.Generator().manual_seed(derived_seed(cell.seed, "ess", cell.method))
+        train_info.update(weight_stats(method, ratio, x, is_ref, gw))
+        if network is not None and distributed.is_main():
+            used = {k: v for k, v in group.ratio_info.items() if k.partition("@")[0] == method.ratio}
+            save_network(network, ema, {"train": train_info, "ratio_info": used})
 
     t0 = time.monotonic()
     sampling_ratio = group.ratio(method.sampling_ratio, ratio_name)  # `dg_obs@NAME` guides with NAME
@@ -308,7 +338,7 @@ def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path
 
 
 def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | None, reporter) -> dict[str, list]:
-    summary: dict[str, list] = {"ok": [], "skipped": [], "failed": []}
+    summary: dict[str, list] = {"ok": [], "skipped": [], "claimed": [], "lost": [], "failed": []}
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         groups.setdefault(c.group, []).append(c)
@@ -330,8 +360,8 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
                     if deferrable and group is None:  # another sweep is on this group: come back at the end
                         queue.append((members[i:], False))
                         break
-                    summary["skipped"].append(str(path))
-                    reporter.echo(f"{cell.label()}: claimed by another sweep ({path.parent / LOCK_NAME}), skipped")
+                    summary["claimed"].append(str(path))
+                    reporter.echo(f"{cell.label()}: claimed by another sweep ({path.parent / LOCK_NAME}), left to it")
                     continue
                 reporter.start(cell)
                 t0, started = time.monotonic(), time.time()
@@ -343,14 +373,14 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
                                                  for c in members} - {None}
                     result = run_cell(cell, group, device, reporter, checkpoint=checkpoint_path(path.parent, cell))
                     picture = result.pop("_picture", None)
-                    if picture is not None and distributed.is_main():
+                    if picture is not None and distributed.is_main() and (not held or held[-1].holds()):
                         atomic_write_bytes(path.parent / GRID_NAME, picture)  # before the record that names it
                         result["pictures"] = {"samples": GRID_NAME}
                     rec.update(status="ok", **result)
                 except (NonFiniteLoss, CellTimeout) as e:
                     rec.update(status="failed", error={"type": type(e).__name__, "message": str(e), "step": e.step})
-                except (DataError, ConfigError):
-                    raise  # bad input: stop the sweep with the message, write nothing
+                except (DataError, ConfigError, integrity.Unreadable):
+                    raise  # bad input or another user's cache file: stop the sweep with the message, write nothing
                 except Exception as e:  # one cell's failure must not end the sweep
                     rec.update(status="failed", error={"type": type(e).__name__, "message": str(e),
                                                        "traceback": traceback.format_exc(limit=8)})
@@ -366,16 +396,25 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
                 failing_rank = "rank" in rec.get("error", {})
                 # a rank that failed because another one left first (a closed connection) keeps that one's record
                 first_failure = failing_rank and not (path.exists() and path.stat().st_mtime >= started)
-                if (distributed.is_main() and not failing_rank) or first_failure:  # one rank writes
+                # fenced write: a sweep paused past its lease, whose cell another sweep has taken, writes nothing
+                lease_lost = bool(held) and not held[-1].confirm()
+                if lease_lost:
+                    reporter.echo(f"{cell.label()}: its claim was taken by another sweep while this one ran "
+                                  f"(lease lost); not writing {path}")
+                    summary["lost"].append(str(path))
+                elif (distributed.is_main() and not failing_rank) or first_failure:  # one rank writes
                     atomic_write_json(path, rec)
                     # the record supersedes them (and the temp file of a save cut short by a kill)
-                    for stale in [*path.parent.glob("checkpoint-*.pt"), *path.parent.glob(".checkpoint-*.tmp")]:
+                    for stale in [*path.parent.glob("checkpoint-*.pt"), *path.parent.glob(".checkpoint-*.tmp"),
+                                  *path.parent.glob("network-*.pt"), *path.parent.glob(".network-*.tmp")]:
                         stale.unlink(missing_ok=True)
                 while held:
                     held.pop().release()
                 if failing_rank:
                     distributed.abort_job(f"{cell.label()} failed on rank {distributed.rank()}: "
                                           f"{rec['error']['type']}: {rec['error']['message']}; record: {path}")
+                if lease_lost:
+                    continue
                 summary["ok" if rec["status"] == "ok" else "failed"].append(str(path))
                 reporter.finish(cell, rec)
     finally:

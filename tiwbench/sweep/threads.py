@@ -1,4 +1,10 @@
-"""Intra-op threads per process: chosen per group from its dataset's kind unless fixed by --threads."""
+"""Intra-op threads per process: one unless told otherwise, and part of every cell's configuration.
+
+One thread is the default because a process with more threads than the cores left free to it runs
+many times slower (on 2 shared cores a cifar10_lt smoke sweep took 44 min with 2 threads, under 5 min
+with one), and because the thread count changes the order in which kernels sum, hence the numbers:
+it is recorded in each cell's config and hash, so a resumed sweep never mixes thread counts.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +12,40 @@ import os
 
 import torch
 
-from tiwbench.registry import DATASETS
-
-_FIXED_THREADS = 0  # set by --threads; 0 = choose per group from the dataset's kind
+AUTO = 0  # --threads 0: the cores free now, shared among this machine's processes of the run
 
 
-def _threads_for(kinds: set[str], local_procs: int) -> int:
-    """Intra-op threads per process: 1 when every network is a small MLP on vector data (on 2 cores a
-    toy2d step ran 8-25x slower with 2 threads once other processes competed for the cores); otherwise
-    the cores shared among this machine's processes."""
-    if kinds <= {"vector", "exact"}:
-        return 1
-    return max(1, (os.cpu_count() or 1) // max(local_procs, 1))
+def free_cores() -> int:
+    """Cores not busy by the 1-minute load average (at least 1)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform: assume idle
+        load = 0.0
+    return max(1, int(n - round(load)))
 
 
-def _local_procs() -> int:
+def local_procs() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
 
-def configure_threads(fixed: int) -> None:
-    global _FIXED_THREADS
-    _FIXED_THREADS = fixed
-    if fixed > 0:
-        torch.set_num_threads(fixed)
+def resolve_threads(requested: int) -> int:
+    """The thread count a cell runs and is recorded with: ``requested`` (≥ 1), or for 0 the free cores
+    divided among this machine's processes."""
+    if requested < 0:
+        raise ValueError(f"--threads {requested}: give 1 or more, or 0 for the cores free now")
+    if requested > 0:
+        return requested
+    return max(1, free_cores() // max(local_procs(), 1))
 
 
-def apply_threads(dataset) -> None:
-    """Called per group: the auto choice follows the group's dataset, so a suite mixing toy2d and
-    images gives each the threads that suit it."""
-    if _FIXED_THREADS <= 0:
-        torch.set_num_threads(_threads_for({getattr(dataset, "kind", "image")}, _local_procs()))
+def apply_threads(cell) -> None:
+    """Called per group: run the group with its cells' recorded thread count."""
+    n = int(getattr(cell, "threads", 1) or 1)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
-def auto_threads(cells: list, local_procs: int = 1) -> int:
-    """The most threads any group of ``cells`` will use (a submitted job's share of the cores)."""
-    return _threads_for({getattr(DATASETS.get(c.dataset), "kind", "image") for c in cells}, local_procs)
+def cells_threads(cells: list) -> int:
+    """The most threads any of ``cells`` uses (a submitted job's share of the cores)."""
+    return max([int(getattr(c, "threads", 1) or 1) for c in cells] or [1])

@@ -178,6 +178,35 @@ def load_checkpoint(path: Path, net, ema, opt, generator: torch.Generator, losse
     return int(state["step"])
 
 
+def save_network(path: Path, ema: torch.nn.Module, info: dict) -> None:
+    """The finished (EMA) network and its training statistics, saved before sampling: a cell preempted
+    after training then repeats only sampling and metrics (:func:`load_network`)."""
+    import json
+
+    state = {"ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()}, "info": json.dumps(info, default=str)}
+    state["digest"] = integrity.tensors_digest(state)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_network(path: Path, ema: torch.nn.Module) -> dict | None:
+    """Load a network saved by :func:`save_network` into ``ema``; its training statistics, or None when
+    there is none (or it is damaged: moved aside, and the cell trains again)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    state = integrity.load_or_move_aside(path, _read_checkpoint, "trained network")
+    if state is None:
+        return None
+    ema.load_state_dict(state["ema"])
+    return json.loads(state["info"])
+
+
 @torch.no_grad()
 def weight_stats(method, ratio, x: torch.Tensor, is_ref: torch.Tensor, generator: torch.Generator,
                  n_batches: int = 8, batch_size: int = 256) -> dict:
