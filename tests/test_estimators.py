@@ -16,7 +16,7 @@ from tiwbench.ratios.discriminator import LearnedRatio, RatioTrainConfig, train_
 from tiwbench.ratios.estimators import DenoiserDifferenceRatio, Discriminator, RatioEstimator
 from tiwbench.registry import RATIOS
 
-BUILTIN = {"exact", "discriminator", "discriminator_precond", "discriminator_smooth", "denoiser_diff"}
+BUILTIN = {"exact", "discriminator", "discriminator_precond", "discriminator_smooth", "denoiser_diff", "dlsm"}
 
 
 def test_ls_ratios_lists_builtins_and_the_old_name_still_works():
@@ -208,7 +208,7 @@ def test_regulariser_enters_the_discriminator_objective(toy):
     for name in ("plain", "penalised"):
         torch.manual_seed(0)
         model = LearnedRatio(MLP(2, out_dim=1, hidden=32, depth=2), toy.sigma_data)
-        reg = (lambda x, s, m=model: 100 * m.logit(x, s).pow(2).mean()) if name == "penalised" else None
+        reg = (lambda x, s, y, m=model: 100 * m.logit(x, s).pow(2).mean()) if name == "penalised" else None
         train_ratio(model, split.bias, split.ref, cfg, torch.Generator().manual_seed(0), regulariser=reg)
         with torch.no_grad():
             logits[name] = model.logit(split.bias[:500], torch.full((500,), 0.05)).std().item()
