@@ -32,21 +32,26 @@ CLEAN = "classifier (σ=0)"
 
 
 def estimator_name(info: dict[str, Any]) -> str:
+    """The estimator, and the kernel it was fitted under unless edm (``discriminator~vp``)."""
     provider = info.get("provider", "")
-    return "discriminator" if provider == "learned" else provider  # records written before the registry
+    name = "discriminator" if provider == "learned" else provider  # records written before the registry
+    return f"{name}~{info['kernel']}" if info.get("kernel") else name
 
 
 def _method_estimator(record: dict[str, Any]) -> tuple[str, str | None]:
-    """(method, estimator) of a record: ``tiw_dsm@x`` names it, a plain name uses the suite's default."""
-    method, _, est = record["method"].partition("@")
+    """(method, estimator) of a record: ``tiw_dsm@x`` names it, a plain name uses the suite's default;
+    a ``~kernel`` suffix stays on both (``tiw_dsm@x~vp``: method ``tiw_dsm~vp``, estimator ``x~vp``)."""
+    name, _, kernel = record["method"].partition("~")
+    method, _, est = name.partition("@")
     if not est:
         provider = ((record.get("config") or {}).get("ratio") or {}).get("provider")
         est = "discriminator" if provider in (None, "learned") else provider
-    return method, est
+    suffix = f"~{kernel}" if kernel else ""
+    return method + suffix, est + suffix
 
 
 def compared_suites(records: list[dict[str, Any]]) -> set[str]:
-    return {r.get("suite") or "" for r in records if "@" in r.get("method", "")}
+    return {r.get("suite") or "" for r in records if "@" in r.get("method", "") or "~" in r.get("method", "")}
 
 
 def band_frame(records: list[dict[str, Any]], suites: set[str] | None = None) -> pd.DataFrame:
@@ -119,10 +124,16 @@ def outcome_frame(records: list[dict[str, Any]], suites: set[str] | None = None,
 
 def paired_differences(out: pd.DataFrame, metric: str = "bias", against: str = "iw_dsm") -> pd.DataFrame:
     """``metric`` of each method minus ``against``'s on the same (suite, dataset, ref_frac, seed): the
-    seeds share data and splits, so the paired difference is the sharper comparison."""
-    base = out[out.method == against].set_index(["suite", "dataset", "ref_frac", "seed"])[metric]
+    seeds share data and splits, so the paired difference is the sharper comparison. A method under a
+    kernel (``tiw_dsm~vp``) is compared with ``against`` under the same kernel (``iw_dsm~vp``) where there is one."""
+    methods = set(out.method)
     rows = []
-    for (suite, ds, rf, method), g in out[out.method != against].groupby(["suite", "dataset", "ref_frac", "method"]):
+    for (suite, ds, rf, method), g in out.groupby(["suite", "dataset", "ref_frac", "method"]):
+        kernel = method.partition("~")[2]
+        base_name = f"{against}~{kernel}" if kernel and f"{against}~{kernel}" in methods else against
+        if method == base_name:
+            continue
+        base = out[out.method == base_name].set_index(["suite", "dataset", "ref_frac", "seed"])[metric]
         d = [v - base[(suite, ds, rf, s)] for s, v in zip(g.seed, g[metric], strict=True)
              if (suite, ds, rf, s) in base.index and math.isfinite(v)]
         n = len(d)
@@ -174,7 +185,8 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
     out = outcome_frame(records, suites)
     diffs = paired_differences(out)
     if len(diffs):
-        parts.append("\n### bias minus iw_dsm's, paired by seed (negative: better than iw_dsm)\n")
+        parts.append("\n### bias minus iw_dsm's (under the same kernel), paired by seed (negative: better than "
+                     "iw_dsm)\n")
         fracs = sorted(diffs.ref_frac.unique())
         for (suite, ds), sub in diffs.groupby(["suite", "dataset"], sort=True):
             parts.append(f"{ds} (suite {suite})\n")
