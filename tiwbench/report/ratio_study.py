@@ -96,6 +96,42 @@ def aggregate_bands(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def reference_of(estimator: str) -> list[str]:
+    """What an estimator's errors are paired against: the same estimator under edm (``dlsm~vp`` against
+    ``dlsm``: which kernel), and the plain discriminator under the same kernel (``dlsm~vp`` against
+    ``discriminator~vp``: which estimator)."""
+    name, _, kernel = estimator.partition("~")
+    out = [name] if kernel else []
+    if name != "discriminator":
+        out.append("discriminator" + (f"~{kernel}" if kernel else ""))
+    return out
+
+
+def paired_band_ratios(df: pd.DataFrame, measures: tuple[str, ...] = ("log_w", "correction")) -> pd.DataFrame:
+    """Per (suite, dataset, ref_frac, σ band, estimator, reference, measure): the mean over seeds of
+    log10(error / reference's error), paired by seed (the seeds share data and splits), with its Student-t
+    half-width. A log ratio, because the relative errors span orders of magnitude between seeds."""
+    keys = ["suite", "dataset", "ref_frac", "sigma_lo", "sigma_hi", "seed"]
+    df = df[~df.estimator.str.startswith(CLEAN)]
+    by_est = {e: g.set_index(keys) for e, g in df.groupby("estimator")}
+    rows = []
+    for est, g in by_est.items():
+        for ref in reference_of(est):
+            if ref not in by_est:
+                continue
+            for col in measures:
+                both = pd.concat([g[col].rename("a"), by_est[ref][col].rename("b")], axis=1, join="inner")
+                both = both[(both.a > 0) & (both.b > 0)]
+                lr = (both.a / both.b).map(math.log10)
+                for band, v in lr.groupby(level=["suite", "dataset", "ref_frac", "sigma_lo", "sigma_hi"]):
+                    n = int(v.count())
+                    rows.append(dict(zip(["suite", "dataset", "ref_frac", "sigma_lo", "sigma_hi"], band, strict=True),
+                                     estimator=est, against=ref, measure=col, n=n, mean=float(v.mean()),
+                                     ci=ci_halfwidth(float(v.std(ddof=1)), n) if n > 1 else math.nan))
+    return pd.DataFrame(rows, columns=["suite", "dataset", "ref_frac", "sigma_lo", "sigma_hi", "estimator", "against",
+                                       "measure", "n", "mean", "ci"])
+
+
 def outcome_frame(records: list[dict[str, Any]], suites: set[str] | None = None, metric: str = "bias",
                   correction_from: float = 0.0) -> pd.DataFrame:
     """Per time-dependent-ratio record: its estimator, the correction error pooled over its σ bands from
@@ -182,6 +218,17 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
                 cells = [_cell(by_band[b][col], by_band[b][f"{col}_ci"], by_band[b][f"{col}_n"]) if b in by_band
                          else "–" for b in bands]
                 parts.append(f"| {est} | " + " | ".join(cells) + " |")
+    pairs = paired_band_ratios(band_frame(records, suites))
+    for (suite, ds, rf, col), sub in pairs.groupby(["suite", "dataset", "ref_frac", "measure"], sort=True):
+        bands = sorted({(lo, hi) for lo, hi in zip(sub.sigma_lo, sub.sigma_hi, strict=True)})
+        parts.append(f"\n### {ds} · ref_frac {rf:g} · {MEASURES[col][2]}: log10(error / reference's), paired by "
+                     f"seed (negative: more accurate than the reference)  (suite {suite})\n")
+        parts.append("| estimator | against | " + " | ".join(_band(lo, hi) for lo, hi in bands) + " |")
+        parts.append("|---" * (len(bands) + 2) + "|")
+        for (est, ref), rows in sub.groupby(["estimator", "against"], sort=True):
+            by_band = {(r.sigma_lo, r.sigma_hi): r for r in rows.itertuples()}
+            cells = [_cell(by_band[b].mean, by_band[b].ci, by_band[b].n) if b in by_band else "–" for b in bands]
+            parts.append(f"| {est} | {ref} | " + " | ".join(cells) + " |")
     out = outcome_frame(records, suites)
     diffs = paired_differences(out)
     if len(diffs):
