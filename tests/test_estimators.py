@@ -16,7 +16,7 @@ from tiwbench.ratios.discriminator import LearnedRatio, RatioTrainConfig, train_
 from tiwbench.ratios.estimators import DenoiserDifferenceRatio, Discriminator, RatioEstimator
 from tiwbench.registry import RATIOS
 
-BUILTIN = {"exact", "discriminator", "discriminator_precond", "discriminator_smooth", "denoiser_diff"}
+BUILTIN = {"exact", "discriminator", "discriminator_precond", "discriminator_smooth", "denoiser_diff", "dlsm"}
 
 
 def test_ls_ratios_lists_builtins_and_the_old_name_still_works():
@@ -107,6 +107,34 @@ def test_runner_fits_each_estimator_once_per_group_and_kind(monkeypatch):
     assert set(g.ratio_info) == {"time", "time@exact", "clean"}
     assert g.ratio_info["time"]["provider"] == "discriminator" and "per_sigma" in g.ratio_info["time"]
     assert "per_sigma" not in g.ratio_info["time@exact"]  # nothing estimated, nothing to diagnose
+
+
+def test_weight_from_one_estimator_correction_from_another(monkeypatch):
+    """``tiw_dsm@A+B``: log w from A, ∇log w from B, each model fitted once and recorded under its own key."""
+    from tiwbench.sweep.runner import check_method_name
+
+    g = _group(monkeypatch, provider="discriminator")
+    mixed, reverse = g.ratio("time", "exact+discriminator"), g.ratio("time", "discriminator+exact")
+    exact, disc = g.ratio("time", "exact"), g.ratio("time", "discriminator")
+    x, s = torch.randn(6, 2), torch.full((6,), 0.4)
+    for model, w_from, c_from in ((mixed, exact, disc), (reverse, disc, exact)):
+        log_w, grad = model.log_ratio_and_grad(x, s)
+        assert torch.equal(log_w, w_from.log_ratio(x, s)) and torch.equal(grad, c_from.log_ratio_and_grad(x, s)[1])
+    assert set(g.ratio_info) == {"time", "time@exact"}
+    mixed.clipped, mixed.seen = mixed.clipped * 0, mixed.seen * 0  # the runner's per-cell reset reaches the weight's
+    assert exact.seen == 0
+    check_method_name("tiw_dsm@exact+dlsm~vp")
+    with pytest.raises(Exception, match="two as weight"):
+        check_method_name("tiw_dsm@exact+dlsm+discriminator")
+
+
+def test_ratio_models_under_a_kernel_are_their_own(monkeypatch):
+    """Under vp the discriminator trains at vp's noise levels with vp's input scaling, keyed apart."""
+    g = _group(monkeypatch, provider="discriminator")
+    edm, vp = g.ratio("time"), g.ratio("time", None, "vp")
+    assert vp is not edm and vp.kernel.name == "vp" and edm.kernel is None
+    assert g.ratio_info["time~vp"]["kernel"] == "vp" and "kernel" not in g.ratio_info["time"]
+    assert g.ratio("clean", None, "vp") is g.ratio("clean")  # a clean classifier sees no noise
 
 
 def test_method_at_ratio_names_a_cell_of_its_own():
@@ -208,7 +236,7 @@ def test_regulariser_enters_the_discriminator_objective(toy):
     for name in ("plain", "penalised"):
         torch.manual_seed(0)
         model = LearnedRatio(MLP(2, out_dim=1, hidden=32, depth=2), toy.sigma_data)
-        reg = (lambda x, s, m=model: 100 * m.logit(x, s).pow(2).mean()) if name == "penalised" else None
+        reg = (lambda x, s, y, m=model: 100 * m.logit(x, s).pow(2).mean()) if name == "penalised" else None
         train_ratio(model, split.bias, split.ref, cfg, torch.Generator().manual_seed(0), regulariser=reg)
         with torch.no_grad():
             logits[name] = model.logit(split.bias[:500], torch.full((500,), 0.05)).std().item()

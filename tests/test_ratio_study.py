@@ -104,3 +104,27 @@ def test_run_then_report_end_to_end(tmp_path):
     r = CliRunner().invoke(app, ["report", "--runs", str(out)])
     assert r.exit_code == 0 and "| tiw_dsm@exact |" in r.output and "## Ratio study" in r.output
     assert "| discriminator |" in r.output
+
+
+def test_paired_band_ratios_pair_by_seed_against_edm_and_the_discriminator():
+    """log10 of an estimator's error over its reference's, per seed: against the same estimator under edm
+    and against the discriminator under the same kernel; means and Student-t half-widths by hand."""
+    import pandas as pd
+
+    from tiwbench.report.ratio_study import paired_band_ratios, reference_of
+
+    assert reference_of("dlsm~vp") == ["dlsm", "discriminator~vp"] and reference_of("discriminator") == []
+    rows = []
+    errs = {"discriminator": [1.0, 2.0, 4.0], "discriminator~vp": [0.1, 0.4, 0.4], "dlsm~vp": [0.01, 0.4, 4.0]}
+    for est, values in errs.items():
+        for seed, v in enumerate(values):
+            rows.append({"suite": "s", "dataset": "toy2d", "ref_frac": 0.05, "seed": seed, "estimator": est,
+                         "sigma_lo": 1.0, "sigma_hi": 5.0, "log_w": v, "correction": v})
+    out = paired_band_ratios(pd.DataFrame(rows), measures=("correction",))
+    got = {(r.estimator, r.against): r for r in out.itertuples()}
+    assert set(got) == {("discriminator~vp", "discriminator"), ("dlsm~vp", "discriminator~vp")}
+    d = [math.log10(a / b) for a, b in zip(errs["discriminator~vp"], errs["discriminator"], strict=True)]
+    r = got["discriminator~vp", "discriminator"]
+    assert r.n == 3 and r.mean == pytest.approx(sum(d) / 3)
+    assert r.ci == pytest.approx(stats.t.ppf(0.975, 2) * pd.Series(d).std(ddof=1) / math.sqrt(3))
+    assert got["dlsm~vp", "discriminator~vp"].mean == pytest.approx((-1 + 0 + 1) / 3)

@@ -468,18 +468,18 @@ def bench(
 
 
 @app.command("ls")
-def ls(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, ratios or suites")]):
+def ls(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, ratios, kernels or suites")]):
     """List what is registered (built in, or from installed plugins)."""
     from tiwbench.config import available_suites
-    from tiwbench.registry import DATASETS, METHODS, METRICS, RATIOS
+    from tiwbench.registry import DATASETS, KERNELS, METHODS, METRICS, RATIOS
 
-    registries = {"methods": METHODS, "datasets": DATASETS, "metrics": METRICS, "ratios": RATIOS}
+    registries = {"methods": METHODS, "datasets": DATASETS, "metrics": METRICS, "ratios": RATIOS, "kernels": KERNELS}
     if what == "suites":
         for name in available_suites():
             typer.echo(name)
         return
     if what not in registries:
-        _fail(f"cannot list {what!r}; use one of methods, datasets, metrics, ratios, suites")
+        _fail(f"cannot list {what!r}; use one of methods, datasets, metrics, ratios, kernels, suites")
     reg = registries[what]
     for name in reg.names():
         obj = reg.get(name)

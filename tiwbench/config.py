@@ -106,6 +106,9 @@ class Budget:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    # schedule parameters per perturbation kernel, e.g. {vp: {beta_max: 20.0}} (`tiwbench ls kernels`);
+    # a cell's kernel is named by its method (`tiw_dsm~vp`), edm by default
+    kernel: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 PROFILES = ("smoke", "default", "paper")
@@ -289,6 +292,15 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
                              ("evaluator.max_images", budget.evaluator.max_images, 0)):
         if value < low:
             raise ConfigError(f"{where}: {name} = {value} must be at least {low}")
+    from tiwbench.registry import KERNELS
+
+    for name, params in budget.kernel.items():
+        if name not in KERNELS:
+            raise ConfigError(f"{where}: kernel: {KERNELS.unknown_message(name)}")
+        try:
+            KERNELS.get(name)(**params)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: kernel.{name}: {e}") from None
     if budget.sample.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"{where}: sample.dtype = {budget.sample.dtype!r}: use 'float32' or 'bfloat16'")
     from tiwbench.registry import RATIOS

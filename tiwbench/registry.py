@@ -118,6 +118,8 @@ DATASETS: Registry = Registry("dataset", "tiwbench.data.base:BiasedDataset", ent
 METRICS: Registry = Registry("metric", "tiwbench.metrics.base:Metric", entry_point_group="tiwbench.metrics")
 # Density-ratio estimators (tiwbench/ratios/estimators.py); `learned` is the discriminator's older name.
 RATIOS: Registry = Registry("ratio", "tiwbench.ratios.estimators:RatioEstimator", entry_point_group="tiwbench.ratios")
+# Perturbation kernels (tiwbench/diffusion/kernels.py): s(t), σ(t), training noise, preconditioning, steps.
+KERNELS: Registry = Registry("kernel", "tiwbench.diffusion.kernels:Kernel", entry_point_group="tiwbench.kernels")
 
 METHODS.register("tiw_dsm", "tiwbench.training.methods:TIWDSM")
 DATASETS.register("toy2d", "tiwbench.data.mixtures:Toy2D")
@@ -129,6 +131,11 @@ RATIOS.register("discriminator", "tiwbench.ratios.estimators:Discriminator", ali
 RATIOS.register("discriminator_precond", "tiwbench.ratios.estimators:PrecondDiscriminator")
 RATIOS.register("discriminator_smooth", "tiwbench.ratios.estimators:SmoothDiscriminator")
 RATIOS.register("denoiser_diff", "tiwbench.ratios.estimators:DenoiserDifference")
+RATIOS.register("dlsm", "tiwbench.ratios.estimators:DLSM")
+KERNELS.register("edm", "tiwbench.diffusion.kernels:EDM")
+KERNELS.register("vp", "tiwbench.diffusion.kernels:VP")
+KERNELS.register("subvp", "tiwbench.diffusion.kernels:SubVP")
+KERNELS.register("ve", "tiwbench.diffusion.kernels:VE")
 METRICS.register("fd", "tiwbench.metrics.fd:FD")
 METRICS.register("bias", "tiwbench.metrics.base:Bias")
 METRICS.register("fid", "tiwbench.metrics.fidelity:FID")  # ↓, direction from the class

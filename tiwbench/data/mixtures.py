@@ -112,6 +112,17 @@ class ExactRatio:
     def clip_rate(self) -> float:
         return self.clipped / max(self.seen, 1)
 
+    def log_ratio_at_time(self, x_t: torch.Tensor, t, kernel) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unclipped log w_t(x_t) and ∇_{x_t} log w_t of the kernel's x_t = s(t)(y + σ(t)n): the Jacobian
+        of the scaling is the same for both classes and cancels, so w_t(x_t) = w_σ(x_t/s) and the
+        gradient is ∇log w_σ(x̂)/s (METHOD.md §2a)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        s, sigma = kernel.s(t), kernel.sigma(t)
+        flat = x_t.flatten(1).to(torch.float64) / s
+        logit = self.data.log_prob(flat, sigma) - self.bias.log_prob(flat, sigma)
+        grad = (self.data.score(flat, sigma) - self.bias.score(flat, sigma)) / s
+        return logit, grad.reshape(x_t.shape)
+
 
 class MixtureEvaluator(Evaluator):
     """Raw coordinates for FD (against the exact moments) and the exact posterior for bias."""

@@ -1,4 +1,4 @@
-"""Plain denoising score matching in EDM form, returning per-element values.
+"""Plain denoising score matching in EDM form (or a kernel's), returning per-element values.
 
 Every method's loss is a delta on :func:`dsm_loss`: a per-sample weight and a shift of the
 regression target (METHOD.md §4). The training loop reduces.
@@ -57,8 +57,12 @@ class Batch:
 
     @classmethod
     def draw(cls, y: torch.Tensor, is_ref: torch.Tensor, generator: torch.Generator | None = None,
-             p_mean: float = P_MEAN, p_std: float = P_STD) -> Batch:
-        sigma = sample_sigma(len(y), generator, p_mean, p_std, device=y.device)
+             p_mean: float = P_MEAN, p_std: float = P_STD, kernel=None) -> Batch:
+        """σ from ``kernel``'s training distribution (None: EDM's, with ``p_mean``, ``p_std``)."""
+        if kernel is None:
+            sigma = sample_sigma(len(y), generator, p_mean, p_std, device=y.device)
+        else:
+            sigma = kernel.sample_sigma(len(y), generator, device=y.device)
         noise = torch.randn(y.shape, generator=generator, device=y.device)
         return cls(y=y, is_ref=is_ref, sigma=sigma, noise=noise)
 
@@ -76,7 +80,8 @@ def dsm_loss(net, batch: Batch, weight: torch.Tensor | None = None,
     y, sigma = batch.y, batch.sigma
     denoised = net(batch.x, sigma)
     target = y if target_shift is None else y + target_shift
-    lam = edm_weight(sigma, net.sigma_data)
+    kernel = getattr(net, "kernel", None)
+    lam = edm_weight(sigma, net.sigma_data) if kernel is None else kernel.loss_weight(sigma, net.sigma_data)
     if weight is not None:
         lam = lam * weight
     return expand_like(lam, y) * (denoised - target) ** 2

@@ -53,3 +53,39 @@ def edm_sampler(
         if callback is not None:
             callback(i, x_next)
     return x_next.to(io_dtype)
+
+
+@torch.inference_mode()
+def kernel_sampler(
+    net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],  # denoiser D(x̂; σ) on x̂ = x/s
+    latents: torch.Tensor,  # standard normal, [B, ...]
+    kernel,  # a tiwbench.diffusion.kernels.Kernel: s(t), σ(t) and the time steps
+    num_steps: int = 18,  # 2·steps − 1 network evaluations
+    callback: Callable[[int, torch.Tensor], None] | None = None,  # called after each step (on x̂)
+    dtype: str = "float32",  # the denoiser's precision: "bfloat16" runs it under autocast
+) -> torch.Tensor:
+    """Karras et al. 2022, Algorithm 1 (deterministic Heun) for x_t = s(t)(y + σ(t)n):
+    dx/dt = (σ'/σ + s'/s) x − (σ' s / σ) D(x/s; σ). Returns x̂ at t_N = 0 (where s = 1 for every kernel)."""
+    t_steps = kernel.time_steps(num_steps, device=latents.device)
+    sig, sc = kernel.sigma(t_steps), kernel.s(t_steps)
+    dsig, dsc = kernel.sigma_deriv(t_steps[:-1]), kernel.s_deriv(t_steps[:-1])
+    x_next = latents.to(torch.float64) * (sig[0] * sc[0])
+    ones = torch.ones(len(latents), device=latents.device, dtype=torch.float64)
+    io_dtype = latents.dtype
+    low = dtype == "bfloat16"
+
+    def d(x, s, sigma, ds, dsigma):
+        with torch.autocast(latents.device.type, dtype=torch.bfloat16, enabled=low):
+            denoised = net((x / s).to(io_dtype), (sigma * ones).to(io_dtype)).to(torch.float64)
+        return (dsigma / sigma + ds / s) * x - dsigma * s / sigma * denoised
+
+    for i in range(num_steps):
+        x_cur = x_next
+        d_cur = d(x_cur, sc[i], sig[i], dsc[i], dsig[i])
+        x_next = x_cur + (t_steps[i + 1] - t_steps[i]) * d_cur  # Euler step
+        if i < num_steps - 1:  # 2nd-order correction, except into σ = 0
+            d_prime = d(x_next, sc[i + 1], sig[i + 1], dsc[i + 1], dsig[i + 1])
+            x_next = x_cur + (t_steps[i + 1] - t_steps[i]) * (0.5 * d_cur + 0.5 * d_prime)
+        if callback is not None:
+            callback(i, x_next / sc[i + 1])
+    return (x_next / sc[-1]).to(io_dtype)

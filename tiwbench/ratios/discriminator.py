@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,10 +32,12 @@ class LearnedRatio(nn.Module):
     kind = "learned"
 
     def __init__(self, net: nn.Module, sigma_data: float, time_dependent: bool = True,
-                 logit_max: float = LOGIT_MAX, precond: bool = False):
+                 logit_max: float = LOGIT_MAX, precond: bool = False, kernel=None):
         super().__init__()
         self.net, self.sigma_data, self.time_dependent, self.logit_max = net, sigma_data, time_dependent, logit_max
         self.precond = precond and time_dependent
+        # a perturbation kernel's c_in and c_noise (the inputs its score network sees); None: EDM's
+        self.kernel = kernel if time_dependent else None
         self.register_buffer("clipped", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("seen", torch.zeros((), dtype=torch.long), persistent=False)
 
@@ -48,8 +51,12 @@ class LearnedRatio(nn.Module):
         if not self.time_dependent:
             sigma = torch.zeros(len(x), device=x.device, dtype=x.dtype)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(len(x))
-        c_in = 1 / (expand_like(sigma, x) ** 2 + self.sigma_data**2).sqrt()
-        c_noise = sigma.clamp_min(1e-4).log() / 4
+        if self.kernel is not None:
+            _, _, c_in, c_noise = self.kernel.precond(sigma.clamp_min(1e-6), self.sigma_data)
+            c_in = expand_like(c_in, x)
+        else:
+            c_in = 1 / (expand_like(sigma, x) ** 2 + self.sigma_data**2).sqrt()
+            c_noise = sigma.clamp_min(1e-4).log() / 4
         logit = self.net(c_in * x, c_noise).reshape(len(x))
         if self.precond:
             # As σ grows, log w_σ(x) ≈ Δμ·x/σ² = O(σ_data/σ) on noisy x, so the net predicts it in
@@ -98,13 +105,18 @@ class RatioTrainConfig:
     p_std: float = 1.2
     sigma_min: float = 0.002  # ... and log-uniform over the sampler's range for the other half
     sigma_max: float = 80.0
+    kernel: Any = None  # a perturbation kernel: its training noise and sampler range replace the four above
 
 
 def draw_ratio_sigma(n: int, cfg: RatioTrainConfig, generator: torch.Generator, device="cpu") -> torch.Tensor:
     """The training-noise distribution, widened so that it covers the sampler's whole σ range."""
     dev = generator.device  # drawn where the generator lives (the training device: no copy)
-    normal = torch.randn(n, generator=generator, device=dev) * cfg.p_std + cfg.p_mean
-    lo, hi = math.log(cfg.sigma_min), math.log(cfg.sigma_max)
+    if cfg.kernel is not None:
+        normal = cfg.kernel.sample_sigma(n, generator, device=dev).log()
+        lo, hi = (math.log(v) for v in cfg.kernel.sigma_range())
+    else:
+        normal = torch.randn(n, generator=generator, device=dev) * cfg.p_std + cfg.p_mean
+        lo, hi = math.log(cfg.sigma_min), math.log(cfg.sigma_max)
     uniform = torch.rand(n, generator=generator, device=dev) * (hi - lo) + lo
     pick = torch.rand(n, generator=generator, device=dev) < 0.5
     return torch.where(pick, normal, uniform).exp().to(device)
@@ -127,8 +139,9 @@ def balanced_batch(ref: torch.Tensor, bias: torch.Tensor, b: int, cfg: RatioTrai
 def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg: RatioTrainConfig,
                 generator: torch.Generator, device="cpu", progress=None, regulariser=None) -> dict:
     """Balanced BCE: D_ref labelled 1, D_bias labelled 0, each sample at its own σ; plus
-    ``regulariser(x, sigma)`` (a scalar) when given. The data move to ``device`` once and every draw
-    comes from a generator there (``device_generator``: on the CPU the given one, the same draws)."""
+    ``regulariser(x, sigma, y)`` (a scalar; y the clean samples, D_ref's first) when given. The data move
+    to ``device`` once and every draw comes from a generator there (``device_generator``: on the CPU the
+    given one, the same draws)."""
     model.to(device).train()
     bias, ref = bias.to(device), ref.to(device)
     generator = device_generator(generator, device)
@@ -141,7 +154,7 @@ def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg:
         x = y + expand_like(sigma, y) * noise if model.time_dependent else y
         loss = F.binary_cross_entropy_with_logits(model.logit(x, sigma), labels)
         if regulariser is not None:
-            loss = loss + regulariser(x, sigma)
+            loss = loss + regulariser(x, sigma, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -154,7 +167,7 @@ def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg:
     return {"final_bce": float(losses[-max(1, cfg.steps // 10):].mean())}
 
 
-def make_ratio(dataset, cfg: RatioConfig, time_dependent: bool) -> LearnedRatio:
+def make_ratio(dataset, cfg: RatioConfig, time_dependent: bool, kernel=None) -> LearnedRatio:
     if dataset.kind == "vector":
         net: nn.Module = MLP(math.prod(dataset.shape), out_dim=1, hidden=cfg.hidden, depth=cfg.depth,
                              time=time_dependent)
@@ -170,4 +183,4 @@ def make_ratio(dataset, cfg: RatioConfig, time_dependent: bool) -> LearnedRatio:
         net = ImageDiscriminator(in_channels=c, resolution=h, channels=cfg.channels, time=time_dependent,
                                  feature_extractor=extractor, sigma_data=dataset.sigma_data)
     return LearnedRatio(net, dataset.sigma_data, time_dependent=time_dependent, logit_max=cfg.logit_max,
-                        precond=cfg.precond)
+                        precond=cfg.precond, kernel=kernel)

@@ -23,12 +23,13 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from tiwbench.config import RatioConfig
 from tiwbench.diffusion.losses import device_generator, edm_weight
 from tiwbench.diffusion.mlp import MLP
 from tiwbench.diffusion.precond import EDMPrecond, expand_like
-from tiwbench.ratios.discriminator import LearnedRatio, RatioTrainConfig, balanced_batch, train_ratio
+from tiwbench.ratios.discriminator import LearnedRatio, RatioTrainConfig, balanced_batch, draw_ratio_sigma, train_ratio
 
 
 class RatioEstimator(ABC):
@@ -39,8 +40,10 @@ class RatioEstimator(ABC):
     description: ClassVar[str] = ""
     learned: ClassVar[bool] = True  # False: nothing is fitted and there is no estimation error to diagnose
 
-    def __init__(self, dataset, cfg: RatioConfig, time_dependent: bool = True):
-        self.dataset, self.cfg, self.time_dependent = dataset, cfg, time_dependent
+    def __init__(self, dataset, cfg: RatioConfig, time_dependent: bool = True, kernel=None):
+        # kernel: the perturbation kernel the score network trains under (its noise levels and input
+        # scaling); None: EDM's, with the RatioConfig's noise distribution
+        self.dataset, self.cfg, self.time_dependent, self.kernel = dataset, cfg, time_dependent, kernel
 
     @classmethod
     def check(cls, dataset) -> None:
@@ -54,7 +57,8 @@ class RatioEstimator(ABC):
         """The fitted model (the interface above) and what to record about the fit."""
 
     def train_config(self) -> RatioTrainConfig:
-        return RatioTrainConfig(**{k: getattr(self.cfg, k) for k in dataclasses.asdict(RatioTrainConfig())})
+        fields = [f.name for f in dataclasses.fields(RatioTrainConfig) if f.name != "kernel"]
+        return RatioTrainConfig(**{k: getattr(self.cfg, k) for k in fields}, kernel=self.kernel)
 
 
 class Exact(RatioEstimator):
@@ -83,7 +87,7 @@ class Discriminator(RatioEstimator):
         from tiwbench.ratios.discriminator import make_ratio
 
         cfg = self.cfg if self.precond is None else dataclasses.replace(self.cfg, precond=self.precond)
-        return make_ratio(self.dataset, cfg, self.time_dependent)
+        return make_ratio(self.dataset, cfg, self.time_dependent, self.kernel)
 
     def fit(self, bias, ref, generator, device="cpu", progress=None):
         model = self.build()
@@ -114,7 +118,7 @@ class SmoothDiscriminator(Discriminator):
             return model, train_ratio(model, bias, ref, self.train_config(), generator, device, progress)
         sd2 = model.sigma_data**2
 
-        def penalty(x, sigma):
+        def penalty(x, sigma, y=None):
             x = x.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(model.logit(x, sigma).sum(), x, create_graph=True)
             return self.gamma * ((expand_like(sigma, g) ** 2 * g) ** 2).flatten(1).sum(1).mean() / sd2
@@ -151,11 +155,12 @@ class DenoiserDifferenceRatio(LearnedRatio):
     kind = "denoiser_diff"
 
     def __init__(self, discriminator: LearnedRatio, denoiser_net: nn.Module):
+        kernel = discriminator.kernel
         super().__init__(discriminator.net, discriminator.sigma_data, True, discriminator.logit_max,
-                         discriminator.precond)
+                         discriminator.precond, kernel)
         self.denoiser_net = denoiser_net
-        self.d_ref = EDMPrecond(_Labelled(denoiser_net, 1.0), discriminator.sigma_data)
-        self.d_bias = EDMPrecond(_Labelled(denoiser_net, 0.0), discriminator.sigma_data)
+        self.d_ref = EDMPrecond(_Labelled(denoiser_net, 1.0), discriminator.sigma_data, kernel)
+        self.d_bias = EDMPrecond(_Labelled(denoiser_net, 0.0), discriminator.sigma_data, kernel)
 
     def log_ratio_and_grad(self, x: torch.Tensor, sigma,
                            count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,6 +172,12 @@ class DenoiserDifferenceRatio(LearnedRatio):
         clipped, _ = self._clip(logit, count)
         # the correction does not depend on the weight's clip: it is the difference of two denoisers
         return clipped.to(x.dtype), (shift / expand_like(sigma, shift) ** 2).to(x.dtype)
+
+
+def loss_weight(denoiser: EDMPrecond, sigma: torch.Tensor) -> torch.Tensor:
+    """λ(σ) of the denoiser's kernel (EDM's when it has none)."""
+    k = denoiser.kernel
+    return edm_weight(sigma, denoiser.sigma_data) if k is None else k.loss_weight(sigma, denoiser.sigma_data)
 
 
 def train_labelled_denoiser(d_ref: EDMPrecond, d_bias: EDMPrecond, bias: torch.Tensor, ref: torch.Tensor,
@@ -184,7 +195,7 @@ def train_labelled_denoiser(d_ref: EDMPrecond, d_bias: EDMPrecond, bias: torch.T
         y, sigma, noise = balanced_batch(ref, bias, b, cfg, generator, device)
         x = y + expand_like(sigma, y) * noise
         denoised = torch.cat([d_ref(x[:b], sigma[:b]), d_bias(x[b:], sigma[b:])])
-        loss = (expand_like(edm_weight(sigma, d_ref.sigma_data), y) * (denoised - y) ** 2).mean()
+        loss = (expand_like(loss_weight(d_ref, sigma), y) * (denoised - y) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -220,4 +231,85 @@ class DenoiserDifference(Discriminator):
         info.update(train_labelled_denoiser(model.d_ref, model.d_bias, bias, ref, self.train_config(), generator,
                                             device, progress))
         model.eval()
+        return model, info
+
+
+def train_obs_denoiser(d_obs: EDMPrecond, obs: torch.Tensor, cfg: RatioTrainConfig, generator: torch.Generator,
+                       device="cpu", progress=None) -> dict:
+    """Plain DSM on uniform draws of D_obs (the data dsm_obs trains on), σ from the ratio models'
+    widened noise distribution: the score s_obs that DLSM adds its class posterior to."""
+    opt = torch.optim.Adam(d_obs.parameters(), lr=cfg.lr)
+    n = 2 * cfg.batch_size
+    losses = torch.zeros(cfg.steps, device=device)
+    d_obs.train()
+    for step in range(cfg.steps):
+        y = obs[torch.randint(len(obs), (n,), generator=generator)].to(device)
+        sigma = draw_ratio_sigma(n, cfg, generator, device)
+        x = y + expand_like(sigma, y) * torch.randn(y.shape, generator=generator).to(device)
+        loss = (expand_like(loss_weight(d_obs, sigma), y) * (d_obs(x, sigma) - y) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses[step] = loss.detach()
+        if progress is not None:
+            progress(step + 1, cfg.steps)
+    d_obs.eval().requires_grad_(False)
+    if not torch.isfinite(losses).all():
+        raise FloatingPointError("observed-data denoiser training produced a non-finite loss; lower ratio.lr")
+    return {"final_obs_dsm": float(losses[-max(1, cfg.steps // 10):].mean())}
+
+
+def class_denoiser(logit: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, d_obs_x: torch.Tensor,
+                   is_ref: torch.Tensor, log_prior_odds: float, create_graph: bool = True) -> torch.Tensor:
+    """E_c[y | x] from the observed-data denoiser and the class posterior (Chao et al. 2022; METHOD.md §3):
+    D_c(x) = D_obs(x) + σ² ∇ₓ log P(c | x), with P(ref | x) = sigmoid(ℓ + log(π/(1−π))) for the
+    class-balanced logit ℓ (exp ℓ = w_σ) and D_obs trained on a mixture with a share π of D_ref.
+    ``logit`` must be a function of ``x`` (which requires grad)."""
+    sign = torch.where(is_ref, 1.0, -1.0).to(logit.dtype)
+    log_post = F.logsigmoid(sign * (logit + log_prior_odds))
+    (g,) = torch.autograd.grad(log_post.sum(), x, create_graph=create_graph)
+    return d_obs_x + expand_like(sigma, g) ** 2 * g
+
+
+def dlsm_term(model: LearnedRatio, d_obs: EDMPrecond, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor,
+              is_ref: torch.Tensor, log_prior_odds: float) -> torch.Tensor:
+    """λ(σ) ‖D_obs(x) + σ²∇ₓ log P(c|x) − y‖² per sample: denoising score matching of each class's score
+    s_obs + ∇log P(c|x) against (y − x)/σ², written in denoiser units (times σ⁴), as DSM is here."""
+    x = x.detach().requires_grad_(True)
+    with torch.no_grad():
+        d_obs_x = d_obs(x.detach(), sigma)
+    d_c = class_denoiser(model.logit(x, sigma), x, sigma, d_obs_x, is_ref, log_prior_odds)
+    return expand_like(loss_weight(d_obs, sigma), y) * (d_c - y) ** 2
+
+
+class DLSM(Discriminator):
+    """Denoising likelihood score matching (after Chao et al. 2022): the discriminator's logit ℓ is
+    trained by balanced BCE plus a DSM term on the class scores s_obs + ∇ₓ log P(c | x), so that the
+    input gradient TIW-DSM's correction uses is itself trained (docs/ratios.md). s_obs comes from a
+    denoiser of D_obs trained first (the score dsm_obs learns), kept fixed."""
+
+    name = "dlsm"
+    description = "discriminator trained by BCE + denoising likelihood score matching of its x-gradient"
+
+    def fit(self, bias, ref, generator, device="cpu", progress=None):
+        model = self.build()
+        cfg = self.train_config()
+        if not self.time_dependent:  # a clean classifier has no score to match
+            return model, train_ratio(model, bias, ref, cfg, generator, device, progress)
+        if self.dataset.kind != "vector":
+            raise NotImplementedError("dlsm is built for vector data (its observed-data denoiser is an MLP)")
+        dim = math.prod(self.dataset.shape)
+        d_obs = EDMPrecond(MLP(dim, hidden=self.cfg.hidden, depth=self.cfg.depth), model.sigma_data,
+                           self.kernel).to(device)
+        info = train_obs_denoiser(d_obs, torch.cat([ref, bias]), cfg, generator, device, progress)
+        # the D_obs denoiser saw D_ref with share π; the balanced logit is shifted by its prior odds
+        log_prior_odds = math.log(len(ref) / len(bias))
+        b = cfg.batch_size
+        is_ref = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)]).to(device)
+
+        def term(x, sigma, y):
+            return dlsm_term(model, d_obs, x, sigma, y, is_ref, log_prior_odds).flatten(1).sum(1).mean()
+
+        info.update(train_ratio(model, bias, ref, cfg, generator, device, progress, regulariser=term))
+        info["log_prior_odds"] = log_prior_odds
         return model, info

@@ -32,21 +32,26 @@ CLEAN = "classifier (σ=0)"
 
 
 def estimator_name(info: dict[str, Any]) -> str:
+    """The estimator, and the kernel it was fitted under unless edm (``discriminator~vp``)."""
     provider = info.get("provider", "")
-    return "discriminator" if provider == "learned" else provider  # records written before the registry
+    name = "discriminator" if provider == "learned" else provider  # records written before the registry
+    return f"{name}~{info['kernel']}" if info.get("kernel") else name
 
 
 def _method_estimator(record: dict[str, Any]) -> tuple[str, str | None]:
-    """(method, estimator) of a record: ``tiw_dsm@x`` names it, a plain name uses the suite's default."""
-    method, _, est = record["method"].partition("@")
+    """(method, estimator) of a record: ``tiw_dsm@x`` names it, a plain name uses the suite's default;
+    a ``~kernel`` suffix stays on both (``tiw_dsm@x~vp``: method ``tiw_dsm~vp``, estimator ``x~vp``)."""
+    name, _, kernel = record["method"].partition("~")
+    method, _, est = name.partition("@")
     if not est:
         provider = ((record.get("config") or {}).get("ratio") or {}).get("provider")
         est = "discriminator" if provider in (None, "learned") else provider
-    return method, est
+    suffix = f"~{kernel}" if kernel else ""
+    return method + suffix, est + suffix
 
 
 def compared_suites(records: list[dict[str, Any]]) -> set[str]:
-    return {r.get("suite") or "" for r in records if "@" in r.get("method", "")}
+    return {r.get("suite") or "" for r in records if "@" in r.get("method", "") or "~" in r.get("method", "")}
 
 
 def band_frame(records: list[dict[str, Any]], suites: set[str] | None = None) -> pd.DataFrame:
@@ -91,6 +96,42 @@ def aggregate_bands(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def reference_of(estimator: str) -> list[str]:
+    """What an estimator's errors are paired against: the same estimator under edm (``dlsm~vp`` against
+    ``dlsm``: which kernel), and the plain discriminator under the same kernel (``dlsm~vp`` against
+    ``discriminator~vp``: which estimator)."""
+    name, _, kernel = estimator.partition("~")
+    out = [name] if kernel else []
+    if name != "discriminator":
+        out.append("discriminator" + (f"~{kernel}" if kernel else ""))
+    return out
+
+
+def paired_band_ratios(df: pd.DataFrame, measures: tuple[str, ...] = ("log_w", "correction")) -> pd.DataFrame:
+    """Per (suite, dataset, ref_frac, σ band, estimator, reference, measure): the mean over seeds of
+    log10(error / reference's error), paired by seed (the seeds share data and splits), with its Student-t
+    half-width. A log ratio, because the relative errors span orders of magnitude between seeds."""
+    keys = ["suite", "dataset", "ref_frac", "sigma_lo", "sigma_hi", "seed"]
+    df = df[~df.estimator.str.startswith(CLEAN)]
+    by_est = {e: g.set_index(keys) for e, g in df.groupby("estimator")}
+    rows = []
+    for est, g in by_est.items():
+        for ref in reference_of(est):
+            if ref not in by_est:
+                continue
+            for col in measures:
+                both = pd.concat([g[col].rename("a"), by_est[ref][col].rename("b")], axis=1, join="inner")
+                both = both[(both.a > 0) & (both.b > 0)]
+                lr = (both.a / both.b).map(math.log10)
+                for band, v in lr.groupby(level=["suite", "dataset", "ref_frac", "sigma_lo", "sigma_hi"]):
+                    n = int(v.count())
+                    rows.append(dict(zip(["suite", "dataset", "ref_frac", "sigma_lo", "sigma_hi"], band, strict=True),
+                                     estimator=est, against=ref, measure=col, n=n, mean=float(v.mean()),
+                                     ci=ci_halfwidth(float(v.std(ddof=1)), n) if n > 1 else math.nan))
+    return pd.DataFrame(rows, columns=["suite", "dataset", "ref_frac", "sigma_lo", "sigma_hi", "estimator", "against",
+                                       "measure", "n", "mean", "ci"])
+
+
 def outcome_frame(records: list[dict[str, Any]], suites: set[str] | None = None, metric: str = "bias",
                   correction_from: float = 0.0) -> pd.DataFrame:
     """Per time-dependent-ratio record: its estimator, the correction error pooled over its σ bands from
@@ -119,10 +160,16 @@ def outcome_frame(records: list[dict[str, Any]], suites: set[str] | None = None,
 
 def paired_differences(out: pd.DataFrame, metric: str = "bias", against: str = "iw_dsm") -> pd.DataFrame:
     """``metric`` of each method minus ``against``'s on the same (suite, dataset, ref_frac, seed): the
-    seeds share data and splits, so the paired difference is the sharper comparison."""
-    base = out[out.method == against].set_index(["suite", "dataset", "ref_frac", "seed"])[metric]
+    seeds share data and splits, so the paired difference is the sharper comparison. A method under a
+    kernel (``tiw_dsm~vp``) is compared with ``against`` under the same kernel (``iw_dsm~vp``) where there is one."""
+    methods = set(out.method)
     rows = []
-    for (suite, ds, rf, method), g in out[out.method != against].groupby(["suite", "dataset", "ref_frac", "method"]):
+    for (suite, ds, rf, method), g in out.groupby(["suite", "dataset", "ref_frac", "method"]):
+        kernel = method.partition("~")[2]
+        base_name = f"{against}~{kernel}" if kernel and f"{against}~{kernel}" in methods else against
+        if method == base_name:
+            continue
+        base = out[out.method == base_name].set_index(["suite", "dataset", "ref_frac", "seed"])[metric]
         d = [v - base[(suite, ds, rf, s)] for s, v in zip(g.seed, g[metric], strict=True)
              if (suite, ds, rf, s) in base.index and math.isfinite(v)]
         n = len(d)
@@ -171,10 +218,22 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
                 cells = [_cell(by_band[b][col], by_band[b][f"{col}_ci"], by_band[b][f"{col}_n"]) if b in by_band
                          else "–" for b in bands]
                 parts.append(f"| {est} | " + " | ".join(cells) + " |")
+    pairs = paired_band_ratios(band_frame(records, suites))
+    for (suite, ds, rf, col), sub in pairs.groupby(["suite", "dataset", "ref_frac", "measure"], sort=True):
+        bands = sorted({(lo, hi) for lo, hi in zip(sub.sigma_lo, sub.sigma_hi, strict=True)})
+        parts.append(f"\n### {ds} · ref_frac {rf:g} · {MEASURES[col][2]}: log10(error / reference's), paired by "
+                     f"seed (negative: more accurate than the reference)  (suite {suite})\n")
+        parts.append("| estimator | against | " + " | ".join(_band(lo, hi) for lo, hi in bands) + " |")
+        parts.append("|---" * (len(bands) + 2) + "|")
+        for (est, ref), rows in sub.groupby(["estimator", "against"], sort=True):
+            by_band = {(r.sigma_lo, r.sigma_hi): r for r in rows.itertuples()}
+            cells = [_cell(by_band[b].mean, by_band[b].ci, by_band[b].n) if b in by_band else "–" for b in bands]
+            parts.append(f"| {est} | {ref} | " + " | ".join(cells) + " |")
     out = outcome_frame(records, suites)
     diffs = paired_differences(out)
     if len(diffs):
-        parts.append("\n### bias minus iw_dsm's, paired by seed (negative: better than iw_dsm)\n")
+        parts.append("\n### bias minus iw_dsm's (under the same kernel), paired by seed (negative: better than "
+                     "iw_dsm)\n")
         fracs = sorted(diffs.ref_frac.unique())
         for (suite, ds), sub in diffs.groupby(["suite", "dataset"], sort=True):
             parts.append(f"{ds} (suite {suite})\n")

@@ -17,12 +17,13 @@ import torch
 from tiwbench import integrity, progress
 from tiwbench.config import Budget, ConfigError, Suite, config_hash, profile_metrics, resolve_budget
 from tiwbench.data.base import DataError
-from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
+from tiwbench.diffusion.kernels import is_edm, make_kernel
+from tiwbench.diffusion.sampler import edm_sampler, kernel_sampler, per_sample_latents
 from tiwbench.metrics.base import EvalContext
 from tiwbench.progress import PlainReporter, RichReporter  # noqa: F401  (where callers found them)
 from tiwbench.ratios.diagnostics import ratio_diagnostics
 from tiwbench.records import RECORD_NAME, SCHEMA_VERSION, atomic_write_bytes, atomic_write_json, cell_dir, environment
-from tiwbench.registry import DATASETS, METHODS, METRICS, RATIOS
+from tiwbench.registry import DATASETS, KERNELS, METHODS, METRICS, RATIOS
 from tiwbench.report.cell_picture import GRID_NAME, sample_picture
 from tiwbench.sweep.locks import LOCK_NAME, claim
 from tiwbench.sweep.threads import apply_threads
@@ -55,11 +56,14 @@ class Cell:
 
     def config(self) -> dict[str, Any]:
         """The resolved config: everything the result depends on, saved with it and hashed."""
+        budget = dataclasses.asdict(self.budget)
+        if not budget["kernel"]:  # no schedule parameters set: configs (and hashes) as before kernels
+            del budget["kernel"]
         return {
             "suite": self.suite, "dataset": self.dataset, "dataset_params": self.dataset_params,
             "method": self.method, "method_options": self.method_options, "ref_frac": self.ref_frac,
             "seed": self.seed, "profile": self.profile, "metrics": self.metrics,
-            **dataclasses.asdict(self.budget), **({"sweep": self.sweep} if self.sweep else {}),
+            **budget, **({"sweep": self.sweep} if self.sweep else {}),
             "threads": self.threads,
         }
 
@@ -71,7 +75,8 @@ class Cell:
     def group(self) -> tuple:
         return (self.dataset, json.dumps(self.dataset_params, sort_keys=True), self.ref_frac, self.seed,
                 json.dumps(dataclasses.asdict(self.budget.ratio), sort_keys=True),
-                json.dumps(self.budget.evaluator.overrides(), sort_keys=True), self.threads)
+                json.dumps(self.budget.evaluator.overrides(), sort_keys=True),
+                json.dumps(self.budget.kernel, sort_keys=True), self.threads)
 
     def label(self) -> str:
         swept = "".join(f" {k}={v}" for k, v in self.sweep.items())
@@ -165,19 +170,26 @@ class Group:
         self.shared_training: set[str] = set()  # methods whose trained network later cells reuse (trains_as)
         self.trained: dict[tuple, tuple] = {}
 
-    def ratio(self, kind: str | None, provider: str | None = None):
+    def ratio(self, kind: str | None, provider: str | None = None, kernel: str = "edm"):
         """The ratio model of ``kind`` ("time" or "clean") from estimator ``provider`` (default: the
-        suite's ``ratio``), fitted once per group and estimator and shared by its cells."""
+        suite's ``ratio``), fitted once per group, estimator and kernel and shared by its cells.
+        ``provider`` "A+B": the weight w_σ from A and the correction ∇log w_σ from B."""
         if kind is None:
             return None
+        if provider is not None and "+" in provider:
+            weight, correction = provider.split("+")
+            return SplitRatio(self.ratio(kind, weight, kernel), self.ratio(kind, correction, kernel))
         cfg = self.cell.budget.ratio
         estimator = RATIOS.get(provider or cfg.provider)
+        # a clean classifier sees no noise: one for every kernel
+        under = kernel if kind == "time" and kernel != "edm" else ""
+        suffix = f"~{under}" if under else ""
         # the default estimator keeps the plain key (records' ratio.time / ratio.clean); others are named
-        key = kind if estimator is RATIOS.get(cfg.provider) else f"{kind}@{estimator.name}"
+        key = (kind if estimator is RATIOS.get(cfg.provider) else f"{kind}@{estimator.name}") + suffix
         if key not in self.ratios:
             # an estimator's seeds do not depend on which one is the default (the discriminator keeps
             # its historical tags, so its records are unchanged)
-            tag = kind if estimator.name == "discriminator" else f"{kind}@{estimator.name}"
+            tag = (kind if estimator.name == "discriminator" else f"{kind}@{estimator.name}") + suffix
             time_dependent = kind == "time"
             t0 = time.monotonic()
             exact = None
@@ -191,9 +203,10 @@ class Group:
             torch.manual_seed(derived_seed(self.cell.seed, "ratio-init", tag))
             g = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio", tag))
             task = self.reporter.phase(f"ratio ({key})", cfg.steps)
-            model, fitted = estimator(self.dataset, cfg, time_dependent).fit(
+            k = make_kernel(under, self.cell.budget.kernel) if under else None
+            model, fitted = estimator(self.dataset, cfg, time_dependent, kernel=k).fit(
                 self.split.bias, self.split.ref, g, self.device, task)
-            info = {"provider": estimator.name, "kind": kind, **fitted}
+            info = {"provider": estimator.name, "kind": kind, **({"kernel": under} if under else {}), **fitted}
             if estimator.learned:
                 gd = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio-diag", tag))
                 info["per_sigma"] = ratio_diagnostics(model, self.split.bias.to(self.device),
@@ -210,18 +223,74 @@ class Group:
         return self.ratios[key]
 
 
+class SplitRatio:
+    """The weight w_σ of one ratio model with the correction ∇log w_σ of another (``tiw_dsm@A+B``), so
+    that a study can say which of the two carries an estimator's loss."""
+
+    def __init__(self, weight, correction):
+        self.weight, self.correction = weight, correction
+        self.time_dependent, self.logit_max = weight.time_dependent, weight.logit_max
+
+    def logit(self, x, sigma):
+        return self.weight.logit(x, sigma)
+
+    def log_ratio(self, x, sigma, count=None):
+        return self.weight.log_ratio(x, sigma, count=count)
+
+    def log_ratio_and_grad(self, x, sigma, count=None):
+        return self.weight.log_ratio(x, sigma, count=count), self.correction.log_ratio_and_grad(x, sigma)[1]
+
+    @property
+    def clipped(self):
+        return self.weight.clipped
+
+    @clipped.setter
+    def clipped(self, value):
+        self.weight.clipped = value
+
+    @property
+    def seen(self):
+        return self.weight.seen
+
+    @seen.setter
+    def seen(self, value):
+        self.weight.seen = value
+
+    @property
+    def clip_rate(self) -> float:
+        return self.weight.clip_rate
+
+
 def method_and_ratio(name: str) -> tuple[str, str | None]:
     """``tiw_dsm@denoiser_diff``: a method trained with another ratio estimator than the suite's; a
-    leaderboard row and cell of its own."""
-    method, _, ratio = name.partition("@")
+    leaderboard row and cell of its own. ``@A+B``: weight from A, correction from B. A ``~kernel``
+    suffix (see :func:`method_kernel`) is not part of either."""
+    method, _, ratio = name.partition("~")[0].partition("@")
     return method, ratio or None
+
+
+def shared_name(name: str) -> str | None:
+    """The cell whose trained network a sampling-time method ``name`` reuses (None: it trains its own)."""
+    base = METHODS.get(method_and_ratio(name)[0]).trains_as
+    kernel = method_kernel(name)
+    return None if base is None else base + (f"~{kernel}" if kernel != "edm" else "")
+
+
+def method_kernel(name: str) -> str:
+    """``tiw_dsm~vp``: the method trained and sampled under the perturbation kernel ``vp``; edm by default."""
+    return name.partition("~")[2] or "edm"
 
 
 def check_method_name(name: str) -> None:
     method, ratio = method_and_ratio(name)
     cls = METHODS.get(method)  # unknown name: "did you mean"
+    KERNELS.get(method_kernel(name))
     if ratio is not None:
-        RATIOS.get(ratio)
+        parts = ratio.split("+")
+        if len(parts) > 2:
+            raise ConfigError(f"{name!r}: give one estimator, or two as weight+correction")
+        for part in parts:
+            RATIOS.get(part)
         if cls.ratio is None and cls.sampling_ratio is None:
             raise ConfigError(f"method {method!r} uses no density ratio; drop '@{ratio}' from {name!r}")
 
@@ -231,6 +300,9 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
 
     timing: dict[str, float] = {}
     method_name, ratio_name = method_and_ratio(cell.method)
+    kernel_name = method_kernel(cell.method)
+    kernel = make_kernel(kernel_name, cell.budget.kernel)
+    kernel = None if is_edm(kernel) else kernel  # EDM's own code paths, number for number
     method = METHODS.get(method_name)(**cell.method_options)
     split = group.split
     if method.train_on == "ref":
@@ -239,13 +311,13 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         x, is_ref = split.oracle, torch.ones(len(split.oracle), dtype=torch.bool)
     else:
         x, is_ref = split.observed()
-    trains_as = method.trains_as or cell.method  # a sampling-time method shares its base's training seeds
+    trains_as = shared_name(cell.method) or cell.method  # a sampling-time method shares its base's training seeds
     shared = (trains_as, json.dumps(dataclasses.asdict(cell.budget.train), sort_keys=True))
     network = checkpoint.with_name(f"network-{cell.hash}.pt") if checkpoint is not None else None
     restored = None
     if network is not None and shared not in group.trained and network.is_file():
         torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
-        ema = make_denoiser(group.dataset, cell.budget.train).to(device).eval().requires_grad_(False)
+        ema = make_denoiser(group.dataset, cell.budget.train, kernel).to(device).eval().requires_grad_(False)
         restored = load_network(network, ema)  # trained before a preemption: only sampling and metrics remain
     timing["ratio"] = 0.0
     if restored is not None:
@@ -255,7 +327,7 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         ratio = None
     else:
         t0 = time.monotonic()
-        ratio = group.ratio(method.ratio, ratio_name)
+        ratio = group.ratio(method.ratio, ratio_name, kernel_name)
         timing["ratio"] = time.monotonic() - t0
     if ratio is not None and hasattr(ratio, "clipped"):
         ratio.clipped, ratio.seen = ratio.clipped * 0, ratio.seen * 0  # clip rate of this cell only
@@ -266,7 +338,7 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         ema, train_info = group.trained[shared][0], {**group.trained[shared][1], "shared_with": trains_as}
     else:
         torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
-        net = make_denoiser(group.dataset, cell.budget.train)
+        net = make_denoiser(group.dataset, cell.budget.train, kernel)
         g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", trains_as))
         task = reporter.phase("train", cell.budget.train.steps)
         distributed.injected_fault("train")
@@ -279,13 +351,13 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         if ratio is not None:
             train_info["clip_rate"] = ratio.clip_rate
         gw = torch.Generator().manual_seed(derived_seed(cell.seed, "ess", cell.method))
-        train_info.update(weight_stats(method, ratio, x, is_ref, gw))
+        train_info.update(weight_stats(method, ratio, x, is_ref, gw, kernel=kernel))
         if network is not None and distributed.is_main():
             used = {k: v for k, v in group.ratio_info.items() if k.partition("@")[0] == method.ratio}
             save_network(network, ema, {"train": train_info, "ratio_info": used})
 
     t0 = time.monotonic()
-    sampling_ratio = group.ratio(method.sampling_ratio, ratio_name)  # `dg_obs@NAME` guides with NAME
+    sampling_ratio = group.ratio(method.sampling_ratio, ratio_name, kernel_name)  # `dg_obs@NAME` guides with NAME
     timing["ratio"] += time.monotonic() - t0
     if sampling_ratio is not None and hasattr(sampling_ratio, "clipped"):
         sampling_ratio.clipped, sampling_ratio.seen = sampling_ratio.clipped * 0, sampling_ratio.seen * 0
@@ -301,7 +373,10 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     sampling_network(ema, s)  # in place: the denoiser above wraps it
     for i in range(0, len(seeds), s.batch_size):
         lat = per_sample_latents(seeds[i : i + s.batch_size], group.dataset.shape, device)
-        samples.append(edm_sampler(denoiser, lat, s.steps, s.sigma_min, s.sigma_max, s.rho, dtype=s.dtype).cpu())
+        if kernel is None:
+            samples.append(edm_sampler(denoiser, lat, s.steps, s.sigma_min, s.sigma_max, s.rho, dtype=s.dtype).cpu())
+        else:  # the kernel's own discretisation (sample.sigma_min, sigma_max and rho are EDM's)
+            samples.append(kernel_sampler(denoiser, lat, kernel, s.steps, dtype=s.dtype).cpu())
         task(min(i + s.batch_size, len(seeds)), len(seeds))
     samples = torch.cat(samples) if samples else torch.empty(0, *group.dataset.shape)
     samples = distributed.gather_cat(samples, s.n)  # in seed order, on every rank
@@ -369,8 +444,7 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
                 try:
                     if group is None:
                         group = Group(cell, device, cache_dir, reporter)
-                        group.shared_training = {METHODS.get(method_and_ratio(c.method)[0]).trains_as
-                                                 for c in members} - {None}
+                        group.shared_training = {shared_name(c.method) for c in members} - {None}
                     result = run_cell(cell, group, device, reporter, checkpoint=checkpoint_path(path.parent, cell))
                     picture = result.pop("_picture", None)
                     if picture is not None and distributed.is_main() and (not held or held[-1].holds()):
@@ -459,9 +533,10 @@ def preflight(cells: list[Cell]) -> None:
         ds = DATASETS.get(c.dataset)(**c.dataset_params)
         missing_extra(c.metrics, ds)
         ds.split(c.ref_frac, c.seed)  # a missing file or an impossible ref_frac fails here
-        for name in {c.budget.ratio.provider} | {method_and_ratio(o.method)[1] or c.budget.ratio.provider
+        for spec in {c.budget.ratio.provider} | {method_and_ratio(o.method)[1] or c.budget.ratio.provider
                                                   for o in cells}:
-            RATIOS.get(name).check(ds)  # e.g. `exact` on a dataset without a closed form
+            for name in spec.split("+"):
+                RATIOS.get(name).check(ds)  # e.g. `exact` on a dataset without a closed form
 
 
 def missing_extra(metrics: list[str], dataset) -> None:

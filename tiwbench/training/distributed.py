@@ -81,6 +81,8 @@ def wrap(net: torch.nn.Module, device: str) -> torch.nn.Module:
     ddp = DDP(net, device_ids=ids, forward_sync_buffers=False)  # buffers are constants
     if hasattr(net, "sigma_data"):
         ddp.sigma_data = net.sigma_data
+    if hasattr(net, "kernel"):
+        ddp.kernel = net.kernel
     return ddp
 
 

@@ -76,7 +76,7 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
         first = checked = load_checkpoint(checkpoint, net, ema, opt, generator, losses)
     for step in range(first, cfg.steps):
         idx = torch.randint(len(x), (cfg.batch_size,), generator=generator, device=generator.device)
-        batch = Batch.draw(x[idx], is_ref[idx], generator)
+        batch = Batch.draw(x[idx], is_ref[idx], generator, kernel=getattr(net, "kernel", None))
         if world > 1:  # every rank drew the same global batch; it keeps its own part
             batch = distributed.slice_batch(batch, part)
         for g in opt.param_groups:
@@ -209,15 +209,15 @@ def load_network(path: Path, ema: torch.nn.Module) -> dict | None:
 
 @torch.no_grad()
 def weight_stats(method, ratio, x: torch.Tensor, is_ref: torch.Tensor, generator: torch.Generator,
-                 n_batches: int = 8, batch_size: int = 256) -> dict:
-    """Mean effective sample size of the per-sample weights over a few fresh batches."""
+                 n_batches: int = 8, batch_size: int = 256, kernel=None) -> dict:
+    """Mean effective sample size of the per-sample weights over a few fresh batches (σ from ``kernel``)."""
     if ratio is None or method.ratio is None or not method.per_sample_weights:
         return {"ess": 1.0}
     ess = []
     dev = next(ratio.parameters()).device if isinstance(ratio, torch.nn.Module) else "cpu"  # the ratio's device
     for _ in range(n_batches):
         idx = torch.randint(len(x), (batch_size,), generator=generator)
-        b = Batch.draw(x[idx], is_ref[idx], generator)
+        b = Batch.draw(x[idx], is_ref[idx], generator, kernel=kernel)
         w = torch.ones(batch_size, dtype=torch.float64)
         bi = b.bias_idx
         xin = b.x[bi] if method.ratio == "time" else b.y[bi]
