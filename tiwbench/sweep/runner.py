@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from tiwbench import progress
-from tiwbench.config import Budget, ConfigError, Suite, config_hash, resolve_budget
+from tiwbench.config import Budget, ConfigError, Suite, config_hash, profile_grid, resolve_budget
 from tiwbench.data.base import DataError
 from tiwbench.diffusion.sampler import edm_sampler, per_sample_latents
 from tiwbench.metrics.base import EvalContext
@@ -28,6 +28,9 @@ from tiwbench.sweep.locks import LOCK_NAME, claim
 from tiwbench.sweep.threads import apply_threads
 from tiwbench.training import distributed
 from tiwbench.training.loop import CellTimeout, NonFiniteLoss, train_score, weight_stats
+
+# recorded beside the suite's metrics wherever they apply (tiwbench.metrics.floors)
+FLOOR_METRICS = ("bias_floor", "bias_ref", "fd_floor")
 
 
 @dataclass
@@ -90,8 +93,9 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
     cells = []
     for ds in ds_names:
         budget, profile_seeds = resolve_budget(suite, profile, ds)
-        for swept in sweep_points(suite, ds):
-            for rf in ref_fracs or suite.ref_fracs:
+        grid = profile_grid(suite, profile, ds)  # a smoke profile may run a smaller grid
+        for swept in sweep_points(suite, ds, grid.get("sweep")):
+            for rf in ref_fracs or grid.get("ref_fracs") or suite.ref_fracs:
                 for seed in seeds if seeds is not None else (profile_seeds or suite.seeds):
                     for m in m_names:
                         cells.append(Cell(suite.name, ds, m, float(rf), int(seed), profile,
@@ -102,12 +106,12 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
     return cells
 
 
-def sweep_points(suite: Suite, dataset: str) -> list[dict[str, Any]]:
+def sweep_points(suite: Suite, dataset: str, values_of: dict[str, list] | None = None) -> list[dict[str, Any]]:
     """The suite's swept dataset parameter as one {name: value} per point ([{}] without a sweep),
-    checked against the dataset's parameters."""
+    checked against the dataset's parameters; ``values_of`` replaces the suite's values (a profile's)."""
     if not suite.sweep:
         return [{}]
-    (key, values), = suite.sweep.items()
+    (key, values), = (values_of or suite.sweep).items()
     allowed = DATASETS.get(dataset).defaults
     if key not in allowed:
         raise ConfigError(f"{suite.source}: sweep: dataset {dataset!r} has no parameter {key!r}; "
@@ -180,8 +184,9 @@ class Group:
             torch.manual_seed(derived_seed(self.cell.seed, "ratio-init", tag))
             g = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio", tag))
             task = self.reporter.phase(f"ratio ({key})", cfg.steps)
-            model, fitted = estimator(self.dataset, cfg, time_dependent).fit(
-                self.split.bias, self.split.ref, g, self.device, task)
+            provider_obj = estimator(self.dataset, cfg, time_dependent)
+            provider_obj.split = self.split  # D_ref's labels, for estimators that use them (exact_empirical)
+            model, fitted = provider_obj.fit(self.split.bias, self.split.ref, g, self.device, task)
             info = {"provider": estimator.name, "kind": kind, **fitted}
             if estimator.learned:
                 gd = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio-diag", tag))
@@ -287,9 +292,12 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     t0 = time.monotonic()
     ctx = EvalContext(samples=samples, evaluator=group.evaluator, dataset=group.dataset,
                       options=dataclasses.asdict(cell.budget.eval),
-                      cache_dir=str(group.cache_dir) if group.cache_dir is not None else None)
+                      cache_dir=str(group.cache_dir) if group.cache_dir is not None else None,
+                      split=split, train_data=x)
     metrics = []
-    for name in cell.metrics:
+    # the floors go with every record where they apply (labels known, exact moments), asked for or not
+    floors = [n for n in FLOOR_METRICS if n not in cell.metrics and METRICS.get(n).applies(ctx)]
+    for name in [*cell.metrics, *floors]:
         m = METRICS.get(name)
         res = m()(ctx)
         value = res.pop("value")
