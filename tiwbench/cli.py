@@ -222,6 +222,8 @@ def report(
     plot: Annotated[Optional[Path], typer.Option(help="also draw metric vs ref_frac with 95% CIs to this .png")] = None,
     vs: Annotated[Optional[str], typer.Option(help="also each method's per-seed difference to this method, with a "
                                                    "paired 95% t-interval (markdown, html)")] = None,
+    win_map: Annotated[Optional[Path], typer.Option(help="also draw which method wins where (swept parameter × "
+                                                         "ref_frac, ties as ties) to this .png")] = None,
 ):
     """Leaderboard from the records under --runs: mean ± std, 95% CI and seed count per cell.
 
@@ -239,7 +241,7 @@ def report(
         if format not in FORMATS:
             raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
         try:
-            text = make_report(runs, format, output=output, plot=plot, vs=vs)
+            text = make_report(runs, format, output=output, plot=plot, vs=vs, win_map=win_map)
         except ReportError as e:
             raise UserError(str(e)) from None
     except _user_errors() as e:
@@ -250,6 +252,8 @@ def report(
         typer.echo(f"report written to {output}", err=True)
     if plot is not None:
         typer.echo(f"plot written to {plot}", err=True)
+    if win_map is not None:
+        typer.echo(f"win map written to {win_map}", err=True)
 
 
 @app.command()

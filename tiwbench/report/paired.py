@@ -17,7 +17,7 @@ from tiwbench.report.intervals import CONFIDENCE, ReportError
 from tiwbench.report.leaderboard import direction
 
 COLUMNS = ["suite", "dataset", "metric", "ref_frac", "method", "vs", "n", "diff", "paired_half", "unpaired_half",
-           "narrower", "higher_is_better"]
+           "narrower", "higher_is_better", "x_name", "x"]
 
 
 def paired_interval(d: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -50,7 +50,9 @@ def paired_table(df: pd.DataFrame, vs: str, confidence: float = CONFIDENCE) -> p
         have = ", ".join(sorted(set(ok.method))) or "none"
         raise ReportError(f"--vs {vs}: no finished records of that method; methods here: {have}")
     rows = []
-    for (suite, ds, metric, frac), g in ok.groupby(["suite", "dataset", "metric", "ref_frac"], sort=True):
+    # a swept parameter (regime's dim) is held fixed too: seeds pair only within one point of the grid
+    for (suite, ds, metric, frac, x_name, x), g in ok.groupby(["suite", "dataset", "metric", "ref_frac", "x_name", "x"],
+                                                            sort=True):
         base = g[g.method == vs].set_index("seed").value
         if base.empty:
             continue
@@ -66,12 +68,18 @@ def paired_table(df: pd.DataFrame, vs: str, confidence: float = CONFIDENCE) -> p
             rows.append({"suite": suite, "dataset": ds, "metric": metric, "ref_frac": frac, "method": method,
                          "vs": vs, "n": len(seeds), "diff": diff, "paired_half": half, "unpaired_half": unpaired,
                          "narrower": half / unpaired if unpaired and math.isfinite(half) else math.nan,
-                         "higher_is_better": hib})
+                         "higher_is_better": hib, "x_name": x_name, "x": x})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def _fmt(x: float) -> str:
     return "–" if not math.isfinite(x) else f"{x:.4g}"
+
+
+def _where(r) -> str:
+    """ref_frac, and the swept parameter's value where the suite sweeps one."""
+    swept = "" if r.x_name == "ref_frac" else f", {r.x_name}={r.x:g}"
+    return f"{r.ref_frac:g}{swept}"
 
 
 def _verdict(r) -> str:
@@ -89,7 +97,7 @@ def to_markdown(table: pd.DataFrame, vs: str) -> str:
              "| dataset | metric | ref_frac | method | n | diff ± paired | unpaired ± | ratio | |",
              "|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
-        lines.append(f"| {r.dataset} | {r.metric} | {r.ref_frac:g} | {r.method} | {r.n} | "
+        lines.append(f"| {r.dataset} | {r.metric} | {_where(r)} | {r.method} | {r.n} | "
                      f"{_fmt(r['diff'])} ± {_fmt(r.paired_half)} | ± {_fmt(r.unpaired_half)} | {_fmt(r.narrower)} | "
                      f"{_verdict(r)} |")
     if table.empty:
@@ -100,7 +108,7 @@ def to_markdown(table: pd.DataFrame, vs: str) -> str:
 def to_html(table: pd.DataFrame, vs: str) -> str:
     head = ("<tr><th>dataset</th><th>metric</th><th>ref_frac</th><th>method</th><th>n</th><th>diff ± paired</th>"
             "<th>unpaired ±</th><th>ratio</th><th></th></tr>")
-    rows = [f"<tr><td>{html.escape(str(r.dataset))}</td><td>{html.escape(str(r.metric))}</td><td>{r.ref_frac:g}</td>"
+    rows = [f"<tr><td>{html.escape(str(r.dataset))}</td><td>{html.escape(str(r.metric))}</td><td>{_where(r)}</td>"
             f"<td>{html.escape(str(r.method))}</td><td>{r.n}</td><td>{_fmt(r['diff'])} ± {_fmt(r.paired_half)}</td>"
             f"<td>± {_fmt(r.unpaired_half)}</td><td>{_fmt(r.narrower)}</td><td>{_verdict(r)}</td></tr>"
             for _, r in table.iterrows()]

@@ -43,7 +43,7 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
 
 
 def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None,
-           vs: str | None = None) -> str:
+           vs: str | None = None, win_map: Path | None = None) -> str:
     """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given; with
     ``vs``, the paired differences of every method to that one."""
     records = load_runs(runs)
@@ -61,4 +61,8 @@ def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: 
 
         save_plot(agg, Path(plot))
         save_figures(records, Path(plot))
+    if win_map is not None:
+        from tiwbench.report.win_map import save_win_map
+
+        save_win_map(agg, Path(win_map))
     return text
