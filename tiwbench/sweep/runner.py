@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -103,6 +104,21 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
                                           {**suite.dataset_params.get(ds, {}), **swept},
                                           dict(suite.method_options.get(m, suite.method_options.get(
                                               method_and_ratio(m)[0], {}))), dict(swept)))
+    return cells
+
+
+def scale_budget(cells: list[Cell], factor: float) -> list[Cell]:
+    """The budget-doubling check: ``factor`` × the training and ratio steps of every cell, recorded under the
+    suite ``<suite>_x<factor>`` so that both runs sit side by side (``tiwbench report --budget-check``)."""
+    if not factor > 0:
+        raise ConfigError(f"--budget-scale {factor}: give a positive factor, e.g. 2")
+    if factor == 1:
+        return cells
+    for c in cells:
+        c.budget = copy.deepcopy(c.budget)  # cells of one dataset share their sub-configs
+        c.budget.train.steps = max(1, round(c.budget.train.steps * factor))
+        c.budget.ratio.steps = max(1, round(c.budget.ratio.steps * factor))
+        c.suite = f"{c.suite}_x{factor:g}"
     return cells
 
 
