@@ -76,9 +76,14 @@ def figure(agg: pd.DataFrame):
         seen.update(zip(lab, h, strict=True))
     if agg.n.eq(0).any():
         seen["× on the axis: failed (all seeds)"] = plt.Line2D([], [], ls="", marker="x", color="0.3", ms=9, mew=2.5)
-    fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(len(seen), 6), frameon=False)
+    # as many legend columns as the figure's width holds (long method@ratio names were cut off at its edges)
+    width, height = fig.get_size_inches()
+    longest = max(len(k) for k in seen)
+    ncol = max(1, min(len(seen), int(width / (0.6 + 0.085 * longest))))
+    rows = math.ceil(len(seen) / ncol)
+    fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=ncol, frameon=False)
     fig.suptitle(f"mean over seeds, error bars: {CONFIDENCE:.0%} Student-t CI", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(seen) > 6), 1, 0.97))
+    fig.tight_layout(rect=(0, min(0.5, (0.15 + 0.3 * rows) / height), 1, 0.97))
     return fig
 
 
