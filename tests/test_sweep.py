@@ -116,3 +116,14 @@ def test_shipped_sweep_suites():
     for name in ("ref_size", "toy_exact"):  # the 2×2 ablation and the sampling-time baselines are on the board
         assert {"dsm_obs", "tiw_dsm_nocorr", "tiw_dsm_noweight", "tiw_dsm", "dg_obs", "ir_obs"} <= set(
             load_suite(name).methods)
+
+
+def test_a_profile_may_run_a_smaller_grid(tmp_path):
+    """regime's smoke profile: its own ref_fracs and swept values, one seed; the default runs the suite's grid."""
+    suite = load_suite("regime")
+    smoke, default = expand(suite, "smoke"), expand(suite, "default")
+    assert len(smoke) == 2 * 2 * 2 * 1 * 12 and len(default) == 2 * 3 * 4 * 8 * 12
+    assert {c.ref_frac for c in smoke} == {0.01, 0.25} and {c.sweep["dim"] for c in smoke} == {4, 16}
+    bad = SWEEP.replace("  default:\n    toy2d:\n", "  default:\n    toy2d:\n      sweep: {rho: [0.1]}\n")
+    with pytest.raises(ConfigError, match="swept parameter"):
+        _suite(tmp_path, bad)
