@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# The default run is where the paper's question lives: gmm, D_ref from 1 % to 25 %, three seeds, the methods
+# that answer it (all ten and every dataset: `tiwbench run --suite ref_size --executor local --threads 1`).
+RUN_METHODS ?= dsm_ref,iw_dsm,tiw_dsm,tiw_dsm@exact_empirical,oracle
+RUN_REF_FRACS ?= 0.01,0.05,0.25
+
 run: $(STAMP)
-	$(BIN)/tiwbench run --suite ref_size --executor local --threads 1
+	$(BIN)/tiwbench run --suite ref_size --dataset gmm --methods $(RUN_METHODS) --ref-fracs $(RUN_REF_FRACS) \
+		--executor local --threads 1
 	$(BIN)/tiwbench report --format html --output results/runs/report.html
 
 test: $(STAMP)

@@ -122,6 +122,8 @@ def run(
         help="density-ratio estimator (see `tiwbench ls ratios`), e.g. discriminator or exact")] = None,
     progress_every: Annotated[Optional[float], typer.Option(
         help="seconds between progress lines of a phase when output is not a terminal (default 30)")] = None,
+    budget_scale: Annotated[float, typer.Option(
+        help="multiply training and ratio steps (2: the budget-doubling check; records under <suite>_x2)")] = 1.0,
 ):
     """Run a suite: every (dataset, method, ref_frac, seed) cell, skipping cells already recorded.
 
@@ -136,7 +138,7 @@ def run(
         from tiwbench.config import load_suite
         from tiwbench.progress import INTERVAL_ENV, PlainReporter, RichReporter
         from tiwbench.sweep.executors import EXECUTORS, submit_sweep
-        from tiwbench.sweep.runner import expand, run_cells
+        from tiwbench.sweep.runner import expand, run_cells, scale_budget
         from tiwbench.training import distributed
 
         if progress_every is not None:
@@ -167,6 +169,7 @@ def run(
         device = distributed.init(device)
         s = load_suite(suite)
         cells = expand(s, profile, _csv(dataset, str), _csv(methods, str), _csv(ref_fracs, float), _csv(seeds, int))
+        cells = scale_budget(cells, budget_scale)
         _apply_data_options(cells, data_root, data_param or [])
         if ratio is not None:
             from tiwbench.registry import RATIOS
@@ -255,6 +258,11 @@ def report(
     plot: Annotated[Optional[Path], typer.Option(help="also draw metric vs ref_frac with 95% CIs to this .png")] = None,
     vs: Annotated[Optional[str], typer.Option(help="also each method's per-seed difference to this method, with a "
                                                    "paired 95% t-interval (markdown, html)")] = None,
+    win_map: Annotated[Optional[Path], typer.Option(help="also draw which method wins where (swept parameter × "
+                                                         "ref_frac, ties as ties) to this .png")] = None,
+    budget_check: Annotated[Optional[str], typer.Option(help="also compare SUITE with SUITE_x2 (run with "
+                                                               "--budget-scale 2): moved means, changed winners "
+                                                               "(markdown)")] = None,
 ):
     """Leaderboard from the records under --runs: mean ± std, 95% CI and seed count per cell.
 
@@ -272,7 +280,8 @@ def report(
         if format not in FORMATS:
             raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
         try:
-            text = make_report(runs, format, output=output, plot=plot, vs=vs)
+            text = make_report(runs, format, output=output, plot=plot, vs=vs, win_map=win_map,
+                                   budget_check=budget_check)
         except ReportError as e:
             raise UserError(str(e)) from None
     except _user_errors() as e:
@@ -283,6 +292,8 @@ def report(
         typer.echo(f"report written to {output}", err=True)
     if plot is not None:
         typer.echo(f"plot written to {plot}", err=True)
+    if win_map is not None:
+        typer.echo(f"win map written to {win_map}", err=True)
 
 
 @app.command()

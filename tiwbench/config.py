@@ -281,6 +281,7 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
             seeds = _check_type(part.pop("seeds"), list[int], f"{suite.source}: profiles.{profile}.{key}.seeds")
         if "metrics" in part:  # read by profile_metrics
             _check_type(part.pop("metrics"), list[str], f"{suite.source}: profiles.{profile}.{key}.metrics")
+        _grid_part(part, suite, profile, key)  # checked here, used by profile_grid
         budget = from_dict(Budget, part, f"{suite.source}: profiles.{profile}.{key}", budget)
     where = f"{suite.source}: profiles.{profile}.{dataset}"
     for name, value, low in (("train.steps", budget.train.steps, 1), ("train.batch_size", budget.train.batch_size, 1),
@@ -319,6 +320,33 @@ def profile_metrics(suite: Suite, profile: str, dataset: str) -> list[str]:
         if "metrics" in part:
             return list(part["metrics"])
     return list(suite.metrics)
+
+
+def _grid_part(part: dict[str, Any], suite: Suite, profile: str, key: str) -> dict[str, Any]:
+    """Pops and checks a profile's grid keys: ``ref_fracs`` and ``sweep`` (values of the swept parameter)."""
+    where = f"{suite.source}: profiles.{profile}.{key}"
+    grid: dict[str, Any] = {}
+    if "ref_fracs" in part:
+        grid["ref_fracs"] = _check_type(part.pop("ref_fracs"), list[float], f"{where}.ref_fracs")
+        for f in grid["ref_fracs"]:
+            if not 0 < f <= 1:
+                raise ConfigError(f"{where}.ref_fracs: {f} is not in (0, 1]")
+    if "sweep" in part:
+        values = _check_type(part.pop("sweep"), dict[str, list[Any]], f"{where}.sweep")
+        if set(values) != set(suite.sweep) or not all(values.values()):
+            raise ConfigError(f"{where}.sweep: give values of the suite's swept parameter "
+                              f"{sorted(suite.sweep)} only, at least one")
+        grid["sweep"] = values
+    return grid
+
+
+def profile_grid(suite: Suite, profile: str, dataset: str) -> dict[str, Any]:
+    """A profile's smaller grid (a smoke profile's), ``{"ref_fracs": [...], "sweep": {...}}``, each key
+    present only where the profile sets it; the dataset's entry overrides ``all``."""
+    grid: dict[str, Any] = {}
+    for key in ("all", dataset):
+        grid.update(_grid_part(dict(suite.profiles.get(profile, {}).get(key) or {}), suite, profile, key))
+    return grid
 
 
 def like_default(value: Any, default: Any) -> Any:

@@ -123,10 +123,13 @@ KERNELS: Registry = Registry("kernel", "tiwbench.diffusion.kernels:Kernel", entr
 
 METHODS.register("tiw_dsm", "tiwbench.training.methods:TIWDSM")
 DATASETS.register("toy2d", "tiwbench.data.mixtures:Toy2D")
+DATASETS.register("gmm", "tiwbench.data.gmm:GMM")
+DATASETS.register("gmm_tilt", "tiwbench.data.gmm:GMMTilt")
 DATASETS.register("digits_lt", "tiwbench.data.digits:DigitsLT")
 DATASETS.register("cifar10_lt", "tiwbench.data.cifar10:CIFAR10LT")
 DATASETS.register("ffhq_gender", "tiwbench.data.ffhq:FFHQGender")
 RATIOS.register("exact", "tiwbench.ratios.estimators:Exact")
+RATIOS.register("exact_empirical", "tiwbench.ratios.estimators:ExactEmpirical")
 RATIOS.register("discriminator", "tiwbench.ratios.estimators:Discriminator", aliases=("learned",))
 RATIOS.register("discriminator_precond", "tiwbench.ratios.estimators:PrecondDiscriminator")
 RATIOS.register("discriminator_smooth", "tiwbench.ratios.estimators:SmoothDiscriminator")
@@ -138,6 +141,11 @@ KERNELS.register("subvp", "tiwbench.diffusion.kernels:SubVP")
 KERNELS.register("ve", "tiwbench.diffusion.kernels:VE")
 METRICS.register("fd", "tiwbench.metrics.fd:FD")
 METRICS.register("bias", "tiwbench.metrics.base:Bias")
+METRICS.register("memorized", "tiwbench.metrics.memorization:Memorized")
+METRICS.register("tilt_shift", "tiwbench.metrics.tilt:TiltShift")
+METRICS.register("bias_floor", "tiwbench.metrics.floors:BiasFloor")
+METRICS.register("bias_ref", "tiwbench.metrics.floors:BiasRef")
+METRICS.register("fd_floor", "tiwbench.metrics.floors:FDFloor")
 METRICS.register("fid", "tiwbench.metrics.fidelity:FID")  # ↓, direction from the class
 METRICS.register("kid", "tiwbench.metrics.fidelity:KID")  # ↓
 METRICS.register("precision", "tiwbench.metrics.fidelity:Precision")  # ↑

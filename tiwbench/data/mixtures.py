@@ -145,6 +145,10 @@ class MixtureEvaluator(Evaluator):
     def target_stats(self):
         return self.data.mean(), self.data.cov()
 
+    def truth_sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Fresh samples of the target, for the finite-sample fd floor."""
+        return self.data.sample(n, generator)[0]
+
 
 def long_tail_weights(num: int, rho: float) -> torch.Tensor:
     """n_k ∝ ρ^{k/(K−1)}: the head class has 1/ρ times the tail's weight."""
@@ -204,3 +208,7 @@ class Toy2D(BiasedDataset):
 
     def exact_ratio(self, time_dependent: bool = True) -> ExactRatio:
         return ExactRatio(self.data_mixture, self.bias_mixture, time_dependent)
+
+    def empirical_ratio(self, proportions: torch.Tensor, time_dependent: bool = True) -> ExactRatio:
+        """w_σ between the truth re-weighted to ``proportions`` (D_ref's) and p_bias."""
+        return ExactRatio(self.data_mixture.with_weights(proportions), self.bias_mixture, time_dependent)

@@ -28,6 +28,8 @@ class EvalContext:
     options: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None  # the run's cache (reference statistics of image metrics)
     memo: dict[Any, Any] = field(default_factory=dict)  # results shared by the metrics of one cell
+    split: Any = None  # tiwbench.data.base.Split of the cell: D_ref's labels for the floors
+    train_data: torch.Tensor | None = None  # what the method trained on (memorization)
     _features: torch.Tensor | None = None
 
     def features(self) -> torch.Tensor:
@@ -45,6 +47,11 @@ class Metric(ABC):
     def needs(cls, dataset) -> dict[str, str]:
         """Modules this metric imports on ``dataset`` -> the extra that installs them (checked before a sweep)."""
         return {}
+
+    @classmethod
+    def applies(cls, ctx: EvalContext) -> bool:
+        """Whether the metric can be computed on this cell (the floors need labels or exact moments)."""
+        return True
 
     @abstractmethod
     def __call__(self, ctx: EvalContext) -> dict[str, Any]:

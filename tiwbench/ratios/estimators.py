@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tiwbench.config import RatioConfig
+from tiwbench.data.base import DataError
 from tiwbench.diffusion.losses import device_generator, edm_weight
 from tiwbench.diffusion.mlp import MLP
 from tiwbench.diffusion.precond import EDMPrecond, expand_like
@@ -44,6 +45,7 @@ class RatioEstimator(ABC):
         # kernel: the perturbation kernel the score network trains under (its noise levels and input
         # scaling); None: EDM's, with the RatioConfig's noise distribution
         self.dataset, self.cfg, self.time_dependent, self.kernel = dataset, cfg, time_dependent, kernel
+        self.split = None  # the group's Split, set by the runner before fit (labels of D_ref)
 
     @classmethod
     def check(cls, dataset) -> None:
@@ -74,6 +76,30 @@ class Exact(RatioEstimator):
         model = self.dataset.exact_ratio(self.time_dependent)
         model.logit_max = self.cfg.logit_max
         return model, {}
+
+
+class ExactEmpirical(RatioEstimator):
+    """The fair exact ratio for a method that knows only D_ref (METHOD.md §5a): the closed-form w_σ
+    between the truth re-weighted to D_ref's empirical component proportions and p_bias."""
+
+    name = "exact_empirical"
+    description = "closed-form w_σ of the mixture re-weighted to D_ref's empirical proportions over p_bias"
+    learned = False
+
+    @classmethod
+    def check(cls, dataset) -> None:
+        dataset.exact_ratio()  # a dataset without closed forms says so
+        if not hasattr(dataset, "empirical_ratio"):
+            raise DataError(f"dataset {dataset.name!r} has no re-weightable mixture; use `exact` or a learned ratio")
+
+    def fit(self, bias, ref, generator, device="cpu", progress=None):
+        if self.split is None:
+            raise DataError("exact_empirical needs D_ref's labels: the runner passes the split before fit")
+        labels = self.split.ref_labels.long().flatten()
+        props = torch.bincount(labels, minlength=self.dataset.num_classes).double() / len(labels)
+        model = self.dataset.empirical_ratio(props, self.time_dependent)
+        model.logit_max = self.cfg.logit_max
+        return model, {"ref_proportions": props.tolist()}
 
 
 class Discriminator(RatioEstimator):

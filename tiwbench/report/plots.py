@@ -76,8 +76,11 @@ def figure(agg: pd.DataFrame):
         seen.update(zip(lab, h, strict=True))
     if agg.n.eq(0).any():
         seen["× on the axis: failed (all seeds)"] = plt.Line2D([], [], ls="", marker="x", color="0.3", ms=9, mew=2.5)
-    legend = fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(len(seen), 6),
-                        frameon=False)
+    # as many legend columns as the figure's width holds (long method@ratio names were cut off at its edges)
+    width, _ = fig.get_size_inches()
+    longest = max(len(k) for k in seen)
+    ncol = max(1, min(len(seen), int(width / (0.6 + 0.085 * longest))))
+    legend = fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=ncol, frameon=False)
     fig.suptitle(f"mean over seeds, error bars: {CONFIDENCE:.0%} Student-t CI", fontsize=10)
     # the axes go above the legend's measured height (its rows depend on the methods and the figure's size)
     box = legend.get_window_extent(fig.canvas.get_renderer()).transformed(fig.transFigure.inverted())

@@ -51,7 +51,10 @@ def _method_estimator(record: dict[str, Any]) -> tuple[str, str | None]:
 
 
 def compared_suites(records: list[dict[str, Any]]) -> set[str]:
-    return {r.get("suite") or "" for r in records if "@" in r.get("method", "") or "~" in r.get("method", "")}
+    """Suites that train a method with several estimators or kernels; a suite sweeping a dataset parameter
+    (regime's dim) is left to the paired tables and the win map, since these tables pool over ref_frac only."""
+    swept = {r.get("suite") or "" for r in records if r.get("sweep")}
+    return {r.get("suite") or "" for r in records if "@" in r.get("method", "") or "~" in r.get("method", "")} - swept
 
 
 def band_frame(records: list[dict[str, Any]], suites: set[str] | None = None) -> pd.DataFrame:

@@ -43,7 +43,7 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
 
 
 def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None,
-           vs: str | None = None) -> str:
+           vs: str | None = None, win_map: Path | None = None, budget_check: str | None = None) -> str:
     """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given; with
     ``vs``, the paired differences of every method to that one."""
     records = load_runs(runs)
@@ -53,6 +53,10 @@ def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: 
         from tiwbench.report.ratio_study import to_markdown as ratio_study_markdown
 
         text += ratio_study_markdown(records)
+        if budget_check is not None:
+            from tiwbench.report.budget_check import to_markdown as budget_markdown
+
+            text += "\n" + budget_markdown(agg, budget_check)
     if output is not None:
         atomic_write_text(Path(output), text)
     if plot is not None:
@@ -61,4 +65,8 @@ def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: 
 
         save_plot(agg, Path(plot))
         save_figures(records, Path(plot))
+    if win_map is not None:
+        from tiwbench.report.win_map import save_win_map
+
+        save_win_map(agg, Path(win_map))
     return text

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from tiwbench import integrity, progress
-from tiwbench.config import Budget, ConfigError, Suite, config_hash, profile_metrics, resolve_budget
+from tiwbench.config import Budget, ConfigError, Suite, config_hash, profile_grid, profile_metrics, resolve_budget
 from tiwbench.data.base import DataError
 from tiwbench.diffusion.kernels import is_edm, make_kernel
 from tiwbench.diffusion.sampler import edm_sampler, kernel_sampler, per_sample_latents
@@ -37,6 +38,9 @@ from tiwbench.training.loop import (
     train_score,
     weight_stats,
 )
+
+# recorded beside the suite's metrics wherever they apply (tiwbench.metrics.floors)
+FLOOR_METRICS = ("bias_floor", "bias_ref", "fd_floor")
 
 
 @dataclass
@@ -106,8 +110,9 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
     cells = []
     for ds in ds_names:
         budget, profile_seeds = resolve_budget(suite, profile, ds)
-        for swept in sweep_points(suite, ds):
-            for rf in ref_fracs or suite.ref_fracs:
+        grid = profile_grid(suite, profile, ds)  # a smoke profile may run a smaller grid
+        for swept in sweep_points(suite, ds, grid.get("sweep")):
+            for rf in ref_fracs or grid.get("ref_fracs") or suite.ref_fracs:
                 for seed in seeds if seeds is not None else (profile_seeds or suite.seeds):
                     for m in m_names:
                         cells.append(Cell(suite.name, ds, m, float(rf), int(seed), profile,
@@ -118,12 +123,27 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
     return cells
 
 
-def sweep_points(suite: Suite, dataset: str) -> list[dict[str, Any]]:
+def scale_budget(cells: list[Cell], factor: float) -> list[Cell]:
+    """The budget-doubling check: ``factor`` × the training and ratio steps of every cell, recorded under the
+    suite ``<suite>_x<factor>`` so that both runs sit side by side (``tiwbench report --budget-check``)."""
+    if not factor > 0:
+        raise ConfigError(f"--budget-scale {factor}: give a positive factor, e.g. 2")
+    if factor == 1:
+        return cells
+    for c in cells:
+        c.budget = copy.deepcopy(c.budget)  # cells of one dataset share their sub-configs
+        c.budget.train.steps = max(1, round(c.budget.train.steps * factor))
+        c.budget.ratio.steps = max(1, round(c.budget.ratio.steps * factor))
+        c.suite = f"{c.suite}_x{factor:g}"
+    return cells
+
+
+def sweep_points(suite: Suite, dataset: str, values_of: dict[str, list] | None = None) -> list[dict[str, Any]]:
     """The suite's swept dataset parameter as one {name: value} per point ([{}] without a sweep),
-    checked against the dataset's parameters."""
+    checked against the dataset's parameters; ``values_of`` replaces the suite's values (a profile's)."""
     if not suite.sweep:
         return [{}]
-    (key, values), = suite.sweep.items()
+    (key, values), = (values_of or suite.sweep).items()
     allowed = DATASETS.get(dataset).defaults
     if key not in allowed:
         raise ConfigError(f"{suite.source}: sweep: dataset {dataset!r} has no parameter {key!r}; "
@@ -204,8 +224,9 @@ class Group:
             g = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio", tag))
             task = self.reporter.phase(f"ratio ({key})", cfg.steps)
             k = make_kernel(under, self.cell.budget.kernel) if under else None
-            model, fitted = estimator(self.dataset, cfg, time_dependent, kernel=k).fit(
-                self.split.bias, self.split.ref, g, self.device, task)
+            provider_obj = estimator(self.dataset, cfg, time_dependent, kernel=k)
+            provider_obj.split = self.split  # D_ref's labels, for estimators that use them (exact_empirical)
+            model, fitted = provider_obj.fit(self.split.bias, self.split.ref, g, self.device, task)
             info = {"provider": estimator.name, "kind": kind, **({"kernel": under} if under else {}), **fitted}
             if estimator.learned:
                 gd = torch.Generator().manual_seed(derived_seed(self.cell.seed, "ratio-diag", tag))
@@ -391,9 +412,12 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     t0 = time.monotonic()
     ctx = EvalContext(samples=samples, evaluator=group.evaluator, dataset=group.dataset,
                       options=dataclasses.asdict(cell.budget.eval),
-                      cache_dir=str(group.cache_dir) if group.cache_dir is not None else None)
+                      cache_dir=str(group.cache_dir) if group.cache_dir is not None else None,
+                      split=split, train_data=x)
     metrics = []
-    for name in cell.metrics:
+    # the floors go with every record where they apply (labels known, exact moments), asked for or not
+    floors = [n for n in FLOOR_METRICS if n not in cell.metrics and METRICS.get(n).applies(ctx)]
+    for name in [*cell.metrics, *floors]:
         m = METRICS.get(name)
         res = m()(ctx)
         value = res.pop("value")

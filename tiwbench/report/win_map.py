@@ -1,0 +1,96 @@
+"""Which method wins where: a map over the swept parameter (regime's dim) × ref_frac per dataset and metric.
+
+A cell names its winner only where the leader's 95 % interval clears every other method's (the
+leaderboard's rule); otherwise it lists the tied methods, drawn grey. The oracle trains on far more
+unbiased data than any method has: it is the ceiling, not a competitor, and is left out, as are the floors.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from tiwbench.records import atomic_write_bytes  # noqa: E402
+from tiwbench.report.intervals import ReportError  # noqa: E402
+from tiwbench.report.leaderboard import mark_column  # noqa: E402
+
+NOT_COMPETING = ("oracle",)
+FLOORS = ("bias_floor", "bias_ref", "fd_floor")
+
+
+def winners(agg: pd.DataFrame, metric: str, exclude: tuple[str, ...] = NOT_COMPETING) -> pd.DataFrame:
+    """One row per (suite, dataset, x, ref_frac): ``kind`` "best" (one winner), "tie" (the tied methods,
+    best mean first) or "none" (nothing finished)."""
+    sub = agg[(agg.metric == metric) & ~agg.method.isin(exclude)]
+    rows = []
+    for (suite, ds, x_name, x, frac), col in sub.groupby(["suite", "dataset", "x_name", "x", "ref_frac"], sort=True):
+        marks = mark_column(col)
+        leaders = col.loc[list(marks)] if marks else col[col.n > 0].iloc[:0]
+        if len(leaders):
+            leaders = leaders.sort_values("mean", ascending=not bool(leaders.higher_is_better.iloc[0]))
+        kind = "none" if leaders.empty else ("best" if len(leaders) == 1 else "tie")
+        rows.append({"suite": suite, "dataset": ds, "metric": metric, "x_name": x_name, "x": x, "ref_frac": frac,
+                     "kind": kind, "methods": list(leaders.method)})
+    return pd.DataFrame(rows, columns=["suite", "dataset", "metric", "x_name", "x", "ref_frac", "kind", "methods"])
+
+
+def _label(r: Any) -> str:
+    if r.kind == "none":
+        return "–"
+    if r.kind == "best":
+        return r.methods[0]
+    names = r.methods[:3] + ([f"+{len(r.methods) - 3}"] if len(r.methods) > 3 else [])
+    return "≈ " + "\n≈ ".join(names)
+
+
+def figure(agg: pd.DataFrame, metrics: list[str] | None = None):
+    metrics = metrics or [m for m in sorted(agg.metric.unique()) if m not in FLOORS]
+    panels = []
+    for metric in metrics:
+        table = winners(agg, metric)
+        for (suite, ds), t in table.groupby(["suite", "dataset"], sort=True):
+            panels.append((suite, ds, metric, t))
+    if not panels:
+        raise ReportError("no cells to map: the win map needs finished records")
+    ncols = min(2, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 3.6 * nrows), squeeze=False)
+    methods = sorted({m for _, _, _, t in panels for ms in t.methods for m in ms})
+    colors = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
+    for ax, (suite, ds, metric, t) in zip(axes.flat, panels, strict=False):
+        xs, fracs = sorted(t.x.unique()), sorted(t.ref_frac.unique())
+        for _, r in t.iterrows():
+            i, j = xs.index(r.x), fracs.index(r.ref_frac)
+            face = colors[r.methods[0]] if r.kind == "best" else (0.88, 0.88, 0.88)
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=face, edgecolor="white", lw=2))
+            ax.text(j, i, _label(r), ha="center", va="center", fontsize=7, wrap=True)
+        ax.set_xlim(-0.5, len(fracs) - 0.5)
+        ax.set_ylim(-0.5, len(xs) - 0.5)
+        ax.set_xticks(range(len(fracs)), [f"{f:g}" for f in fracs])
+        ax.set_yticks(range(len(xs)), [f"{x:g}" for x in xs])
+        ax.set_xlabel("ref_frac")
+        ax.set_ylabel(str(t.x_name.iloc[0]))
+        ax.set_title(f"{ds}: {metric} ({suite})", fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("winner where its 95 % interval clears all others; grey: ≈ tied (oracle left out)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_win_map(agg: pd.DataFrame, path: Path, metrics: list[str] | None = None) -> None:
+    import io
+
+    fig = figure(agg, metrics)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
