@@ -12,8 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 from tiwbench.cli import app
+from tiwbench.config import load_suite
 from tiwbench.training.step_bench import known_peak
 
+# the bench times the metrics of the suite it reads (ref_size)
+METRIC_ROW = f"metrics ({', '.join(load_suite('ref_size').metrics)})"
 KEYS = {"method", "ms_per_step", "ratio_to_dsm_obs", "flops_per_step", "tflops", "share_of_peak"}
 
 
@@ -37,8 +40,8 @@ def toy_bench(tmp_path_factory):
 def test_rows_hold_the_columns(toy_bench):
     rows = {r["method"]: r for r in toy_bench["rows"]}
     assert set(rows) == {"dsm_obs", "dsm_ref", "iw_dsm", "tiw_dsm_nocorr", "tiw_dsm", "oracle", "sampler (float32)",
-                         "metrics (fd, bias)"}
-    metrics = rows.pop("metrics (fd, bias)")  # toy2d's metrics run on raw coordinates: no network, 0 FLOPs
+                         METRIC_ROW}
+    metrics = rows.pop(METRIC_ROW)  # toy2d's metrics run on raw coordinates: no network, 0 FLOPs
     assert KEYS <= set(metrics) and metrics["flops_per_step"] == 0 and metrics["images_per_s"] > 0
     for r in rows.values():
         assert KEYS <= set(r) and r["ms_per_step"] > 0 and r["flops_per_step"] > 0
@@ -54,7 +57,7 @@ def test_cell_hours_are_the_four_parts(toy_bench):
     """toy2d smoke: 300 score steps, 300 ratio steps, 1000 samples; each part from its own timing."""
     rows = {r["method"]: r for r in toy_bench["rows"]}
     sample_s = 1000 / rows["sampler (float32)"]["images_per_s"]
-    metric_s = 1000 / rows["metrics (fd, bias)"]["images_per_s"]
+    metric_s = 1000 / rows[METRIC_ROW]["images_per_s"]
     for m in ("dsm_obs", "dsm_ref", "iw_dsm", "tiw_dsm_nocorr", "tiw_dsm", "oracle"):
         r = rows[m]
         assert r["train_hours"] == pytest.approx(300 * r["ms_per_step"] / 3.6e6)
@@ -120,7 +123,7 @@ def test_rows_reach_the_caller_one_by_one():
     res = run_bench("toy2d", methods=("dsm_obs", "tiw_dsm"), steps=1, warmup=1, repeats=1,
                     on_row=lambda r: seen.append((len(r["rows"]), r["complete"])))
     assert seen == [(i, False) for i in range(1, 5)] and res["complete"] and len(res["rows"]) == 4
-    assert [r["method"] for r in res["rows"]] == ["sampler (float32)", "metrics (fd, bias)", "dsm_obs", "tiw_dsm"]
+    assert [r["method"] for r in res["rows"]] == ["sampler (float32)", METRIC_ROW, "dsm_obs", "tiw_dsm"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
