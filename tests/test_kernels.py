@@ -194,3 +194,24 @@ def test_theorem1_under_each_kernel(toy, exact_denoiser, name, one_thread):
     dt = nocorr.loss(dens["bias"], bb, ratio).sum(1) - nocorr.loss(dens["data"], bb, ratio).sum(1)
     dd = per["bias"][1] - per["data"][1]
     assert abs(float(dt.mean() - dd.mean())) > 10 * math.sqrt(float(dt.var() / n + dd.var() / n)), name
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+def test_gmm_closed_form_ratio_follows_s_and_sigma(name):
+    """The high-dimensional mixture (label bias and tilt) under each kernel: its exact ratio against both
+    mixtures written directly in x_t-space (means s·μ, factors s·F, isotropic std s·√(ε² + σ²), at σ = 0)."""
+    from tiwbench.data.gmm import GMM, LowRankMixture
+
+    ds = GMM(dim=6, rank=2, modes=4, tilt=0.7, rho=0.1)
+    kernel, ratio = make_kernel(name), ds.exact_ratio()
+    g = torch.Generator().manual_seed(2)
+    for t in (0.05, 0.3, 0.9):
+        tt = torch.tensor(t, dtype=torch.float64)
+        s, sig = float(kernel.s(tt)), float(kernel.sigma(tt))
+        y, _ = ds.bias_mixture.sample(400, g)
+        x_t = kernel.perturb(y.double(), t, torch.randn(y.shape, generator=g, dtype=torch.float64))
+        direct = [LowRankMixture(m.means * s, m.factors * s, s * (m.eps**2 + sig**2) ** 0.5, m.weights)
+                  for m in (ds.data_mixture, ds.bias_mixture)]
+        log_w, grad = ratio.log_ratio_at_time(x_t, t, kernel)
+        assert torch.allclose(log_w, direct[0].log_prob(x_t) - direct[1].log_prob(x_t), atol=1e-7)
+        assert torch.allclose(grad, direct[0].score(x_t) - direct[1].score(x_t), atol=1e-6)
