@@ -123,3 +123,13 @@ def test_dlsm_records_its_observed_data_denoiser_and_prior_odds(toy):
     assert info["log_prior_odds"] == pytest.approx(math.log(50 / 200))
     assert {"final_obs_dsm", "final_bce"} <= set(info)
     assert isinstance(model, torch.nn.Module) and not isinstance(model, EDMPrecond)
+
+
+def test_dlsm_on_images_is_a_config_error_naming_the_alternatives():
+    from tiwbench.config import ConfigError, RatioConfig
+    from tiwbench.data.digits import DigitsLT
+    from tiwbench.registry import RATIOS
+
+    x = torch.zeros(4, 1, 8, 8)
+    with pytest.raises(ConfigError, match="vector data only.*'discriminator'"):
+        RATIOS.get("dlsm")(DigitsLT(), RatioConfig(channels=16), True).fit(x, x, torch.Generator().manual_seed(0))

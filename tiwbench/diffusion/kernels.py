@@ -12,6 +12,7 @@ config values (``Budget.kernel``), checked against ``defaults``.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -24,8 +25,8 @@ def _t(x, like: torch.Tensor | None = None) -> torch.Tensor:
                            device=None if like is None else like.device)
 
 
-class Kernel:
-    """Base class: subclasses set ``name``, ``defaults`` and the functions of t below."""
+class Kernel(ABC):
+    """Base class: subclasses set ``name``, ``defaults`` and the abstract functions of t below."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -50,15 +51,17 @@ class Kernel:
     def s_deriv(self, t: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(t)
 
+    @abstractmethod
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def sigma_deriv(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def sigma_inv(self, sigma: torch.Tensor) -> torch.Tensor:
         """t of a noise level σ."""
-        raise NotImplementedError
 
     def perturb(self, y: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
         """x_t = s(t) (y + σ(t) n)."""
@@ -66,22 +69,22 @@ class Kernel:
         return self.s(t) * (y + self.sigma(t) * noise)
 
     # -- training ----------------------------------------------------------------------------
+    @abstractmethod
     def sample_sigma(self, n: int, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
         """σ of n training samples."""
-        raise NotImplementedError
 
     def loss_weight(self, sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
         """λ(σ): 1/σ² makes VP's and VE's loss their usual noise-prediction loss (Karras et al., Table 1)."""
         return 1 / sigma**2
 
+    @abstractmethod
     def precond(self, sigma: torch.Tensor, sigma_data: float):
         """(c_skip, c_out, c_in, c_noise), each of the shape of σ."""
-        raise NotImplementedError
 
     # -- sampling -----------------------------------------------------------------------------
+    @abstractmethod
     def time_steps(self, num_steps: int, dtype=torch.float64, device="cpu") -> torch.Tensor:
         """t_0 > … > t_{N−1}, then t_N = 0."""
-        raise NotImplementedError
 
     def sigma_range(self, num_steps: int = 18) -> tuple[float, float]:
         """The lowest positive and the highest σ the sampler visits (the ratio models train over it)."""

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tiwbench.config import RatioConfig
+from tiwbench.config import ConfigError, RatioConfig
 from tiwbench.data.base import DataError
 from tiwbench.diffusion.losses import device_generator, edm_weight
 from tiwbench.diffusion.mlp import MLP
@@ -323,7 +323,8 @@ class DLSM(Discriminator):
         if not self.time_dependent:  # a clean classifier has no score to match
             return model, train_ratio(model, bias, ref, cfg, generator, device, progress)
         if self.dataset.kind != "vector":
-            raise NotImplementedError("dlsm is built for vector data (its observed-data denoiser is an MLP)")
+            raise ConfigError(f"ratio estimator 'dlsm' works on vector data only (its observed-data denoiser is an "
+                              f"MLP); for {self.dataset.name!r} use 'discriminator' or 'denoiser_diff'")
         dim = math.prod(self.dataset.shape)
         d_obs = EDMPrecond(MLP(dim, hidden=self.cfg.hidden, depth=self.cfg.depth), model.sigma_data,
                            self.kernel).to(device)
