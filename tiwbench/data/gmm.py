@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from tiwbench.data.base import BiasedDataset, DataError, Evaluator, Split, stream_seed
-from tiwbench.data.mixtures import ExactRatio, MixtureEvaluator, long_tail_weights
+from tiwbench.data.base import DataError, Evaluator, stream_seed
+from tiwbench.data.mixtures import ExactMixtureDataset, MixtureEvaluator, long_tail_weights
 
 
 def _c_col(sigma, x: torch.Tensor, eps2: float) -> torch.Tensor:
@@ -149,11 +149,10 @@ class GMMEvaluator(MixtureEvaluator):
         return float((share * shift**2).sum().sqrt()), shift.tolist()
 
 
-class GMM(BiasedDataset):
+class GMM(ExactMixtureDataset):
     """K modes near rank-r subspaces of R^d; D_bias long-tailed over modes and/or tilted along u."""
 
     name = "gmm"
-    kind = "vector"
     defaults: dict[str, Any] = {
         "dim": 16,  # data dimension d
         "modes": 8,  # mixture components K
@@ -185,28 +184,8 @@ class GMM(BiasedDataset):
         self.num_classes = p["modes"]
         self.sigma_data = float(self.data_mixture.cov().diagonal().mean().sqrt())
 
-    def split(self, ref_frac: float, seed: int) -> Split:
-        if not 0 < ref_frac:
-            raise DataError(f"ref_frac must be > 0, got {ref_frac}")
-        n_bias = int(self.params["n_bias"])
-        n_ref = max(1, round(ref_frac * n_bias))
-        g = torch.Generator().manual_seed(seed)
-        bias, bias_k = self.bias_mixture.sample(n_bias, g)
-        ref, ref_k = self.data_mixture.sample(n_ref, g)
-        oracle, _ = self.data_mixture.sample(int(self.params["n_oracle"]),
-                                             torch.Generator().manual_seed(stream_seed(seed, "oracle")))
-        f = torch.float32
-        return Split(bias.to(f), bias_k, ref.to(f), ref_k, oracle.to(f))
-
     def evaluator(self, cache_dir=None, device="cpu") -> Evaluator:
         return GMMEvaluator(self.data_mixture, self.tilt_direction)
-
-    def exact_ratio(self, time_dependent: bool = True) -> ExactRatio:
-        return ExactRatio(self.data_mixture, self.bias_mixture, time_dependent)
-
-    def empirical_ratio(self, proportions: torch.Tensor, time_dependent: bool = True) -> ExactRatio:
-        """w_σ between the truth re-weighted to ``proportions`` (D_ref's) and p_bias."""
-        return ExactRatio(self.data_mixture.with_weights(proportions), self.bias_mixture, time_dependent)
 
 
 class GMMTilt(GMM):

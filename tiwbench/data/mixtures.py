@@ -156,11 +156,45 @@ def long_tail_weights(num: int, rho: float) -> torch.Tensor:
     return w / w.sum()
 
 
-class Toy2D(BiasedDataset):
+class ExactMixtureDataset(BiasedDataset):
+    """Vector data whose unbiased and biased distributions are known mixtures (``data_mixture``,
+    ``bias_mixture``, set by the subclass): the split draws from them, and the ratios are closed form.
+    A ``contamination`` parameter, where the subclass has one, draws that fraction of D_ref from p_bias."""
+
+    kind = "vector"
+    data_mixture: Any
+    bias_mixture: Any
+
+    def split(self, ref_frac: float, seed: int) -> Split:
+        if not 0 < ref_frac:
+            raise DataError(f"ref_frac must be > 0, got {ref_frac}")
+        n_bias = int(self.params["n_bias"])
+        n_ref = max(1, round(ref_frac * n_bias))
+        n_cont = contaminated_count(n_ref, float(self.params.get("contamination", 0.0)))
+        g = torch.Generator().manual_seed(seed)
+        bias, bias_k = self.bias_mixture.sample(n_bias, g)
+        ref, ref_k = self.data_mixture.sample(n_ref - n_cont, g)
+        if n_cont:
+            cont, cont_k = self.bias_mixture.sample(n_cont, g)
+            ref, ref_k = torch.cat([ref, cont]), torch.cat([ref_k, cont_k])
+        # its own stream: the oracle set is the same whatever ref_frac and contamination are
+        oracle, _ = self.data_mixture.sample(int(self.params["n_oracle"]),
+                                             torch.Generator().manual_seed(stream_seed(seed, "oracle")))
+        f = torch.float32
+        return Split(bias.to(f), bias_k, ref.to(f), ref_k, oracle.to(f))
+
+    def exact_ratio(self, time_dependent: bool = True) -> ExactRatio:
+        return ExactRatio(self.data_mixture, self.bias_mixture, time_dependent)
+
+    def empirical_ratio(self, proportions: torch.Tensor, time_dependent: bool = True) -> ExactRatio:
+        """w_σ between the truth re-weighted to ``proportions`` (D_ref's) and p_bias."""
+        return ExactRatio(self.data_mixture.with_weights(proportions), self.bias_mixture, time_dependent)
+
+
+class Toy2D(ExactMixtureDataset):
     """8 Gaussian modes on a ring; unbiased weights uniform, biased weights long-tailed."""
 
     name = "toy2d"
-    kind = "vector"
     defaults: dict[str, Any] = {
         "modes": 8,  # mixture components
         "radius": 1.0,  # ring radius
@@ -185,30 +219,6 @@ class Toy2D(BiasedDataset):
         self.num_classes = p["modes"]
         self.sigma_data = float(self.data_mixture.cov().diagonal().mean().sqrt())
 
-    def split(self, ref_frac: float, seed: int) -> Split:
-        if not 0 < ref_frac:
-            raise DataError(f"ref_frac must be > 0, got {ref_frac}")
-        n_bias = int(self.params["n_bias"])
-        n_ref = max(1, round(ref_frac * n_bias))
-        n_cont = contaminated_count(n_ref, float(self.params["contamination"]))
-        g = torch.Generator().manual_seed(seed)
-        bias, bias_k = self.bias_mixture.sample(n_bias, g)
-        ref, ref_k = self.data_mixture.sample(n_ref - n_cont, g)
-        if n_cont:
-            cont, cont_k = self.bias_mixture.sample(n_cont, g)
-            ref, ref_k = torch.cat([ref, cont]), torch.cat([ref_k, cont_k])
-        # its own stream: the oracle set is the same whatever ref_frac and contamination are
-        oracle, _ = self.data_mixture.sample(int(self.params["n_oracle"]),
-                                             torch.Generator().manual_seed(stream_seed(seed, "oracle")))
-        f = torch.float32
-        return Split(bias.to(f), bias_k, ref.to(f), ref_k, oracle.to(f))
-
     def evaluator(self, cache_dir=None, device="cpu") -> Evaluator:
         return MixtureEvaluator(self.data_mixture)
 
-    def exact_ratio(self, time_dependent: bool = True) -> ExactRatio:
-        return ExactRatio(self.data_mixture, self.bias_mixture, time_dependent)
-
-    def empirical_ratio(self, proportions: torch.Tensor, time_dependent: bool = True) -> ExactRatio:
-        """w_σ between the truth re-weighted to ``proportions`` (D_ref's) and p_bias."""
-        return ExactRatio(self.data_mixture.with_weights(proportions), self.bias_mixture, time_dependent)
