@@ -198,3 +198,18 @@ def test_sample_grids_are_shown_at_their_own_size(tmp_path):
     page = gallery_html([rec])
     assert 'width="265" height="265"' in page
     assert "width:" not in GALLERY_STYLE.split(".gallery img", 1)[1].split("}", 1)[0]  # no CSS rescaling
+
+
+def test_a_diagnostic_metric_is_shown_but_never_ranked():
+    """bias_ref (bias against D_ref's own proportions) gets no best/tie mark where bias, with the same
+    separated values, gets one."""
+    recs = []
+    for s, (a, b) in enumerate([(0.01, 0.5), (0.012, 0.52), (0.011, 0.49)]):
+        for m, v in (("a", a), ("b", b)):
+            r = record(m, 0.05, s, fd=v, bias=v)
+            r["metrics"].append({"name": "bias_ref", "value": v, "higher_is_better": False})
+            recs.append(r)
+    agg = aggregate(records_frame(recs))
+    assert cells(agg, "bias")[("a", 0.05)].mark == "best"
+    assert {r.mark for r in cells(agg, "bias_ref").values()} == {""}
+    assert len(cells(agg, "bias_ref")) == 2  # still in the table

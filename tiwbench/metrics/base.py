@@ -42,6 +42,7 @@ class Metric(ABC):
     name: ClassVar[str]
     higher_is_better: ClassVar[bool]
     description: ClassVar[str] = ""
+    ranked: ClassVar[bool] = True  # False: a diagnostic the leaderboard shows but marks no winner of
 
     @classmethod
     def needs(cls, dataset) -> dict[str, str]:

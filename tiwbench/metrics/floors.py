@@ -52,6 +52,7 @@ class BiasRef(Metric):
     name = "bias_ref"
     higher_is_better = False
     description = "‖p̂ − p_ref‖₂: generated proportions against D_ref's empirical ones"
+    ranked = False  # how close a method stays to D_ref's sampling noise, not to the truth: nothing to win
 
     @classmethod
     def applies(cls, ctx: EvalContext) -> bool:

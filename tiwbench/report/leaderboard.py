@@ -41,6 +41,14 @@ def direction(metric: str, recorded: Any = None) -> bool:
         return bool(recorded)
 
 
+def ranked(metric: str) -> bool:
+    """Whether the leaderboard marks a winner of ``metric`` (diagnostics such as bias_ref are shown only)."""
+    try:
+        return bool(getattr(METRICS.get(metric), "ranked", True))
+    except RegistryError:  # a plugin metric not installed here: ranked, as every metric by default
+        return True
+
+
 def config_key(record: dict[str, Any]) -> str | None:
     """The hash of a record's config without its seed: seeds of one cell must share it."""
     cfg = record.get("config")
@@ -124,7 +132,10 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
                     "ref_size": int(sizes[0]) if len(sizes) == 1 else None,
                     "configs": int(g.config_key.dropna().nunique())})
     agg = pd.DataFrame(out, columns=cols)
-    for _, col in agg.groupby(["suite", "dataset", "metric", "ref_frac", "x_name", "x"]).groups.items():
+    columns = agg.groupby(["suite", "dataset", "metric", "ref_frac", "x_name", "x"]).groups
+    for (_, _, metric, *_), col in columns.items():
+        if not ranked(metric):
+            continue
         marks = mark_column(agg.loc[col])
         agg.loc[list(marks), "mark"] = list(marks.values())
     return agg
@@ -219,7 +230,7 @@ LEGEND = (f"Rows: method; columns: ref_frac (or the suite's swept parameter). "
           "Bold: best, its CI clear of the runner-up's; ≈: leaders whose CIs overlap (a tie). "
           "n=1 has no CI and cannot be separated from the leader. –: not run; failed cells are counted. "
           "(floor), never ranked: bias of D_ref's own label proportions, fd of as many fresh samples of the truth "
-          "(what no method learning from D_ref can beat); bias_ref: bias against D_ref's proportions.")
+          "(what no method learning from D_ref can beat); bias_ref, never ranked: bias against D_ref's proportions.")
 
 
 # -- formats ------------------------------------------------------------------------------------------
