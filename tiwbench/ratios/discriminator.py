@@ -148,23 +148,34 @@ def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     b = cfg.batch_size
     labels = torch.cat([torch.ones(b), torch.zeros(b)]).to(device)
-    losses = torch.zeros(cfg.steps, device=device)
-    for step in range(cfg.steps):
+
+    def step_loss() -> torch.Tensor:
         y, sigma, noise = balanced_batch(ref, bias, b, cfg, generator, device)
         x = y + expand_like(sigma, y) * noise if model.time_dependent else y
         loss = F.binary_cross_entropy_with_logits(model.logit(x, sigma), labels)
-        if regulariser is not None:
-            loss = loss + regulariser(x, sigma, y)
+        return loss if regulariser is None else loss + regulariser(x, sigma, y)
+
+    final = optimise(opt, step_loss, cfg.steps, device, progress, "ratio-model training produced a non-finite BCE loss")
+    model.eval()
+    return {"final_bce": final}
+
+
+def optimise(opt: torch.optim.Optimizer, step_loss, steps: int, device, progress, nonfinite: str) -> float:
+    """The optimiser loop every ratio model and its helper denoisers share: ``step_loss()`` draws a batch and
+    returns its loss. Returns the mean loss of the last tenth of the steps; a non-finite loss anywhere is a
+    ``FloatingPointError`` saying ``nonfinite`` (checked once at the end: no host sync per step)."""
+    losses = torch.zeros(steps, device=device)
+    for step in range(steps):
+        loss = step_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses[step] = loss.detach()
         if progress is not None:
-            progress(step + 1, cfg.steps)
-    model.eval()
+            progress(step + 1, steps)
     if not torch.isfinite(losses).all():
-        raise FloatingPointError("ratio-model training produced a non-finite BCE loss; lower ratio.lr")
-    return {"final_bce": float(losses[-max(1, cfg.steps // 10):].mean())}
+        raise FloatingPointError(f"{nonfinite}; lower ratio.lr")
+    return float(losses[-max(1, steps // 10):].mean())
 
 
 def make_ratio(dataset, cfg: RatioConfig, time_dependent: bool, kernel=None) -> LearnedRatio:

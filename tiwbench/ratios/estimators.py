@@ -30,7 +30,14 @@ from tiwbench.data.base import DataError
 from tiwbench.diffusion.losses import device_generator, edm_weight
 from tiwbench.diffusion.mlp import MLP
 from tiwbench.diffusion.precond import EDMPrecond, expand_like
-from tiwbench.ratios.discriminator import LearnedRatio, RatioTrainConfig, balanced_batch, draw_ratio_sigma, train_ratio
+from tiwbench.ratios.discriminator import (
+    LearnedRatio,
+    RatioTrainConfig,
+    balanced_batch,
+    draw_ratio_sigma,
+    optimise,
+    train_ratio,
+)
 
 
 class RatioEstimator(ABC):
@@ -215,23 +222,18 @@ def train_labelled_denoiser(d_ref: EDMPrecond, d_bias: EDMPrecond, bias: torch.T
     bias, ref = bias.to(device), ref.to(device)  # once; the draws then come from a generator there
     generator = device_generator(generator, device)
     b = cfg.batch_size
-    losses = torch.zeros(cfg.steps, device=device)
     d_ref.train()
-    for step in range(cfg.steps):
+
+    def step_loss() -> torch.Tensor:
         y, sigma, noise = balanced_batch(ref, bias, b, cfg, generator, device)
         x = y + expand_like(sigma, y) * noise
         denoised = torch.cat([d_ref(x[:b], sigma[:b]), d_bias(x[b:], sigma[b:])])
-        loss = (expand_like(loss_weight(d_ref, sigma), y) * (denoised - y) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses[step] = loss.detach()
-        if progress is not None:
-            progress(step + 1, cfg.steps)
+        return (expand_like(loss_weight(d_ref, sigma), y) * (denoised - y) ** 2).mean()
+
+    final = optimise(opt, step_loss, cfg.steps, device, progress,
+                     "labelled-denoiser training produced a non-finite loss")
     d_ref.eval()
-    if not torch.isfinite(losses).all():
-        raise FloatingPointError("labelled-denoiser training produced a non-finite loss; lower ratio.lr")
-    return {"final_dsm": float(losses[-max(1, cfg.steps // 10):].mean())}
+    return {"final_dsm": final}
 
 
 class DenoiserDifference(Discriminator):
@@ -266,23 +268,18 @@ def train_obs_denoiser(d_obs: EDMPrecond, obs: torch.Tensor, cfg: RatioTrainConf
     widened noise distribution: the score s_obs that DLSM adds its class posterior to."""
     opt = torch.optim.Adam(d_obs.parameters(), lr=cfg.lr)
     n = 2 * cfg.batch_size
-    losses = torch.zeros(cfg.steps, device=device)
     d_obs.train()
-    for step in range(cfg.steps):
+
+    def step_loss() -> torch.Tensor:
         y = obs[torch.randint(len(obs), (n,), generator=generator)].to(device)
         sigma = draw_ratio_sigma(n, cfg, generator, device)
         x = y + expand_like(sigma, y) * torch.randn(y.shape, generator=generator).to(device)
-        loss = (expand_like(loss_weight(d_obs, sigma), y) * (d_obs(x, sigma) - y) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses[step] = loss.detach()
-        if progress is not None:
-            progress(step + 1, cfg.steps)
+        return (expand_like(loss_weight(d_obs, sigma), y) * (d_obs(x, sigma) - y) ** 2).mean()
+
+    final = optimise(opt, step_loss, cfg.steps, device, progress,
+                     "observed-data denoiser training produced a non-finite loss")
     d_obs.eval().requires_grad_(False)
-    if not torch.isfinite(losses).all():
-        raise FloatingPointError("observed-data denoiser training produced a non-finite loss; lower ratio.lr")
-    return {"final_obs_dsm": float(losses[-max(1, cfg.steps // 10):].mean())}
+    return {"final_obs_dsm": final}
 
 
 def class_denoiser(logit: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, d_obs_x: torch.Tensor,
