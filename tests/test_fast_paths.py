@@ -5,8 +5,8 @@ import collections
 
 import pytest
 import torch
+from oplog import OpLog
 from torch.nn import functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from tiwbench.config import TrainConfig
 from tiwbench.diffusion.losses import Batch, dsm_loss
@@ -18,28 +18,11 @@ from tiwbench.registry import METHODS
 from tiwbench.training.loop import train_score
 
 CL = torch.channels_last
-COPIES = ("_to_copy", "copy_", "clone", "contiguous")
 
 
 @pytest.fixture(autouse=True)
 def _small_kernels_one_thread(one_thread):
     """Small kernels: a second thread only waits on the neighbours' load of a shared machine."""
-
-
-class OpLog(TorchDispatchMode):
-    """Every aten op dispatched, and the shape and dtypes of every copy or cast."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = collections.Counter()
-        self.copies = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.__name__.split(".")[0]
-        self.ops[name] += 1
-        if name in COPIES:
-            self.copies.append((name, tuple(args[0].shape), args[0].dtype))
-        return func(*args, **(kwargs or {}))
 
 
 def _unet(**kw):

@@ -1,14 +1,13 @@
 """The fast training step computes the same method: channels-last U-Net, fused attention, group norm
 on NHWC memory, the ratio model on the whole batch, draws from a device generator, torch.compile."""
 
-import collections
 import math
 import os
 
 import pytest
 import torch
+from oplog import OpLog
 from torch.nn import functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from tiwbench.config import TrainConfig
 from tiwbench.diffusion.losses import Batch, dsm_loss
@@ -27,16 +26,6 @@ CL = torch.channels_last
 @pytest.fixture(autouse=True)
 def _small_kernels_one_thread(one_thread):
     """Small kernels: a second thread only waits on the neighbours' load of a shared machine."""
-
-
-class OpLog(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.__name__.split(".")[0]] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _randomised(module, seed=0):
