@@ -37,3 +37,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def install_plugin(tmp_path, monkeypatch):
+    """Install a one-module plugin as pip would (a dist-info with entry points) and make ``registry`` re-read
+    its entry points as a fresh process would; the registry is restored afterwards."""
+
+    def install(registry, group: str, module: str, source: str, entry: str) -> None:
+        (tmp_path / f"{module}.py").write_text(source)
+        dist = tmp_path / f"{module}-0.1.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+        (dist / "entry_points.txt").write_text(f"[{group}]\n{entry}\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        for attr in ("_entries", "_origin"):
+            monkeypatch.setattr(registry, attr, dict(getattr(registry, attr)))
+        monkeypatch.setattr(registry, "_entry_points_loaded", False)
+
+    return install

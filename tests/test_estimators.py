@@ -55,17 +55,8 @@ class HalfExact(RatioEstimator):
 '''
 
 
-def test_third_party_estimator_arrives_through_an_entry_point(tmp_path, monkeypatch):
-    (tmp_path / "half_ratio_plugin.py").write_text(PLUGIN)
-    dist = tmp_path / "half_ratio_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: half-ratio-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[tiwbench.ratios]\nhalf_exact = half_ratio_plugin:HalfExact\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    # the project's registry, re-reading entry points as a fresh process would (restored afterwards)
-    for attr in ("_entries", "_origin"):
-        monkeypatch.setattr(RATIOS, attr, dict(getattr(RATIOS, attr)))
-    monkeypatch.setattr(RATIOS, "_entry_points_loaded", False)
+def test_third_party_estimator_arrives_through_an_entry_point(install_plugin, monkeypatch):
+    install_plugin(RATIOS, "tiwbench.ratios", "half_ratio_plugin", PLUGIN, "half_exact = half_ratio_plugin:HalfExact")
     assert "half_exact" in RATIOS.names()
     assert RATIOS.origin("half_exact") == "entry point half_ratio_plugin:HalfExact"
     assert issubclass(RATIOS.get("half_exact"), RatioEstimator)

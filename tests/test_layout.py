@@ -176,16 +176,9 @@ class HalfWeight(Method):
 '''
 
 
-def test_third_party_method_arrives_through_the_entry_point_group(tmp_path, monkeypatch):
-    (tmp_path / "half_weight_plugin.py").write_text(PLUGIN)
-    dist = tmp_path / "half_weight_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: half-weight-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[tiwbench.methods]\nhalf_weight = half_weight_plugin:HalfWeight\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for attr in ("_entries", "_origin"):  # re-read entry points as a fresh process would (restored afterwards)
-        monkeypatch.setattr(METHODS, attr, dict(getattr(METHODS, attr)))
-    monkeypatch.setattr(METHODS, "_entry_points_loaded", False)
+def test_third_party_method_arrives_through_the_entry_point_group(install_plugin):
+    install_plugin(METHODS, "tiwbench.methods", "half_weight_plugin", PLUGIN,
+                   "half_weight = half_weight_plugin:HalfWeight")
     assert METHODS.origin("half_weight") == "entry point half_weight_plugin:HalfWeight"
     assert issubclass(METHODS.get("half_weight"), Method)
     r = CliRunner().invoke(app, ["ls", "methods"])
