@@ -39,6 +39,13 @@ class TrainConfig:
     amp: bool = False  # CUDA only: bf16 autocast of the training forward pass (ignored on CPU)
     channels_last: bool = False  # CUDA only: channels-last image nets (ignored on CPU and for MLPs)
     compile: bool = False  # torch.compile the score and ratio networks (same numbers, faster steps on a GPU)
+    # The checkpoint a cell reports: every `select_every` steps an EMA snapshot is kept, and the one whose
+    # `select_n` validation samples (seeds disjoint from the evaluation's) score best on `select_by` is sampled.
+    # Training curves peak early and then degrade (PAPER_FACTS §6), so a fixed step count rewards whichever
+    # method happens to peak near it; 0 = the last step, as before.
+    select_every: int = 0
+    select_by: str = "fd"
+    select_n: int = 1000
 
 
 @dataclass
@@ -286,6 +293,8 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
     where = f"{suite.source}: profiles.{profile}.{dataset}"
     for name, value, low in (("train.steps", budget.train.steps, 1), ("train.batch_size", budget.train.batch_size, 1),
                              ("train.check_every", budget.train.check_every, 1),
+                             ("train.select_every", budget.train.select_every, 0),
+                             ("train.select_n", budget.train.select_n, 1),
                              ("ratio.steps", budget.ratio.steps, 1), ("ratio.batch_size", budget.ratio.batch_size, 1),
                              ("sample.n", budget.sample.n, 1), ("sample.steps", budget.sample.steps, 2),
                              ("sample.batch_size", budget.sample.batch_size, 1),
@@ -308,6 +317,14 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
 
     if budget.ratio.provider not in RATIOS:
         raise ConfigError(f"{suite.source}: ratio: {RATIOS.unknown_message(budget.ratio.provider)}")
+    if budget.train.select_every:
+        from tiwbench.registry import METRICS
+
+        if budget.train.select_by not in METRICS:
+            raise ConfigError(f"{where}: train.select_by: {METRICS.unknown_message(budget.train.select_by)}")
+        if not METRICS.get(budget.train.select_by).ranked:
+            raise ConfigError(f"{where}: train.select_by = {budget.train.select_by!r} is a diagnostic, not a "
+                              f"score; choose a ranked metric such as 'fd'")
     return budget, seeds
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -38,6 +39,7 @@ from tiwbench.training.loop import (
     train_score,
     weight_stats,
 )
+from tiwbench.training.selection import select_checkpoint
 
 # recorded beside the suite's metrics wherever they apply (tiwbench.metrics.floors)
 FLOOR_METRICS = ("bias_floor", "bias_ref", "fd_floor")
@@ -63,6 +65,9 @@ class Cell:
         budget = dataclasses.asdict(self.budget)
         if not budget["kernel"]:  # no schedule parameters set: configs (and hashes) as before kernels
             del budget["kernel"]
+        if not budget["train"]["select_every"]:  # the last step reported: configs as before selection
+            for key in ("select_every", "select_by", "select_n"):
+                del budget["train"][key]
         return {
             "suite": self.suite, "dataset": self.dataset, "dataset_params": self.dataset_params,
             "method": self.method, "method_options": self.method_options, "ref_frac": self.ref_frac,
@@ -353,10 +358,13 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     if ratio is not None and hasattr(ratio, "clipped"):
         ratio.clipped, ratio.seen = ratio.clipped * 0, ratio.seen * 0  # clip rate of this cell only
     t0 = time.monotonic()
+    snapshots: dict[int, dict] = {}  # EMA states for checkpoint selection (train.select_every)
     if restored is not None:
         pass
     elif shared in group.trained:  # the same seeds and loss: the base cell's network, not a retrained copy
-        ema, train_info = group.trained[shared][0], {**group.trained[shared][1], "shared_with": trains_as}
+        base, info, snapshots = group.trained[shared]
+        ema, train_info = copy.deepcopy(base), {**info, "shared_with": trains_as}
+        train_info.pop("selection", None)  # this method chooses its own checkpoint below
     else:
         torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
         net = make_denoiser(group.dataset, cell.budget.train, kernel)
@@ -364,11 +372,35 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         task = reporter.phase("train", cell.budget.train.steps)
         distributed.injected_fault("train")
         ema, train_info = train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
-                                      checkpoint=checkpoint)
+                                      checkpoint=checkpoint, snapshots=snapshots)
         if cell.method in group.shared_training:
-            group.trained[shared] = (ema, dict(train_info))
+            group.trained[shared] = (ema, dict(train_info), snapshots)
     timing["train"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    sampling_ratio = group.ratio(method.sampling_ratio, ratio_name, kernel_name)  # `dg_obs@NAME` guides with NAME
+    timing["ratio"] += time.monotonic() - t0
+    ref_share = float(is_ref.float().mean())  # π: the share of D_ref in what the network saw
+    denoiser = method.sampling_denoiser(ema, sampling_ratio, ref_share)
+    draw = functools.partial(draw_samples, cell, group, method, denoiser, kernel, sampling_ratio, ref_share, device)
+
     if restored is None:
+        if snapshots:  # the reported checkpoint: the best snapshot on validation samples (the saved network is it)
+            t0 = time.monotonic()
+            tc = cell.budget.train
+            metric = METRICS.get(tc.select_by)
+            validation = [VALIDATION_SEED + cell.seed * 1_000_003 + i for i in range(tc.select_n)]
+            task, done = reporter.phase("select", len(snapshots)), []
+
+            def score() -> float:
+                value = evaluate(cell, group, draw(validation, "select-finish"), x, [tc.select_by])[0]["value"]
+                done.append(value)
+                task(len(done), len(snapshots))
+                return value
+
+            chosen = select_checkpoint(ema, snapshots, score, metric.higher_is_better)
+            train_info["selection"] = {"by": tc.select_by, "every": tc.select_every, "n": tc.select_n, **chosen}
+            timing["select"] = time.monotonic() - t0
         if ratio is not None:
             train_info["clip_rate"] = ratio.clip_rate
         gw = torch.Generator().manual_seed(derived_seed(cell.seed, "ess", cell.method))
@@ -377,32 +409,13 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
             used = {k: v for k, v in group.ratio_info.items() if k.partition("@")[0] == method.ratio}
             save_network(network, ema, {"train": train_info, "ratio_info": used})
 
-    t0 = time.monotonic()
-    sampling_ratio = group.ratio(method.sampling_ratio, ratio_name, kernel_name)  # `dg_obs@NAME` guides with NAME
-    timing["ratio"] += time.monotonic() - t0
-    if sampling_ratio is not None and hasattr(sampling_ratio, "clipped"):
+    if sampling_ratio is not None and hasattr(sampling_ratio, "clipped"):  # the clip rate of the final draw only
         sampling_ratio.clipped, sampling_ratio.seen = sampling_ratio.clipped * 0, sampling_ratio.seen * 0
-    ref_share = float(is_ref.float().mean())  # π: the share of D_ref in what the network saw
-    denoiser = method.sampling_denoiser(ema, sampling_ratio, ref_share)
-
     s = cell.budget.sample
     t0 = time.monotonic()
-    samples = []
-    seeds = [cell.seed * 1_000_003 + i for i in range(s.n)]  # common to all methods of a seed
-    seeds = seeds[distributed.shard(s.n)]  # under torchrun each rank samples its part of the seeds
-    task = reporter.phase("sample", len(seeds))
     sampling_network(ema, s)  # in place: the denoiser above wraps it
-    for i in range(0, len(seeds), s.batch_size):
-        lat = per_sample_latents(seeds[i : i + s.batch_size], group.dataset.shape, device)
-        if kernel is None:
-            samples.append(edm_sampler(denoiser, lat, s.steps, s.sigma_min, s.sigma_max, s.rho, dtype=s.dtype).cpu())
-        else:  # the kernel's own discretisation (sample.sigma_min, sigma_max and rho are EDM's)
-            samples.append(kernel_sampler(denoiser, lat, kernel, s.steps, dtype=s.dtype).cpu())
-        task(min(i + s.batch_size, len(seeds)), len(seeds))
-    samples = torch.cat(samples) if samples else torch.empty(0, *group.dataset.shape)
-    samples = distributed.gather_cat(samples, s.n)  # in seed order, on every rank
-    gf = torch.Generator().manual_seed(derived_seed(cell.seed, "finish", cell.method))
-    samples = method.finish_samples(samples.to(device), sampling_ratio, ref_share, gf).cpu()
+    seeds = [cell.seed * 1_000_003 + i for i in range(s.n)]  # common to all methods of a seed
+    samples = draw(seeds, "finish", reporter.phase("sample", s.n))
     if sampling_ratio is not None:
         train_info["sampling"] = {"ratio": method.sampling_ratio, "provider": ratio_name or cell.budget.ratio.provider,
                                   "ref_share": ref_share,
@@ -410,21 +423,54 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     timing["sample"] = time.monotonic() - t0
 
     t0 = time.monotonic()
+    metrics = evaluate(cell, group, samples, x, cell.metrics, floors=True)
+    timing["metrics"] = time.monotonic() - t0
+    picture = sample_picture(group.dataset, samples) if distributed.is_main() else None
+    return {"metrics": metrics, "timing": timing, "train": train_info, "_picture": picture}
+
+
+# validation draws for checkpoint selection: seeds far from every evaluation seed (seed · 1,000,003 + i)
+VALIDATION_SEED = 2**40
+
+
+def draw_samples(cell: Cell, group: Group, method, denoiser, kernel, sampling_ratio, ref_share: float, device: str,
+                 seeds: list[int], finish_tag: str, task=None) -> torch.Tensor:
+    """One sample per seed (on the CPU, in seed order, on every rank), through the cell's sampler and the
+    method's finishing step (e.g. importance resampling)."""
+    s = cell.budget.sample
+    n = len(seeds)
+    mine = seeds[distributed.shard(n)]  # under torchrun each rank samples its part of the seeds
+    out = []
+    for i in range(0, len(mine), s.batch_size):
+        lat = per_sample_latents(mine[i : i + s.batch_size], group.dataset.shape, device)
+        if kernel is None:
+            out.append(edm_sampler(denoiser, lat, s.steps, s.sigma_min, s.sigma_max, s.rho, dtype=s.dtype).cpu())
+        else:  # the kernel's own discretisation (sample.sigma_min, sigma_max and rho are EDM's)
+            out.append(kernel_sampler(denoiser, lat, kernel, s.steps, dtype=s.dtype).cpu())
+        if task is not None:
+            task(min(i + s.batch_size, len(mine)), len(mine))
+    samples = torch.cat(out) if out else torch.empty(0, *group.dataset.shape)
+    samples = distributed.gather_cat(samples, n)
+    gf = torch.Generator().manual_seed(derived_seed(cell.seed, finish_tag, cell.method))
+    return method.finish_samples(samples.to(device), sampling_ratio, ref_share, gf).cpu()
+
+
+def evaluate(cell: Cell, group: Group, samples: torch.Tensor, train_data: torch.Tensor, names: list[str],
+             floors: bool = False) -> list[dict[str, Any]]:
+    """The metrics ``names`` of ``samples``; with ``floors``, also every floor that applies (labels known,
+    exact moments), asked for or not."""
     ctx = EvalContext(samples=samples, evaluator=group.evaluator, dataset=group.dataset,
                       options=dataclasses.asdict(cell.budget.eval),
                       cache_dir=str(group.cache_dir) if group.cache_dir is not None else None,
-                      split=split, train_data=x)
+                      split=group.split, train_data=train_data)
+    extra = [n for n in FLOOR_METRICS if n not in names and METRICS.get(n).applies(ctx)] if floors else []
     metrics = []
-    # the floors go with every record where they apply (labels known, exact moments), asked for or not
-    floors = [n for n in FLOOR_METRICS if n not in cell.metrics and METRICS.get(n).applies(ctx)]
-    for name in [*cell.metrics, *floors]:
+    for name in [*names, *extra]:
         m = METRICS.get(name)
         res = m()(ctx)
         value = res.pop("value")
         metrics.append({"name": name, "value": value, "higher_is_better": m.higher_is_better, **res})
-    timing["metrics"] = time.monotonic() - t0
-    picture = sample_picture(group.dataset, samples) if distributed.is_main() else None
-    return {"metrics": metrics, "timing": timing, "train": train_info, "_picture": picture}
+    return metrics
 
 
 def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path | None = None,

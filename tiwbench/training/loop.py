@@ -46,8 +46,12 @@ def ema_beta(step: int, halflife: float, rampup: float = 0.0) -> float:
 def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: TrainConfig,
                 generator: torch.Generator, device="cpu",
                 progress: Callable[[int, int], None] | None = None,
-                checkpoint: Path | None = None) -> tuple[torch.nn.Module, dict]:
+                checkpoint: Path | None = None, snapshots: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """Train ``net`` with ``method.loss``; return the EMA network and training statistics.
+
+    With ``cfg.select_every``, ``snapshots`` (a dict) receives {step: EMA state on the CPU} every that
+    many steps and at the last; the first steps never depend on ``cfg.steps``, so a run of twice the
+    budget holds this run's snapshots bit for bit.
 
     Batches are drawn uniformly from (x, is_ref), so D_ref and D_bias are mixed in proportion to
     their sizes (METHOD.md §4). The data and every draw (indices, σ, noise) live on ``device``,
@@ -73,7 +77,7 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
     start = time.monotonic()
     checked = first = 0
     if checkpoint is not None and Path(checkpoint).exists():
-        first = checked = load_checkpoint(checkpoint, net, ema, opt, generator, losses)
+        first = checked = load_checkpoint(checkpoint, net, ema, opt, generator, losses, snapshots)
     for step in range(first, cfg.steps):
         idx = torch.randint(len(x), (cfg.batch_size,), generator=generator, device=generator.device)
         batch = Batch.draw(x[idx], is_ref[idx], generator, kernel=getattr(net, "kernel", None))
@@ -95,6 +99,8 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
             beta = ema_beta(step, cfg.ema_halflife, cfg.ema_rampup)
             torch._foreach_lerp_(ema_params, net_params, 1 - beta)  # one fused op, not one per tensor
         losses[step] = loss.detach()
+        if snapshots is not None and cfg.select_every and ((step + 1) % cfg.select_every == 0 or step + 1 == cfg.steps):
+            snapshots[step + 1] = {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}
         if (step + 1) % cfg.check_every == 0 or step + 1 == cfg.steps:
             bad = ~torch.isfinite(distributed.all_reduce_sum(losses[checked : step + 1]))
             if bad.any():
@@ -105,10 +111,10 @@ def train_score(method, net, x: torch.Tensor, is_ref: torch.Tensor, ratio, cfg: 
                 raise CellTimeout(step + 1, cfg.time_limit)
         if checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                 and step + 1 < cfg.steps and distributed.is_main():
-            save_checkpoint(checkpoint, step + 1, net, ema, opt, generator, losses)
+            save_checkpoint(checkpoint, step + 1, net, ema, opt, generator, losses, snapshots)
         if preemption.pending():  # preempted or at the time limit: save, then let the job be requeued
             if checkpoint is not None and distributed.is_main():
-                save_checkpoint(checkpoint, step + 1, net, ema, opt, generator, losses)
+                save_checkpoint(checkpoint, step + 1, net, ema, opt, generator, losses, snapshots)
             preemption.release()
         if progress is not None:
             progress(step + 1, cfg.steps)
@@ -141,11 +147,15 @@ def sampling_network(ema: torch.nn.Module, sample_cfg) -> torch.nn.Module:
     return ema
 
 
-def save_checkpoint(path: Path, step: int, net, ema, opt, generator: torch.Generator, losses) -> None:
-    """Everything needed to continue bit-for-bit: weights, EMA, optimiser, and both RNG states."""
+def save_checkpoint(path: Path, step: int, net, ema, opt, generator: torch.Generator, losses,
+                    snapshots: dict | None = None) -> None:
+    """Everything needed to continue bit-for-bit: weights, EMA, optimiser, both RNG states, and the
+    EMA snapshots kept so far for checkpoint selection."""
     state = {"step": step, "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
              "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses.cpu(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    if snapshots:
+        state["snapshots"] = {str(k): v for k, v in snapshots.items()}
     state["digest"] = integrity.tensors_digest(state)  # checked on load: a damaged file is not resumed
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +172,8 @@ def _read_checkpoint(path: Path) -> dict:
     return state
 
 
-def load_checkpoint(path: Path, net, ema, opt, generator: torch.Generator, losses) -> int:
+def load_checkpoint(path: Path, net, ema, opt, generator: torch.Generator, losses,
+                    snapshots: dict | None = None) -> int:
     """The step to continue from; 0 (start afresh, nothing changed) when the file is damaged."""
     state = integrity.load_or_move_aside(Path(path), _read_checkpoint, "training checkpoint")
     if state is None:
@@ -175,6 +186,8 @@ def load_checkpoint(path: Path, net, ema, opt, generator: torch.Generator, losse
     if state.get("cuda_rng") and torch.cuda.is_available():  # dropout on the GPU draws from these
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     losses.copy_(state["losses"].to(losses.device))
+    if snapshots is not None:
+        snapshots.update({int(k): v for k, v in state.get("snapshots", {}).items()})
     return int(state["step"])
 
 

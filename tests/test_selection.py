@@ -1,0 +1,159 @@
+"""Checkpoint selection (train.select_every): the best EMA snapshot on validation samples is the one reported;
+a longer run holds the shorter run's snapshots bit for bit, so doubling the budget can only add candidates."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tiwbench.config import ConfigError, TrainConfig, load_suite
+from tiwbench.registry import METHODS
+from tiwbench.sweep.runner import expand, run_cells, scale_budget
+from tiwbench.training.denoiser import make_denoiser
+from tiwbench.training.loop import train_score
+from tiwbench.training.selection import select_checkpoint
+
+
+def _snapshots(values):
+    return {step: {"weight": torch.full((1, 1), float(v)), "bias": torch.zeros(1)} for step, v in values.items()}
+
+
+@pytest.mark.parametrize("higher, expected", [(False, 20), (True, 40)])
+def test_the_best_snapshot_is_chosen_and_left_loaded(higher, expected):
+    net = torch.nn.Linear(1, 1)
+    snaps = _snapshots({10: 3.0, 20: 1.0, 30: 1.0, 40: 5.0, 50: math.nan})  # 20 and 30 tie: the earlier wins
+
+    def score():
+        return float(net.weight.detach())
+
+    out = select_checkpoint(net, snaps, score, higher_is_better=higher)
+    assert out["step"] == expected and float(net.weight.detach()) == out["values"][str(expected)]
+    assert list(out["values"]) == ["10", "20", "30", "40", "50"]
+
+
+def test_all_non_finite_keeps_the_last_snapshot():
+    net = torch.nn.Linear(1, 1)
+    out = select_checkpoint(net, _snapshots({5: 1.0, 10: 2.0}), lambda: math.nan)
+    assert out["step"] == 10 and float(net.weight.detach()) == 2.0
+
+
+def _train(toy, steps):
+    split = toy.split(0.1, 0)
+    x, is_ref = split.observed()
+    cfg = TrainConfig(steps=steps, hidden=16, select_every=20)
+    torch.manual_seed(0)
+    net = make_denoiser(toy, cfg)
+    snaps: dict = {}
+    ema, _ = train_score(METHODS.get("dsm_obs")(), net, x, is_ref, None, cfg, torch.Generator().manual_seed(1),
+                         snapshots=snaps)
+    return ema, snaps
+
+
+def test_a_run_of_twice_the_steps_holds_the_shorter_runs_snapshots(toy):
+    short_ema, short = _train(toy, 60)
+    _, long = _train(toy, 120)
+    assert sorted(short) == [20, 40, 60] and sorted(long) == [20, 40, 60, 80, 100, 120]
+    for step, state in short.items():
+        for k, v in state.items():
+            assert torch.equal(v, long[step][k]), (step, k)
+    for k, v in short_ema.state_dict().items():  # the last snapshot is the returned EMA network
+        assert torch.equal(v.cpu(), short[60][k])
+
+
+def test_snapshots_survive_a_resume(tmp_path, toy):
+    split = toy.split(0.1, 0)
+    x, is_ref = split.observed()
+    cfg = TrainConfig(steps=60, hidden=16, select_every=10, checkpoint_every=25)
+    method = METHODS.get("dsm_obs")()
+
+    def run(**kw):
+        torch.manual_seed(0)
+        snaps: dict = {}
+        train_score(method, make_denoiser(toy, cfg), x, is_ref, None, cfg, torch.Generator().manual_seed(1),
+                    snapshots=snaps, **kw)
+        return snaps
+
+    full = run()
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_33(done, total):
+        if done == 33:
+            raise Stop
+
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(Stop):
+        run(checkpoint=ck, progress=stop_at_33)
+    resumed = run(checkpoint=ck)  # resumes at step 25: snapshots 10 and 20 come from the checkpoint
+    assert sorted(resumed) == sorted(full)
+    for step in full:
+        for k in full[step]:
+            assert torch.equal(full[step][k], resumed[step][k]), (step, k)
+
+
+SUITE = """name: sel
+datasets: [gmm]
+dataset_params: {gmm: {dim: 4, n_bias: 2000}}
+methods: [dsm_ref, dsm_obs, dg_obs]
+ref_fracs: [0.05]
+seeds: [0]
+metrics: [fd, bias]
+profiles:
+  default:
+    gmm:
+      train: {steps: %(steps)d, batch_size: 128, hidden: 32%(select)s}
+      ratio: {steps: 40, hidden: 32}
+      sample: {n: 300, steps: 6}
+"""
+
+
+def _records(tmp_path, name, steps, select="", scale=1.0):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(SUITE % {"steps": steps, "select": select})
+    cells = scale_budget(expand(load_suite(str(p))), scale)
+    out = tmp_path / name
+    summary = run_cells(cells, out)
+    assert not summary["failed"], summary
+    return {json.loads(r.read_text())["method"]: json.loads(r.read_text()) for r in out.rglob("record.json")}
+
+
+def _values(rec):
+    return {m["name"]: m["value"] for m in rec["metrics"]}
+
+
+def test_selection_in_a_sweep(tmp_path):
+    plain = _records(tmp_path, "plain", 120)
+    last = _records(tmp_path, "last", 120, ", select_every: 120")  # one snapshot, the last: the same samples
+    for method in plain:
+        assert _values(last[method]) == _values(plain[method])
+        assert last[method]["train"]["selection"]["step"] == 120
+        assert "select_every" not in plain[method]["config"]["train"]  # configs as before when selection is off
+    picked = _records(tmp_path, "picked", 120, ", select_every: 30")
+    for rec in picked.values():
+        sel = rec["train"]["selection"]
+        assert sel["by"] == "fd" and sorted(map(int, sel["values"])) == [30, 60, 90, 120]
+        assert sel["step"] == int(min(sel["values"], key=lambda k: (sel["values"][k], int(k))))
+    # dg_obs reuses dsm_obs's snapshots but chooses with its own (guided) sampler
+    assert picked["dg_obs"]["train"]["shared_with"] == "dsm_obs"
+    assert picked["dg_obs"]["train"]["selection"]["values"] != picked["dsm_obs"]["train"]["selection"]["values"]
+    # twice the budget: the first four snapshots score exactly as before (dsm_ref uses no ratio model)
+    doubled = _records(tmp_path, "doubled", 120, ", select_every: 30", scale=2.0)
+    sel1, sel2 = picked["dsm_ref"]["train"]["selection"], doubled["dsm_ref"]["train"]["selection"]
+    assert sorted(map(int, sel2["values"])) == [30, 60, 90, 120, 150, 180, 210, 240]
+    assert {k: sel2["values"][k] for k in sel1["values"]} == sel1["values"]
+    if sel2["step"] == sel1["step"]:
+        assert _values(doubled["dsm_ref"]) == _values(picked["dsm_ref"])
+
+
+def test_select_by_must_be_a_ranked_metric(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(SUITE % {"steps": 10, "select": ", select_every: 5, select_by: fid_typo"})
+    with pytest.raises(ConfigError, match="select_by"):
+        expand(load_suite(str(p)))
+    p.write_text(SUITE % {"steps": 10, "select": ", select_every: 5, select_by: bias_ref"})
+    with pytest.raises(ConfigError, match="diagnostic"):
+        expand(load_suite(str(p)))
