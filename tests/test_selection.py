@@ -157,3 +157,24 @@ def test_select_by_must_be_a_ranked_metric(tmp_path):
     p.write_text(SUITE % {"steps": 10, "select": ", select_every: 5, select_by: bias_ref"})
     with pytest.raises(ConfigError, match="diagnostic"):
         expand(load_suite(str(p)))
+
+
+def _sel_record(method, seed, values, step):
+    return {"suite": "s", "dataset": "gmm", "method": method, "ref_frac": 0.05, "seed": seed, "status": "ok",
+            "train": {"selection": {"by": "fd", "step": step, "values": {str(k): v for k, v in values.items()}}}}
+
+
+def test_validation_curves_summary_and_figure(tmp_path):
+    from tiwbench.report.curves import curves_frame, peak_summary, save_curves, to_markdown
+
+    recs = [_sel_record("a", 0, {10: 2.0, 20: 1.0, 30: 1.5}, 20), _sel_record("a", 1, {10: 2.0, 20: 1.2, 30: 1.1}, 30),
+            _sel_record("b", 0, {10: 3.0, 20: 2.0, 30: 1.0}, 30), {"status": "ok", "train": {}}]
+    frame = curves_frame(recs)
+    assert len(frame) == 9 and frame.chosen.sum() == 3
+    summary = peak_summary(frame).set_index("method")
+    assert summary.loc["a", "mean_step"] == 25 and summary.loc["a", "at_end"] == 1  # seed 1 peaked at the end
+    assert summary.loc["b", "at_end"] == 1 and summary.loc["b", "seeds"] == 1
+    assert "| s | gmm | – | 0.05 | a | 2 | 25 | 1 |" in to_markdown(recs)
+    path = save_curves(recs, tmp_path / "plot.png")
+    assert path == tmp_path / "plot_curves.png" and path.read_bytes()[:4] == b"\x89PNG"
+    assert to_markdown([{"status": "ok"}]) == "" and save_curves([], tmp_path / "x.png") is None

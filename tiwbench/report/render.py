@@ -53,6 +53,9 @@ def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: 
         from tiwbench.report.ratio_study import to_markdown as ratio_study_markdown
 
         text += ratio_study_markdown(records)
+        from tiwbench.report.curves import to_markdown as curves_markdown
+
+        text += curves_markdown(records)
         if budget_check is not None:
             from tiwbench.report.budget_check import to_markdown as budget_markdown
 
@@ -60,11 +63,13 @@ def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: 
     if output is not None:
         atomic_write_text(Path(output), text)
     if plot is not None:
+        from tiwbench.report.curves import save_curves
         from tiwbench.report.plots import save_plot
         from tiwbench.report.ratio_study import save_figures
 
         save_plot(agg, Path(plot))
         save_figures(records, Path(plot))
+        save_curves(records, Path(plot))
     if win_map is not None:
         from tiwbench.report.win_map import save_win_map
 
