@@ -128,3 +128,14 @@ def test_paired_band_ratios_pair_by_seed_against_edm_and_the_discriminator():
     assert r.n == 3 and r.mean == pytest.approx(sum(d) / 3)
     assert r.ci == pytest.approx(stats.t.ppf(0.975, 2) * pd.Series(d).std(ddof=1) / math.sqrt(3))
     assert got["dlsm~vp", "discriminator~vp"].mean == pytest.approx((-1 + 0 + 1) / 3)
+
+
+def test_a_band_without_signal_has_no_relative_error():
+    # label-only bias: inside a mode w_σ is flat at low σ, so the exact correction there is ~0
+    bands = [_band(0.002, 0.05, 0.01, shift_norm=1e-27), _band(0.2, 1.0, 0.01, shift_norm=2e-4),
+             _band(5.0, 80.0, 0.5, shift_norm=0.1)]
+    df = ratio_study.band_frame([_record("tiw_dsm", 0, 0.1, {"time": {"provider": "learned", "per_sigma": bands}})])
+    rel = dict(zip(df.sigma_lo, df.correction, strict=True))
+    assert math.isnan(rel[0.002])  # 1e-26 of the largest band's signal: no relative error
+    assert rel[0.2] == pytest.approx(0.01 / 2e-4) and rel[5.0] == pytest.approx(5.0)  # 2e-3 of it: kept
+    assert df.log_w.notna().all()  # the other measures keep their (ample) signal

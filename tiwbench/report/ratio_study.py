@@ -29,6 +29,7 @@ MEASURES = {  # column -> (mse key, signal key, title)
     "ece": ("ece", None, "expected calibration error of d"),
 }
 CLEAN = "classifier (σ=0)"
+SIGNAL_FLOOR = 1e-3  # a band's signal below this share of the estimator's largest band: no relative error
 
 
 def estimator_name(info: dict[str, Any]) -> str:
@@ -69,14 +70,19 @@ def band_frame(records: list[dict[str, Any]], suites: set[str] | None = None) ->
             name = estimator_name(info) if kind == "time" else CLEAN
             if kind == "clean" and estimator_name(info) != "discriminator":
                 name = f"{CLEAN} {estimator_name(info)}"
-            for row in info.get("per_sigma") or []:
+            per_sigma = info.get("per_sigma") or []
+            # a band whose signal is a negligible share of the estimator's largest (label-only bias: inside a
+            # mode w_σ is flat at low σ, its exact correction ~0) has no relative error: NaN, shown as "–"
+            largest = {norm: max((b.get(norm, 0.0) for b in per_sigma), default=0.0)
+                       for _, norm, _ in MEASURES.values() if norm is not None}
+            for row in per_sigma:
                 k = (suite, r["dataset"], float(r["ref_frac"]), r.get("seed"), name, row["sigma_lo"], row["sigma_hi"])
                 out = {"suite": suite, "dataset": r["dataset"], "ref_frac": float(r["ref_frac"]), "seed": r.get("seed"),
                        "estimator": name, "sigma_lo": row["sigma_lo"], "sigma_hi": row["sigma_hi"]}
                 for col, (mse, norm, _) in MEASURES.items():
                     v = row.get(mse, math.nan)
                     if norm is not None:
-                        v = v / row[norm] if row.get(norm, 0) > 0 else math.nan
+                        v = v / row[norm] if row.get(norm, 0) > SIGNAL_FLOOR * largest[norm] else math.nan
                     out[col] = v
                 seen[k] = out
     cols = ["suite", "dataset", "ref_frac", "seed", "estimator", "sigma_lo", "sigma_hi", *MEASURES]
@@ -206,7 +212,9 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
     parts = ["## Ratio study",
              f"_Per σ band (log-uniform σ, D_bias samples): mean over seeds ± {CONFIDENCE:.0%} Student-t half-width. "
              "Errors are mean squares relative to the signal (the mean square of the exact log w, w − 1 or "
-             "σ²∇log w): 1 means as large as what is estimated. σ=0: IW-DSM's clean classifier._"]
+             "σ²∇log w): 1 means as large as what is estimated. σ=0: IW-DSM's clean classifier. –: no "
+             f"relative error, the band's signal being under {SIGNAL_FLOOR:g} of the estimator's largest (e.g. "
+             "the correction inside a mode under label-only bias)._"]
     for (suite, ds, rf), sub in agg.groupby(["suite", "dataset", "ref_frac"], sort=True) if len(agg) else []:
         bands = sorted({(lo, hi) for lo, hi in zip(sub.sigma_lo, sub.sigma_hi, strict=True)})
         for col, (_, _, title) in MEASURES.items():
