@@ -178,3 +178,15 @@ def test_validation_curves_summary_and_figure(tmp_path):
     path = save_curves(recs, tmp_path / "plot.png")
     assert path == tmp_path / "plot_curves.png" and path.read_bytes()[:4] == b"\x89PNG"
     assert to_markdown([{"status": "ok"}]) == "" and save_curves([], tmp_path / "x.png") is None
+
+
+def test_html_report_embeds_the_curves(tmp_path):
+    from tiwbench.report.render import render
+
+    recs = [_sel_record("a", 0, {10: 2.0, 20: 1.0}, 20) | {"metrics": [{"name": "fd", "value": 1.0,
+                                                                          "higher_is_better": False}],
+                                                            "config": {}, "config_hash": "h", "profile": "default"}]
+    from tiwbench.report.leaderboard import aggregate, records_frame
+
+    page = render(aggregate(records_frame(recs)), "html", recs)
+    assert "validation curves" in page and page.count("data:image/png;base64") >= 2

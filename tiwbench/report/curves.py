@@ -79,8 +79,8 @@ def curves_figure(records: list[dict[str, Any]]):
     return fig
 
 
-def save_curves(records: list[dict[str, Any]], plot: Path, dpi: int = 110) -> Path | None:
-    """Beside ``plot``: ``<stem>_curves.png``, where records carry checkpoint selection."""
+def curves_png(records: list[dict[str, Any]], dpi: int = 110) -> bytes | None:
+    """The figure as PNG bytes; None without selection records."""
     import matplotlib.pyplot as plt
 
     fig = curves_figure(records)
@@ -91,8 +91,30 @@ def save_curves(records: list[dict[str, Any]], plot: Path, dpi: int = 110) -> Pa
         fig.savefig(buf, format="png", dpi=dpi)
     finally:
         plt.close(fig)
+    return buf.getvalue()
+
+
+def curves_html(records: list[dict[str, Any]]) -> str:
+    """The figure as an embedded image for the HTML report ("" without selection records)."""
+    import base64
+
+    png = curves_png(records)
+    if png is None:
+        return ""
+    b64 = base64.b64encode(png).decode("ascii")
+    return ("<h2>Checkpoint selection: validation curves</h2><p><small>Mean over seeds of the selection metric "
+            "of each EMA snapshot; circles mark each seed's chosen snapshot. A curve still falling at its last "
+            "step has not reached its peak.</small></p>"
+            f'<img alt="validation curves" src="data:image/png;base64,{b64}">')
+
+
+def save_curves(records: list[dict[str, Any]], plot: Path, dpi: int = 110) -> Path | None:
+    """Beside ``plot``: ``<stem>_curves.png``, where records carry checkpoint selection."""
+    png = curves_png(records, dpi)
+    if png is None:
+        return None
     path = Path(plot).with_name(Path(plot).stem + "_curves.png")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, png)
     return path
 
 

@@ -33,10 +33,12 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
 
         paired = paired_section(records or [], vs, fmt)
     if fmt == "html":
+        from tiwbench.report.curves import curves_html
         from tiwbench.report.html import gallery_html, to_html
         from tiwbench.report.plots import figure_png
 
-        return to_html(agg, figure_png(agg) if len(agg) else None, paired + gallery_html(records or []))
+        extra = paired + curves_html(records or []) + gallery_html(records or [])
+        return to_html(agg, figure_png(agg) if len(agg) else None, extra)
     if paired:
         return to_markdown(agg) + "\n" + paired
     return {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json}[fmt](agg)
