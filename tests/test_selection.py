@@ -190,3 +190,37 @@ def test_html_report_embeds_the_curves(tmp_path):
 
     page = render(aggregate(records_frame(recs)), "html", recs)
     assert "validation curves" in page and page.count("data:image/png;base64") >= 2
+
+
+def _ratio_fit(toy, steps, select_every=0, time_dependent=True):
+    from tiwbench.config import RatioConfig
+    from tiwbench.ratios.discriminator import RatioTrainConfig, make_ratio, train_ratio
+
+    split = toy.split(0.05, 0)
+    torch.manual_seed(3)
+    model = make_ratio(toy, RatioConfig(hidden=16), time_dependent)
+    cfg = RatioTrainConfig(steps=steps, batch_size=64, select_every=select_every)
+    info = train_ratio(model, split.bias, split.ref, cfg, torch.Generator().manual_seed(5))
+    return model, info
+
+
+@pytest.mark.parametrize("time_dependent", [True, False])
+def test_ratio_selection_refits_for_the_best_held_out_step_count(toy, time_dependent):
+    model, info = _ratio_fit(toy, 120, select_every=20, time_dependent=time_dependent)
+    sel = info["selection"]
+    assert sorted(map(int, sel["values"])) == [20, 40, 60, 80, 100, 120]
+    assert sel["steps"] == int(min(sel["values"], key=lambda k: (sel["values"][k], int(k))))
+    plain, _ = _ratio_fit(toy, sel["steps"], time_dependent=time_dependent)  # a plain run of that many steps
+    for a, b in zip(model.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # twice the budget: the same held-out curve on the first six checks
+    _, info2 = _ratio_fit(toy, 240, select_every=20, time_dependent=time_dependent)
+    assert {k: info2["selection"]["values"][k] for k in sel["values"]} == sel["values"]
+
+
+def test_held_out_bce_finds_an_overfitted_classifier(toy):
+    """A clean classifier on 5 % references, trained far past its best: the held-out BCE rises again, and
+    the chosen step count is well short of the budget."""
+    _, info = _ratio_fit(toy, 1500, select_every=100, time_dependent=False)
+    values = {int(k): v for k, v in info["selection"]["values"].items()}
+    assert info["selection"]["steps"] < 1500 and values[1500] > min(values.values())

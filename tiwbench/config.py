@@ -61,6 +61,11 @@ class RatioConfig:
     feature_extractor: str = ""  # image discriminators: frozen EvalCNN state_dict path ("" = none)
     logit_max: float = 11.512925  # log 1e5
     precond: bool = False  # scale the time-dependent logit by σ_data/sqrt(σ² + σ_data²) (see ratios/discriminator.py)
+    # BCE ratio models only: with select_every, a fit on all but `select_holdout` of each set scores its
+    # held-out BCE every that many steps; the model is then refitted on all the data for the best step count
+    # (a classifier trained on a few hundred references overfits them; 0 = train for `steps`)
+    select_every: int = 0
+    select_holdout: float = 0.2
     p_mean: float = -1.2
     p_std: float = 1.2
     sigma_min: float = 0.002
@@ -296,6 +301,7 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
                              ("train.select_every", budget.train.select_every, 0),
                              ("train.select_n", budget.train.select_n, 1),
                              ("ratio.steps", budget.ratio.steps, 1), ("ratio.batch_size", budget.ratio.batch_size, 1),
+                             ("ratio.select_every", budget.ratio.select_every, 0),
                              ("sample.n", budget.sample.n, 1), ("sample.steps", budget.sample.steps, 2),
                              ("sample.batch_size", budget.sample.batch_size, 1),
                              ("evaluator.epochs", budget.evaluator.epochs, 0),
@@ -317,6 +323,8 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
 
     if budget.ratio.provider not in RATIOS:
         raise ConfigError(f"{suite.source}: ratio: {RATIOS.unknown_message(budget.ratio.provider)}")
+    if not 0 < budget.ratio.select_holdout < 1:
+        raise ConfigError(f"{where}: ratio.select_holdout = {budget.ratio.select_holdout} must be in (0, 1)")
     if budget.train.select_every:
         from tiwbench.registry import METRICS
 

@@ -4,6 +4,8 @@ which network a dataset gets for them (an MLP for vectors, a conv discriminator 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +107,8 @@ class RatioTrainConfig:
     p_std: float = 1.2
     sigma_min: float = 0.002  # ... and log-uniform over the sampler's range for the other half
     sigma_max: float = 80.0
+    select_every: int = 0  # steps between held-out BCE checks (0: no selection, train for `steps`)
+    select_holdout: float = 0.2  # share of each set held out while the step count is chosen
     kernel: Any = None  # a perturbation kernel: its training noise and sampler range replace the four above
 
 
@@ -137,11 +141,14 @@ def balanced_batch(ref: torch.Tensor, bias: torch.Tensor, b: int, cfg: RatioTrai
 
 
 def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg: RatioTrainConfig,
-                generator: torch.Generator, device="cpu", progress=None, regulariser=None) -> dict:
+                generator: torch.Generator, device="cpu", progress=None, regulariser=None, on_step=None) -> dict:
     """Balanced BCE: D_ref labelled 1, D_bias labelled 0, each sample at its own σ; plus
     ``regulariser(x, sigma, y)`` (a scalar; y the clean samples, D_ref's first) when given. The data move
     to ``device`` once and every draw comes from a generator there (``device_generator``: on the CPU the
-    given one, the same draws)."""
+    given one, the same draws). With ``cfg.select_every`` the step count is chosen first
+    (:func:`select_ratio_steps`)."""
+    if cfg.select_every:
+        return select_ratio_steps(model, bias, ref, cfg, generator, device, progress, regulariser)
     model.to(device).train()
     bias, ref = bias.to(device), ref.to(device)
     generator = device_generator(generator, device)
@@ -155,15 +162,63 @@ def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg:
         loss = F.binary_cross_entropy_with_logits(model.logit(x, sigma), labels)
         return loss if regulariser is None else loss + regulariser(x, sigma, y)
 
-    final = optimise(opt, step_loss, cfg.steps, device, progress, "ratio-model training produced a non-finite BCE loss")
+    final = optimise(opt, step_loss, cfg.steps, device, progress, "ratio-model training produced a non-finite BCE loss",
+                     on_step)
     model.eval()
     return {"final_bce": final}
 
 
-def optimise(opt: torch.optim.Optimizer, step_loss, steps: int, device, progress, nonfinite: str) -> float:
+def select_ratio_steps(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg: RatioTrainConfig,
+                       generator: torch.Generator, device="cpu", progress=None, regulariser=None) -> dict:
+    """Early stopping with a refit. A copy of ``model`` (same initial weights, same draws) trains on all but
+    ``cfg.select_holdout`` of D_ref and of D_bias; every ``cfg.select_every`` steps its balanced BCE on the
+    held-out points (fixed σ and noise, four per point) is scored. ``model`` is then trained on all the data
+    for the best step count: exactly the model a plain run of that many steps gives. The first checks never
+    depend on ``cfg.steps``, so twice the budget changes the choice only if a later check is strictly better."""
+    init, start = copy.deepcopy(model.state_dict()), generator.get_state()
+    hold = torch.Generator().manual_seed(generator.initial_seed() ^ 0x5E1EC7)  # the split and held-out draws
+    parts = []
+    for data in (ref, bias):
+        perm = torch.randperm(len(data), generator=hold)
+        n_out = min(len(data) - 1, max(1, round(cfg.select_holdout * len(data))))
+        parts.append((data[perm[n_out:]], data[perm[:n_out][:2048]]))  # (fit, held out; at most 2048 scored)
+    (ref_fit, ref_out), (bias_fit, bias_out) = parts
+    y = torch.cat([ref_out, bias_out]).repeat(4, *[1] * (ref.dim() - 1)).to(device)
+    labels = torch.cat([torch.ones(len(ref_out)), torch.zeros(len(bias_out))]).repeat(4).to(device)
+    weight = torch.where(labels > 0, 0.5 / len(ref_out) / 4, 0.5 / len(bias_out) / 4)  # classes count equally
+    sigma = draw_ratio_sigma(len(y), cfg, hold, device)
+    x = y + expand_like(sigma, y) * torch.randn(y.shape, generator=hold).to(device) if model.time_dependent else y
+
+    trial = copy.deepcopy(model)
+    values: dict[int, float] = {}
+
+    def check(step: int) -> None:
+        if step % cfg.select_every and step != cfg.steps:
+            return
+        trial.eval()
+        with torch.no_grad():
+            bce = F.binary_cross_entropy_with_logits(trial.logit(x, sigma).float(), labels, reduction="none")
+        values[step] = float((bce * weight).sum())
+        trial.train()
+
+    plain = dataclasses.replace(cfg, select_every=0)
+    train_ratio(trial, bias_fit, ref_fit, plain, generator, device, progress, regulariser, on_step=check)
+    finite = [k for k in sorted(values) if math.isfinite(values[k])]
+    best = min(finite, key=lambda k: (values[k], k)) if finite else cfg.steps
+    model.load_state_dict(init)
+    generator.set_state(start)
+    info = train_ratio(model, bias, ref, dataclasses.replace(plain, steps=best), generator, device, progress,
+                       regulariser)
+    return {**info, "selection": {"every": cfg.select_every, "holdout": cfg.select_holdout, "steps": best,
+                                  "values": {str(k): v for k, v in values.items()}}}
+
+
+def optimise(opt: torch.optim.Optimizer, step_loss, steps: int, device, progress, nonfinite: str,
+             on_step=None) -> float:
     """The optimiser loop every ratio model and its helper denoisers share: ``step_loss()`` draws a batch and
-    returns its loss. Returns the mean loss of the last tenth of the steps; a non-finite loss anywhere is a
-    ``FloatingPointError`` saying ``nonfinite`` (checked once at the end: no host sync per step)."""
+    returns its loss; ``on_step(step)`` after each step when given. Returns the mean loss of the last tenth of
+    the steps; a non-finite loss anywhere is a ``FloatingPointError`` saying ``nonfinite`` (checked once at
+    the end: no host sync per step)."""
     losses = torch.zeros(steps, device=device)
     for step in range(steps):
         loss = step_loss()
@@ -171,6 +226,8 @@ def optimise(opt: torch.optim.Optimizer, step_loss, steps: int, device, progress
         loss.backward()
         opt.step()
         losses[step] = loss.detach()
+        if on_step is not None:
+            on_step(step + 1)
         if progress is not None:
             progress(step + 1, steps)
     if not torch.isfinite(losses).all():

@@ -68,6 +68,9 @@ class Cell:
         if not budget["train"]["select_every"]:  # the last step reported: configs as before selection
             for key in ("select_every", "select_by", "select_n"):
                 del budget["train"][key]
+        if not budget["ratio"]["select_every"]:
+            for key in ("select_every", "select_holdout"):
+                del budget["ratio"][key]
         return {
             "suite": self.suite, "dataset": self.dataset, "dataset_params": self.dataset_params,
             "method": self.method, "method_options": self.method_options, "ref_frac": self.ref_frac,
