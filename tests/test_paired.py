@@ -77,3 +77,15 @@ def test_report_vs_on_a_suite_swept_over_a_dataset_parameter(tmp_path):
     r = CliRunner().invoke(app, ["report", "--runs", str(runs), "--vs", "dsm_obs"])
     assert r.exit_code == 0, r.output
     assert "0.05 · contamination=0.5" in r.output
+
+
+def test_rows_name_their_suite_when_a_folder_holds_several(tmp_path):
+    from tiwbench.report.paired import to_markdown
+
+    recs = _records() + [record(m, 0.05, s, v + 10, suite="unit_x2") for m, vals in (("dsm_obs", BASE),
+                                                                                        ("tiw_dsm", OTHER))
+                         for s, v in enumerate(vals)]
+    text = to_markdown(paired_table(records_frame(recs), "dsm_obs"), "dsm_obs")
+    assert "| suite | dataset |" in text and "| unit_x2 | toy2d | fd |" in text and "| unit | toy2d | fd |" in text
+    alone = to_markdown(paired_table(records_frame(_records()), "dsm_obs"), "dsm_obs")
+    assert "| suite |" not in alone

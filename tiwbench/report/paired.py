@@ -89,15 +89,24 @@ def _verdict(r) -> str:
     return "better" if better else "worse"
 
 
+def _suites(table: pd.DataFrame) -> bool:
+    """Whether the rows come from several suites (e.g. ref_size and its budget-doubled ref_size_x2): then
+    each row names its suite."""
+    return table.suite.nunique() > 1
+
+
 def to_markdown(table: pd.DataFrame, vs: str) -> str:
+    several = _suites(table)
     lines = [f"### Paired differences to {vs}",
              f"_method − {vs} per seed; mean ± {CONFIDENCE:.0%} paired Student-t half-width over the seeds both "
              "finished; unpaired: the Welch half-width of the same comparison; ratio: paired/unpaired (below 1: "
              "pairing is sharper). better/worse: the paired interval excludes 0._", "",
-             "| dataset | metric | ref_frac | method | n | diff ± paired | unpaired ± | ratio | |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             ("| suite " if several else "") + "| dataset | metric | ref_frac | method | n | diff ± paired | "
+             "unpaired ± | ratio | |",
+             ("|---" if several else "") + "|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
-        lines.append(f"| {r.dataset} | {r.metric} | {_where(r)} | {r.method} | {r.n} | "
+        lead = f"| {r.suite} " if several else ""
+        lines.append(f"{lead}| {r.dataset} | {r.metric} | {_where(r)} | {r.method} | {r.n} | "
                      f"{_fmt(r['diff'])} ± {_fmt(r.paired_half)} | ± {_fmt(r.unpaired_half)} | {_fmt(r.narrower)} | "
                      f"{_verdict(r)} |")
     if table.empty:
@@ -106,9 +115,11 @@ def to_markdown(table: pd.DataFrame, vs: str) -> str:
 
 
 def to_html(table: pd.DataFrame, vs: str) -> str:
-    head = ("<tr><th>dataset</th><th>metric</th><th>ref_frac</th><th>method</th><th>n</th><th>diff ± paired</th>"
-            "<th>unpaired ±</th><th>ratio</th><th></th></tr>")
-    rows = [f"<tr><td>{html.escape(str(r.dataset))}</td><td>{html.escape(str(r.metric))}</td>"
+    several = _suites(table)
+    head = (("<tr><th>suite</th>" if several else "<tr>") + "<th>dataset</th><th>metric</th><th>ref_frac</th>"
+            "<th>method</th><th>n</th><th>diff ± paired</th><th>unpaired ±</th><th>ratio</th><th></th></tr>")
+    rows = [("<tr>" + (f"<td>{html.escape(str(r.suite))}</td>" if several else ""))
+            + f"<td>{html.escape(str(r.dataset))}</td><td>{html.escape(str(r.metric))}</td>"
             f"<td>{html.escape(_where(r))}</td>"
             f"<td>{html.escape(str(r.method))}</td><td>{r.n}</td><td>{_fmt(r['diff'])} ± {_fmt(r.paired_half)}</td>"
             f"<td>± {_fmt(r.unpaired_half)}</td><td>{_fmt(r.narrower)}</td><td>{_verdict(r)}</td></tr>"
