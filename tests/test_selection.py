@@ -192,14 +192,14 @@ def test_html_report_embeds_the_curves(tmp_path):
     assert "validation curves" in page and page.count("data:image/png;base64") >= 2
 
 
-def _ratio_fit(toy, steps, select_every=0, time_dependent=True):
+def _ratio_fit(toy, steps, select_every=0, time_dependent=True, patience=0):
     from tiwbench.config import RatioConfig
     from tiwbench.ratios.discriminator import RatioTrainConfig, make_ratio, train_ratio
 
     split = toy.split(0.05, 0)
     torch.manual_seed(3)
     model = make_ratio(toy, RatioConfig(hidden=16), time_dependent)
-    cfg = RatioTrainConfig(steps=steps, batch_size=64, select_every=select_every)
+    cfg = RatioTrainConfig(steps=steps, batch_size=64, select_every=select_every, select_patience=patience)
     info = train_ratio(model, split.bias, split.ref, cfg, torch.Generator().manual_seed(5))
     return model, info
 
@@ -221,6 +221,15 @@ def test_ratio_selection_refits_for_the_best_held_out_step_count(toy, time_depen
 def test_held_out_bce_finds_an_overfitted_classifier(toy):
     """A clean classifier on 5 % references, trained far past its best: the held-out BCE rises again, and
     the chosen step count is well short of the budget."""
-    _, info = _ratio_fit(toy, 1500, select_every=100, time_dependent=False)
+    model, info = _ratio_fit(toy, 1500, select_every=100, time_dependent=False)
     values = {int(k): v for k, v in info["selection"]["values"].items()}
     assert info["selection"]["steps"] < 1500 and values[1500] > min(values.values())
+    # patience: the same checks up to where it stops, then none; here the same choice and the same model
+    patient, pinfo = _ratio_fit(toy, 1500, select_every=100, time_dependent=False, patience=3)
+    pvalues = {int(k): v for k, v in pinfo["selection"]["values"].items()}
+    best = pinfo["selection"]["steps"]
+    assert max(pvalues) == best + 300 and all(values[k] == v for k, v in pvalues.items())
+    assert min(pvalues.values()) == pvalues[best]
+    if best == info["selection"]["steps"]:
+        for a, b in zip(model.state_dict().values(), patient.state_dict().values(), strict=True):
+            assert torch.equal(a, b)

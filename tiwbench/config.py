@@ -66,6 +66,7 @@ class RatioConfig:
     # (a classifier trained on a few hundred references overfits them; 0 = train for `steps`)
     select_every: int = 0
     select_holdout: float = 0.2
+    select_patience: int = 0  # stop choosing after this many checks without a better one (0: check to the end)
     p_mean: float = -1.2
     p_std: float = 1.2
     sigma_min: float = 0.002
@@ -302,6 +303,7 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
                              ("train.select_n", budget.train.select_n, 1),
                              ("ratio.steps", budget.ratio.steps, 1), ("ratio.batch_size", budget.ratio.batch_size, 1),
                              ("ratio.select_every", budget.ratio.select_every, 0),
+                             ("ratio.select_patience", budget.ratio.select_patience, 0),
                              ("sample.n", budget.sample.n, 1), ("sample.steps", budget.sample.steps, 2),
                              ("sample.batch_size", budget.sample.batch_size, 1),
                              ("evaluator.epochs", budget.evaluator.epochs, 0),

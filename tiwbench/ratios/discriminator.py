@@ -109,6 +109,7 @@ class RatioTrainConfig:
     sigma_max: float = 80.0
     select_every: int = 0  # steps between held-out BCE checks (0: no selection, train for `steps`)
     select_holdout: float = 0.2  # share of each set held out while the step count is chosen
+    select_patience: int = 0  # stop choosing after this many checks without a better one (0: check to the end)
     kernel: Any = None  # a perturbation kernel: its training noise and sampler range replace the four above
 
 
@@ -174,7 +175,9 @@ def select_ratio_steps(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tenso
     ``cfg.select_holdout`` of D_ref and of D_bias; every ``cfg.select_every`` steps its balanced BCE on the
     held-out points (fixed σ and noise, four per point) is scored. ``model`` is then trained on all the data
     for the best step count: exactly the model a plain run of that many steps gives. The first checks never
-    depend on ``cfg.steps``, so twice the budget changes the choice only if a later check is strictly better."""
+    depend on ``cfg.steps``, so twice the budget changes the choice only if a later check is strictly better.
+    With ``cfg.select_patience`` the copy stops after that many checks without a better one (early stopping:
+    the same choice as checking to the end unless the held-out BCE falls again later)."""
     init, start = copy.deepcopy(model.state_dict()), generator.get_state()
     hold = torch.Generator().manual_seed(generator.initial_seed() ^ 0x5E1EC7)  # the split and held-out draws
     parts = []
@@ -192,6 +195,9 @@ def select_ratio_steps(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tenso
     trial = copy.deepcopy(model)
     values: dict[int, float] = {}
 
+    class Patience(Exception):
+        pass
+
     def check(step: int) -> None:
         if step % cfg.select_every and step != cfg.steps:
             return
@@ -200,16 +206,23 @@ def select_ratio_steps(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tenso
             bce = F.binary_cross_entropy_with_logits(trial.logit(x, sigma).float(), labels, reduction="none")
         values[step] = float((bce * weight).sum())
         trial.train()
+        best_so_far = min(values, key=lambda k: (values[k], k))
+        if cfg.select_patience and len([k for k in values if k > best_so_far]) >= cfg.select_patience:
+            raise Patience  # no better check in that many: later ones are not looked at (nor paid for)
 
-    plain = dataclasses.replace(cfg, select_every=0)
-    train_ratio(trial, bias_fit, ref_fit, plain, generator, device, progress, regulariser, on_step=check)
+    plain = dataclasses.replace(cfg, select_every=0, select_patience=0)
+    try:
+        train_ratio(trial, bias_fit, ref_fit, plain, generator, device, progress, regulariser, on_step=check)
+    except Patience:
+        pass
     finite = [k for k in sorted(values) if math.isfinite(values[k])]
     best = min(finite, key=lambda k: (values[k], k)) if finite else cfg.steps
     model.load_state_dict(init)
     generator.set_state(start)
     info = train_ratio(model, bias, ref, dataclasses.replace(plain, steps=best), generator, device, progress,
                        regulariser)
-    return {**info, "selection": {"every": cfg.select_every, "holdout": cfg.select_holdout, "steps": best,
+    return {**info, "selection": {"every": cfg.select_every, "holdout": cfg.select_holdout,
+                                  "patience": cfg.select_patience, "steps": best,
                                   "values": {str(k): v for k, v in values.items()}}}
 
 

@@ -69,8 +69,10 @@ class Cell:
             for key in ("select_every", "select_by", "select_n"):
                 del budget["train"][key]
         if not budget["ratio"]["select_every"]:
-            for key in ("select_every", "select_holdout"):
+            for key in ("select_every", "select_holdout", "select_patience"):
                 del budget["ratio"][key]
+        elif not budget["ratio"]["select_patience"]:  # configs as before patience
+            del budget["ratio"]["select_patience"]
         return {
             "suite": self.suite, "dataset": self.dataset, "dataset_params": self.dataset_params,
             "method": self.method, "method_options": self.method_options, "ref_frac": self.ref_frac,
