@@ -41,8 +41,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the score and ratio networks (same numbers, faster steps on a GPU)
     # The checkpoint a cell reports: every `select_every` steps an EMA snapshot is kept, and the one whose
     # `select_n` validation samples (seeds disjoint from the evaluation's) score best on `select_by` is sampled.
-    # Training curves peak early and then degrade (PAPER_FACTS §6), so a fixed step count rewards whichever
-    # method happens to peak near it; 0 = the last step, as before.
+    # Training curves peak early and then degrade (as the paper's do), so a fixed step count rewards whichever
+    # method happens to peak near it; 0 = the last step, as before. Snapshots live in CPU memory and in
+    # training checkpoints: for a large network keep them few (e.g. every tenth of the steps).
     select_every: int = 0
     select_by: str = "fd"
     select_n: int = 1000
