@@ -40,3 +40,12 @@ def test_floor_is_one_unranked_row_per_seed():
     assert (floor.mark == "").all()  # the oracle-free ranking is the methods'; the floor is never best
     assert "fd_floor" not in set(agg.metric)
     assert f"| {FLOOR_METHOD} |" in to_markdown(agg)
+
+
+def test_win_map_as_markdown():
+    from tiwbench.report.win_map import to_markdown as win_markdown
+
+    text = win_markdown(aggregate(records_frame(_records())))
+    assert "gmm · fd (regime)" in text and "| dim | 0.05 |" in text
+    assert "| 4 | **a** |" in text and ("| 16 | ≈ a, b |" in text or "| 16 | ≈ b, a |" in text)
+    assert not [line for line in text.splitlines() if line.startswith("| ") and "oracle" in line]

@@ -58,6 +58,10 @@ def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: 
         from tiwbench.report.curves import to_markdown as curves_markdown
 
         text += curves_markdown(records)
+        if win_map is not None:
+            from tiwbench.report.win_map import to_markdown as win_markdown
+
+            text += win_markdown(agg)
         if budget_check is not None:
             from tiwbench.report.budget_check import to_markdown as budget_markdown
 

@@ -86,6 +86,34 @@ def figure(agg: pd.DataFrame, metrics: list[str] | None = None):
     return fig
 
 
+def to_markdown(agg: pd.DataFrame, metrics: list[str] | None = None) -> str:
+    """The map as tables: per (suite, dataset, metric), rows the swept value, columns ref_frac; a cell names
+    its winner in bold, or the tied methods (best mean first) after ≈."""
+    metrics = metrics or [m for m in sorted(agg.metric.unique()) if m not in FLOORS]
+    parts = ["", "### Who wins where",
+             "_A winner only where its 95 % interval clears every other method's; ≈: the tied leaders, best mean "
+             "first; the oracle left out._"]
+    for metric in metrics:
+        for (suite, ds), t in winners(agg, metric).groupby(["suite", "dataset"], sort=True):
+            xs, fracs = sorted(t.x.unique()), sorted(t.ref_frac.unique())
+            parts += ["", f"{ds} · {metric} ({suite})", "",
+                      f"| {t.x_name.iloc[0]} | " + " | ".join(f"{f:g}" for f in fracs) + " |",
+                      "|---" * (len(fracs) + 1) + "|"]
+            cells = {(r.x, r.ref_frac): r for r in t.itertuples()}
+            for x in xs:
+                row = []
+                for f in fracs:
+                    r = cells.get((x, f))
+                    if r is None or r.kind == "none":
+                        row.append("–")
+                    elif r.kind == "best":
+                        row.append(f"**{r.methods[0]}**")
+                    else:
+                        row.append("≈ " + ", ".join(r.methods))
+                parts.append(f"| {x:g} | " + " | ".join(row) + " |")
+    return "\n".join(parts) + "\n"
+
+
 def save_win_map(agg: pd.DataFrame, path: Path, metrics: list[str] | None = None) -> None:
     import io
 
