@@ -20,10 +20,8 @@ def select_checkpoint(ema: torch.nn.Module, snapshots: dict[int, dict], score: C
     for step in sorted(snapshots):
         ema.load_state_dict(snapshots[step])
         values[step] = float(score())
-    finite = [k for k in sorted(values) if math.isfinite(values[k])]
-    best = sorted(values)[-1] if not finite else finite[0]
-    for k in finite:
-        if (values[k] > values[best]) if higher_is_better else (values[k] < values[best]):
-            best = k
+    sign = -1.0 if higher_is_better else 1.0
+    finite = [k for k in values if math.isfinite(values[k])]
+    best = min(finite, key=lambda k: (sign * values[k], k)) if finite else max(values)
     ema.load_state_dict(snapshots[best])
     return {"step": best, "values": {str(k): v for k, v in values.items()}}
