@@ -59,6 +59,19 @@ def _check_writable(out: Path) -> None:
         raise UserError(f"--out {out} is not writable (checked {probe}); pass a writable directory")
 
 
+def _sweep_option(items: list[str]) -> dict[str, list] | None:
+    """``--sweep KEY=V1,V2`` (repeatable) as {KEY: [V1, V2]}; checked against the suite by ``expand``."""
+    import yaml
+
+    chosen: dict[str, list] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise UserError(f"--sweep {item!r}: write KEY=V1,V2, e.g. --sweep dim=16")
+        chosen.setdefault(key.strip(), []).extend(yaml.safe_load(v.strip()) for v in values.split(",") if v.strip())
+    return chosen or None
+
+
 def _apply_data_options(cells, data_root: Path | None, data_param: list[str]) -> None:
     """--data-root / --data-param become dataset parameters, so they are part of each cell's config."""
     import yaml
@@ -76,6 +89,11 @@ def _apply_data_options(cells, data_root: Path | None, data_param: list[str]) ->
     for cell in cells:
         allowed = DATASETS.get(cell.dataset).defaults
         for key, value in extra.items():
+            if key in cell.sweep:  # it would relabel every point of the sweep with one value
+                text = next(i.partition("=")[2] for i in data_param if i.partition("=")[0] == key)
+                points = ",".join(str(v) for v in dict.fromkeys(c.sweep[key] for c in cells))
+                raise UserError(f"--data-param {key}={text}: suite {cell.suite!r} sweeps {key!r} (here {points}); "
+                                f"choose its points with --sweep {key}={text}")
             if key not in allowed:
                 if key == "data_root":
                     continue  # embedded datasets of the same sweep need no files
@@ -90,6 +108,8 @@ def run(
     methods: Annotated[Optional[str], typer.Option(help="only these methods, comma-separated")] = None,
     ref_fracs: Annotated[Optional[str], typer.Option(help="reference fractions, e.g. 0.05,0.25")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="seeds, e.g. 0,1,2")] = None,
+    sweep: Annotated[Optional[list[str]], typer.Option(
+        help="points of the suite's swept dataset parameter, KEY=V1,V2 (repeatable), e.g. dim=16")] = None,
     profile: Annotated[str, typer.Option(help="budget profile: smoke, default or paper")] = "default",
     out: Annotated[Path, typer.Option(help="where records go")] = Path("results/runs"),
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
@@ -130,6 +150,7 @@ def run(
     Examples:\n
       tiwbench run --suite ref_size\n
       tiwbench run --suite smoke --methods tiw_dsm,dsm_obs --seeds 0\n
+      tiwbench run --suite regime --profile smoke --sweep dim=16\n
       tiwbench run --dataset toy2d --ref-fracs 0.05 --profile smoke
     """
     try:
@@ -168,7 +189,8 @@ def run(
             raise typer.Exit(subprocess.call(distributed.torchrun_command(sys.argv[1:], max(n, 1))))
         device = distributed.init(device)
         s = load_suite(suite)
-        cells = expand(s, profile, _csv(dataset, str), _csv(methods, str), _csv(ref_fracs, float), _csv(seeds, int))
+        cells = expand(s, profile, _csv(dataset, str), _csv(methods, str), _csv(ref_fracs, float), _csv(seeds, int),
+                       _sweep_option(sweep or []))
         cells = scale_budget(cells, budget_scale)
         _apply_data_options(cells, data_root, data_param or [])
         if ratio is not None:

@@ -105,13 +105,75 @@ def cell_dir(out: Path, suite: str, dataset: str, method: str, ref_frac: float, 
 
 
 def load_records(runs: Path) -> list[dict[str, Any]]:
-    """Every record under ``runs``; temp files of an interrupted write are never read."""
+    """Every record under ``runs``; temp files of an interrupted write are never read, and a record that
+    contradicts itself (:func:`contradictions`) is refused with its path."""
     records = []
     for p in sorted(Path(runs).rglob(RECORD_NAME)):
         try:
             rec = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{p}: not a valid record ({e}); delete it and re-run the cell") from None
+        found = contradictions(rec, p)
+        if found:  # tabulated, it would stand for a cell it is not
+            raise ValueError(f"{p}: the record contradicts itself ({'; '.join(found)}); it is not reported: "
+                             f"delete its directory and re-run the cell")
         rec["_path"] = str(p)
         records.append(rec)
     return records
+
+
+CELL_FIELDS = ("suite", "dataset", "method", "ref_frac", "seed", "profile")
+
+
+def contradictions(rec: dict[str, Any], path: Path | None = None) -> list[str]:
+    """What in a record disagrees with itself: a field and its config, the swept point and the dataset
+    parameter it sets, the cell directory and the cell, a ratio model and the estimator that names it.
+    Empty for a consistent record; only what the record holds is compared (old or hand-made records
+    lack parts of the config)."""
+    found = []
+    cfg = rec.get("config") or {}
+    for key in CELL_FIELDS:
+        if key in cfg and key in rec and cfg[key] != rec[key]:
+            found.append(f"{key} {rec[key]!r} but config.{key} {cfg[key]!r}")
+    swept = rec.get("sweep") or {}
+    if ("sweep" in cfg or "dataset_params" in cfg) and (cfg.get("sweep") or {}) != swept:
+        found.append(f"sweep {swept} but config.sweep {cfg.get('sweep') or {}}")
+    params = cfg.get("dataset_params")
+    for key, value in {**swept, **(cfg.get("sweep") or {})}.items():
+        if params is not None and (key not in params or params[key] != value):
+            found.append(f"sweep {key}={value} but config.dataset_params.{key}={params.get(key, '(unset)')}")
+    if path is not None and all(k in rec for k in ("dataset", "method", "ref_frac", "seed")):
+        # a directory named like a cell (ref<frac>…_seed<seed>) must be this record's cell
+        named = cell_dir(Path(), rec.get("suite") or "", rec["dataset"], rec["method"], rec["ref_frac"],
+                         rec["seed"], swept)
+        here = Path(path).parent
+        looks_like_cell = here.name.startswith("ref") and "_seed" in here.name
+        if looks_like_cell and here.parts[-len(named.parts):] != named.parts:
+            found.append(f"filed under {'/'.join(here.parts[-len(named.parts):])} but its config is the cell "
+                         f"{named.as_posix()}")
+    found += _ratio_contradictions(rec, cfg)
+    return found
+
+
+def _ratio_contradictions(rec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """Each ratio model is keyed ``<kind>[@<estimator>][~<kernel>]``; no ``@``: the config's estimator."""
+    from tiwbench.registry import RATIOS, RegistryError
+
+    def canonical(name: str) -> str:
+        try:
+            return RATIOS.get(name).name
+        except (RegistryError, AttributeError):  # a plugin not installed here: its name as written
+            return name
+
+    found = []
+    default = (cfg.get("ratio") or {}).get("provider")
+    for key, info in (rec.get("ratio") or {}).items():
+        if not isinstance(info, dict):
+            continue
+        kind_estimator, _, kernel = key.partition("~")
+        named = kind_estimator.partition("@")[2] or default
+        if named and info.get("provider") and canonical(named) != canonical(info["provider"]):
+            found.append(f"ratio model {key!r} names estimator {named!r} but was fitted by {info['provider']!r}")
+        if "provider" in info and (info.get("kernel") or "") != kernel:
+            found.append(f"ratio model {key!r} but fitted under kernel {info.get('kernel') or 'edm'!r}")
+    return found

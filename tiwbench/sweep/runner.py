@@ -24,7 +24,15 @@ from tiwbench.diffusion.sampler import edm_sampler, kernel_sampler, per_sample_l
 from tiwbench.metrics.base import EvalContext
 from tiwbench.progress import PlainReporter, RichReporter  # noqa: F401  (where callers found them)
 from tiwbench.ratios.diagnostics import ratio_diagnostics
-from tiwbench.records import RECORD_NAME, SCHEMA_VERSION, atomic_write_bytes, atomic_write_json, cell_dir, environment
+from tiwbench.records import (
+    RECORD_NAME,
+    SCHEMA_VERSION,
+    atomic_write_bytes,
+    atomic_write_json,
+    cell_dir,
+    contradictions,
+    environment,
+)
 from tiwbench.registry import DATASETS, KERNELS, METHODS, METRICS, RATIOS
 from tiwbench.report.cell_picture import GRID_NAME, sample_picture
 from tiwbench.sweep.locks import LOCK_NAME, claim
@@ -108,7 +116,9 @@ def _pick(names: list[str], allowed: list[str] | None, registry, what: str) -> l
 
 def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = None,
            methods: list[str] | None = None, ref_fracs: list[float] | None = None,
-           seeds: list[int] | None = None) -> list[Cell]:
+           seeds: list[int] | None = None, sweep: dict[str, list] | None = None) -> list[Cell]:
+    """The suite's cells under ``profile``; the other arguments choose among them (``sweep``: points of
+    the suite's swept parameter, ``{name: [values]}``)."""
     ds_names = _pick(suite.datasets, datasets, DATASETS, "dataset")
     m_names = _pick(suite.methods, methods, METHODS, "method")
     for ds in ds_names:
@@ -121,9 +131,14 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
     for ds in ds_names:
         budget, profile_seeds = resolve_budget(suite, profile, ds)
         grid = profile_grid(suite, profile, ds)  # a smoke profile may run a smaller grid
-        for swept in sweep_points(suite, ds, grid.get("sweep")):
-            for rf in ref_fracs or grid.get("ref_fracs") or suite.ref_fracs:
-                for seed in seeds if seeds is not None else (profile_seeds or suite.seeds):
+        fracs = distinct(ref_fracs or grid.get("ref_fracs") or suite.ref_fracs, "--ref-fracs")
+        cell_seeds = distinct(seeds if seeds is not None else (profile_seeds or suite.seeds), "--seeds")
+        for seed in cell_seeds:
+            if seed < 0:  # one convention for every seed consumer (numpy refuses negative seeds)
+                raise ConfigError(f"--seeds: {seed} is negative; seeds are integers ≥ 0, e.g. --seeds 0,1,2")
+        for swept in sweep_points(suite, ds, grid.get("sweep"), sweep):
+            for rf in fracs:
+                for seed in cell_seeds:
                     for m in m_names:
                         cells.append(Cell(suite.name, ds, m, float(rf), int(seed), profile,
                                           dataclasses.replace(budget), profile_metrics(suite, profile, ds),
@@ -148,12 +163,58 @@ def scale_budget(cells: list[Cell], factor: float) -> list[Cell]:
     return cells
 
 
-def sweep_points(suite: Suite, dataset: str, values_of: dict[str, list] | None = None) -> list[dict[str, Any]]:
+def distinct(values: list, option: str) -> list:
+    """``values`` unless two of them would name the same cell directory (``0,0``; ``0.1,0.10``)."""
+    seen: dict[str, Any] = {}
+    for v in values:
+        name = f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+        if name in seen:
+            twice = f"{v!r} is given twice" if seen[name] == v else f"{seen[name]!r} and {v!r} name the same cells"
+            raise ConfigError(f"{option}: {twice} ({name}); give each value once")
+        seen[name] = v
+    return list(values)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    return float(a) == float(b) if numbers else a == b or str(a) == str(b)
+
+
+def select_points(suite: Suite, values: list, chosen: dict[str, list]) -> list:
+    """The points of ``--sweep KEY=V1,V2`` among ``values`` (the suite's and its profiles'), as the suite
+    writes them (16, not 16.0: the same configs and hashes). A value outside the grid is refused: the suite
+    file is the experiment's design, and a new point belongs in a suite of its own."""
+    (key,) = suite.sweep
+    grid = ",".join(str(v) for v in values)
+    if set(chosen) - {key}:
+        other = sorted(set(chosen) - {key})[0]
+        raise ConfigError(f"--sweep {other}=…: suite {suite.name!r} sweeps {key!r}, not {other!r}; "
+                          f"choose among {key}={grid}")
+    picked = []
+    for v in distinct(chosen.get(key, []), f"--sweep {key}"):
+        match = next((g for g in values if _same_value(g, v)), None)
+        if match is None:
+            raise ConfigError(f"--sweep {key}={v}: not a point of suite {suite.name!r} ({key}={grid}); "
+                              f"choose among them, or copy the suite to a .yaml with the values you need")
+        picked.append(match)
+    return picked
+
+
+def sweep_points(suite: Suite, dataset: str, values_of: dict[str, list] | None = None,
+                 chosen: dict[str, list] | None = None) -> list[dict[str, Any]]:
     """The suite's swept dataset parameter as one {name: value} per point ([{}] without a sweep),
-    checked against the dataset's parameters; ``values_of`` replaces the suite's values (a profile's)."""
+    checked against the dataset's parameters; ``values_of`` replaces the suite's values (a profile's),
+    ``chosen`` (``--sweep``) selects among both."""
     if not suite.sweep:
+        if chosen:
+            key = sorted(chosen)[0]
+            raise ConfigError(f"--sweep {key}=…: suite {suite.name!r} sweeps no dataset parameter; to set one "
+                              f"for every cell use --data-param {key}=VALUE")
         return [{}]
     (key, values), = (values_of or suite.sweep).items()
+    if chosen:
+        grid = [*suite.sweep[key], *(v for v in values if not any(_same_value(v, g) for g in suite.sweep[key]))]
+        values = select_points(suite, grid, chosen)
     allowed = DATASETS.get(dataset).defaults
     if key not in allowed:
         raise ConfigError(f"{suite.source}: sweep: dataset {dataset!r} has no parameter {key!r}; "
@@ -515,6 +576,7 @@ def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | Non
                     continue
                 reporter.start(cell)
                 t0, started = time.monotonic(), time.time()
+                apply_threads(cell)  # before the record reads the environment: its threads are the config's
                 rec = base_record(cell, device)
                 try:
                     if group is None:
@@ -597,6 +659,9 @@ def preflight(cells: list[Cell]) -> None:
     """Check every dataset, path and ref_frac before any cell runs, so bad input writes nothing."""
     seen: set = set()
     for c in cells:
+        found = contradictions({"config": c.config(), **({"sweep": c.sweep} if c.sweep else {})})
+        if found:  # e.g. a dataset parameter set over the swept one: the record would contradict itself
+            raise ConfigError(f"{c.label()}: {'; '.join(found)}; choose the swept parameter's points with --sweep")
         key = (c.dataset, json.dumps(c.dataset_params, sort_keys=True), c.ref_frac)
         if key in seen:
             continue
