@@ -139,9 +139,10 @@ def contradictions(rec: dict[str, Any], path: Path | None = None) -> list[str]:
     if ("sweep" in cfg or "dataset_params" in cfg) and (cfg.get("sweep") or {}) != swept:
         found.append(f"sweep {swept} but config.sweep {cfg.get('sweep') or {}}")
     params = cfg.get("dataset_params")
-    for key, value in {**swept, **(cfg.get("sweep") or {})}.items():
-        if params is not None and (key not in params or params[key] != value):
-            found.append(f"sweep {key}={value} but config.dataset_params.{key}={params.get(key, '(unset)')}")
+    for key, value in [*swept.items(), *(cfg.get("sweep") or {}).items()]:
+        said = f"sweep {key}={value} but config.dataset_params.{key}={(params or {}).get(key, '(unset)')}"
+        if params is not None and (key not in params or params[key] != value) and said not in found:
+            found.append(said)
     if path is not None and all(k in rec for k in ("dataset", "method", "ref_frac", "seed")):
         # a directory named like a cell (ref<frac>…_seed<seed>) must be this record's cell
         named = cell_dir(Path(), rec.get("suite") or "", rec["dataset"], rec["method"], rec["ref_frac"],

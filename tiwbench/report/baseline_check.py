@@ -1,10 +1,10 @@
 """Regression checks against a committed baseline.
 
-A baseline holds, per (suite, dataset, method, ref_frac, metric), the mean, std and number of seeds of a
-reference run, the metric's direction and a tolerance. A fresh run is compared cell by cell with the
-metric's direction: worse than the baseline by more than the tolerance is a regression, better by more
-than the tolerance an improvement (to be recorded in a new baseline). A cell that fails in the fresh run
-but not in the baseline, or that is missing, also fails the check.
+A baseline holds, per (suite, dataset, method, ref_frac, metric, and swept point if any), the mean, std
+and number of seeds of a reference run, the metric's direction and a tolerance. A fresh run is compared
+cell by cell with the metric's direction: worse than the baseline by more than the tolerance is a
+regression, better by more than the tolerance an improvement (to be recorded in a new baseline). A cell
+that fails in the fresh run but not in the baseline, or that is missing, also fails the check.
 
 Tolerance rule (per cell, from the baseline's own spread over seeds):
 
@@ -52,15 +52,29 @@ class ToleranceRule:
         return self
 
 
-Key = tuple[str, str, str, float, str]  # suite, dataset, method, ref_frac, metric
+Key = tuple[str, str, str, float, str, str]  # suite, dataset, method, ref_frac, metric, swept point ("" if none)
 
 
-def _key(suite: str, dataset: str, method: str, ref_frac: float, metric: str) -> Key:
-    return (str(suite), str(dataset), str(method), round(float(ref_frac), 12), str(metric))
+def _point(x_name: str, x: Any) -> str:
+    """A swept suite's point, e.g. ``dim=16``: cells of one ref_frac at two points are two cells."""
+    return "" if x_name == "ref_frac" else f"{x_name}={float(x):g}"
+
+
+def _key(suite: str, dataset: str, method: str, ref_frac: float, metric: str, point: str = "") -> Key:
+    return (str(suite), str(dataset), str(method), round(float(ref_frac), 12), str(metric), point)
+
+
+def _row_key(r) -> Key:
+    return _key(r.suite, r.dataset, r.method, r.ref_frac, r.metric, _point(r.x_name, r.x))
+
+
+def _entry_key(e: dict[str, Any]) -> Key:
+    point = next((_point(name, x) for name, x in (e.get("sweep") or {}).items()), "")
+    return _key(e["suite"], e["dataset"], e["method"], e["ref_frac"], e["metric"], point)
 
 
 def key_label(k: Key) -> str:
-    return f"{k[0]}/{k[1]}/{k[2]}/ref{k[3]:g}/{k[4]}"
+    return f"{k[0]}/{k[1]}/{k[2]}/ref{k[3]:g}/{k[5] + '/' if k[5] else ''}{k[4]}"
 
 
 def _finite(x: Any) -> float | None:
@@ -79,10 +93,11 @@ def make_baseline(records: list[dict[str, Any]], rule: ToleranceRule = Tolerance
     entries = []
     for _, r in agg.iterrows():
         cells = df[(df.suite == r.suite) & (df.dataset == r.dataset) & (df.method == r.method)
-                   & (df.ref_frac == r.ref_frac) & (df.metric == r.metric)]
+                   & (df.ref_frac == r.ref_frac) & (df.x_name == r.x_name) & (df.x == r.x) & (df.metric == r.metric)]
         mean, std = _finite(r["mean"]), _finite(r["std"])
         entries.append({
             "suite": r.suite, "dataset": r.dataset, "method": r.method, "ref_frac": float(r.ref_frac),
+            **({"sweep": {r.x_name: float(r.x)}} if r.x_name != "ref_frac" else {}),
             "metric": r.metric, "higher_is_better": bool(r.higher_is_better),
             "mean": mean, "std": std, "n": int(r.n), "failed": int(r.failed),
             "tolerance": rule(mean, std) if mean is not None else None,
@@ -167,13 +182,13 @@ def compare(baseline: dict[str, Any], records: list[dict[str, Any]]) -> list[Row
     """One row per baseline entry (and per fresh cell the baseline lacks), sorted by key."""
     df = records_frame(records)
     agg = aggregate(df) if not df.empty else pd.DataFrame(columns=["suite"])
-    fresh = {_key(r.suite, r.dataset, r.method, r.ref_frac, r.metric): r for _, r in agg.iterrows()}
+    fresh = {_row_key(r): r for _, r in agg.iterrows()}
     hashes = {}
     for _, r in df.iterrows():
-        hashes.setdefault(_key(r.suite, r.dataset, r.method, r.ref_frac, r.metric), set()).add(r.config_hash)
+        hashes.setdefault(_row_key(r), set()).add(r.config_hash)
     rows = []
     for e in baseline["entries"]:
-        k = _key(e["suite"], e["dataset"], e["method"], e["ref_frac"], e["metric"])
+        k = _entry_key(e)
         hib = direction(e["metric"], e["higher_is_better"])
         row = Row(k, OK, hib, baseline=e["mean"], tolerance=e["tolerance"], baseline_n=e["n"])
         f = fresh.pop(k, None)
