@@ -94,6 +94,8 @@ OVERRIDES = {
     "budget_scale": (["--budget-scale", "2"],
                      lambda recs: all(r["suite"] == "sw_x2" and r["config"]["train"]["steps"] == 40 for r in recs)),
     "threads": (["--sweep", "contamination=0.5"], lambda recs: [r["config"]["threads"] for r in recs] == [2]),
+    "fid_backend": (["--fid-backend", "clean-fid", "--sweep", "contamination=0.0"],
+                    lambda recs: [r["config"]["eval"]["fid_backend"] for r in recs] == ["clean-fid"]),
     "seeds_ref_fracs": (["--seeds", "3", "--ref-fracs", "0.2"],
                         lambda recs: {(r["seed"], r["ref_frac"]) for r in recs} == {(3, 0.2)}),
 }

@@ -90,7 +90,7 @@ def _apply_data_options(cells, data_root: Path | None, data_param: list[str]) ->
         allowed = DATASETS.get(cell.dataset).defaults
         for key, value in extra.items():
             if key in cell.sweep:  # it would relabel every point of the sweep with one value
-                text = next(i.partition("=")[2] for i in data_param if i.partition("=")[0] == key)
+                text = next(i.partition("=")[2] for i in reversed(data_param) if i.partition("=")[0] == key)
                 points = ",".join(str(v) for v in dict.fromkeys(c.sweep[key] for c in cells))
                 raise UserError(f"--data-param {key}={text}: suite {cell.suite!r} sweeps {key!r} (here {points}); "
                                 f"choose its points with --sweep {key}={text}")
