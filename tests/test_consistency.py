@@ -240,3 +240,28 @@ def test_contradictions_of_hand_made_records():
     other_kernel = {**rec, "ratio": {"time@exact~vp": {"provider": "exact"}}}
     assert contradictions(other_kernel, path) == ["ratio model 'time@exact~vp' but fitted under kernel 'edm'"]
     assert contradictions({**rec, "seed": 9}, "x/record.json") == ["seed 9 but config.seed 8"]
+
+
+def test_check_keeps_the_points_of_a_swept_suite_apart():
+    """Two points of one ref_frac were one baseline key: a baseline compared d = 4 with d = 16."""
+    from test_report import record
+
+    from tiwbench.report.baseline_check import check, make_baseline
+
+    def records(shift_at_half=0.0):
+        out = []
+        for c in (0.0, 0.5):
+            for s, v in enumerate([1.0, 1.1, 1.2]):
+                out.append({**record("dsm_obs", 0.05, s, v + 10 * c + (shift_at_half if c else 0.0)),
+                            "sweep": {"contamination": c}})
+        return out
+
+    baseline = make_baseline(records())
+    assert sorted(e["sweep"]["contamination"] for e in baseline["entries"] if e["metric"] == "fd") == [0.0, 0.5]
+    passed, text, _ = check(baseline, records())
+    assert passed, text
+    passed, text, rows = check(baseline, records(shift_at_half=1.0))  # worse at 0.5 only
+    assert not passed
+    assert {r.key[4:] for r in rows if r.verdict == "regression"} == {("fd", "contamination=0.5"),
+                                                                       ("bias", "contamination=0.5")}
+    assert "unit/toy2d/dsm_obs/ref0.05/contamination=0.5/fd" in text
