@@ -131,11 +131,13 @@ def expand(suite: Suite, profile: str = "default", datasets: list[str] | None = 
     for ds in ds_names:
         budget, profile_seeds = resolve_budget(suite, profile, ds)
         grid = profile_grid(suite, profile, ds)  # a smoke profile may run a smaller grid
-        fracs = distinct(ref_fracs or grid.get("ref_fracs") or suite.ref_fracs, "--ref-fracs")
-        cell_seeds = distinct(seeds if seeds is not None else (profile_seeds or suite.seeds), "--seeds")
+        where = ("--ref-fracs" if ref_fracs else f"{suite.source}: ref_fracs",
+                 "--seeds" if seeds is not None else f"{suite.source}: seeds")
+        fracs = distinct(ref_fracs or grid.get("ref_fracs") or suite.ref_fracs, where[0])
+        cell_seeds = distinct(seeds if seeds is not None else (profile_seeds or suite.seeds), where[1])
         for seed in cell_seeds:
             if seed < 0:  # one convention for every seed consumer (numpy refuses negative seeds)
-                raise ConfigError(f"--seeds: {seed} is negative; seeds are integers ≥ 0, e.g. --seeds 0,1,2")
+                raise ConfigError(f"{where[1]}: {seed} is negative; seeds are integers ≥ 0, e.g. 0,1,2")
         for swept in sweep_points(suite, ds, grid.get("sweep"), sweep):
             for rf in fracs:
                 for seed in cell_seeds:
