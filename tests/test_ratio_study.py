@@ -182,3 +182,28 @@ def test_errors_against_the_truth_and_the_attainable_target():
     # records without the attainable target: the paired tables fall back to the truth and say so
     old = _records()
     assert "against the truth (no attainable target recorded)" in ratio_study.to_markdown(old)
+
+
+def test_two_schedules_never_share_a_row():
+    """The same seed under vp with β_max 19.9 and 20 (its default): two estimators and two methods, the
+    old schedule named; edm's rows, whose own parameters are the defaults, carry no tag."""
+    recs = []
+    for beta_max, err in ((19.9, 0.5), (20.0, 0.1)):
+        kernel = {"edm": {"p_mean": -1.2, "p_std": 1.2}, "vp": {"beta_min": 0.1, "beta_max": beta_max, "eps_t": 0.001}}
+        ratio = {"time~vp": {"provider": "discriminator", "kind": "time", "kernel": "vp", "per_sigma": [_band(1.0, 5.0, err)]}}
+        for method, bias in (("tiw_dsm~vp", 0.2), ("iw_dsm~vp", 0.1)):
+            rec = _record(method, 0, bias + err, ratio)
+            rec["config"]["kernel"] = kernel
+            recs.append(rec)
+        edm = _record("tiw_dsm", 0, 0.1, {"time": {"provider": "discriminator", "per_sigma": [_band(1.0, 5.0, 1.0)]}})
+        edm["config"]["kernel"] = kernel
+        recs.append(edm)
+    agg = ratio_study.aggregate_bands(ratio_study.band_frame(recs)).set_index("estimator")
+    assert agg.loc["discriminator~vp", "correction"] == pytest.approx(0.1 / 0.2)
+    assert agg.loc["discriminator~vp [beta_max=19.9]", "correction"] == pytest.approx(0.5 / 0.2)
+    assert agg.loc["discriminator", "correction_n"] == 1
+    out = ratio_study.outcome_frame(recs)
+    assert set(out.method) == {"tiw_dsm~vp", "iw_dsm~vp", "tiw_dsm~vp [beta_max=19.9]", "iw_dsm~vp [beta_max=19.9]",
+                               "tiw_dsm"}
+    d = ratio_study.paired_differences(out).set_index("method")
+    assert d.loc["tiw_dsm~vp [beta_max=19.9]", "diff"] == pytest.approx(0.1)  # against its own schedule's iw_dsm

@@ -51,6 +51,22 @@ def estimator_name(info: dict[str, Any]) -> str:
     return f"{name}~{info['kernel']}" if info.get("kernel") else name
 
 
+def schedule_tag(record: dict[str, Any], kernel: str | None) -> str:
+    """`` [beta_max=19.9]`` where the record ran ``kernel`` with parameters other than its defaults (its
+    config's ``kernel`` section): records of two schedules never share a row. Empty under the defaults."""
+    params = ((record.get("config") or {}).get("kernel") or {}).get(kernel or "edm")
+    if not params:
+        return ""
+    from tiwbench.registry import KERNELS, RegistryError
+
+    try:
+        defaults = KERNELS.get(kernel or "edm").defaults
+    except RegistryError:  # a plugin kernel not installed here: name every parameter
+        defaults = {}
+    moved = {k: v for k, v in sorted(params.items()) if defaults.get(k) != v}
+    return " [" + ", ".join(f"{k}={v:g}" for k, v in moved.items()) + "]" if moved else ""
+
+
 def _method_estimator(record: dict[str, Any]) -> tuple[str, str | None]:
     """(method, estimator) of a record: ``tiw_dsm@x`` names it, a plain name uses the suite's default;
     a ``~kernel`` suffix stays on both (``tiw_dsm@x~vp``: method ``tiw_dsm~vp``, estimator ``x~vp``)."""
@@ -79,7 +95,7 @@ def band_frame(records: list[dict[str, Any]], suites: set[str] | None = None) ->
             continue
         for key, info in (r.get("ratio") or {}).items():
             kind = info.get("kind") or key.partition("@")[0]
-            name = estimator_name(info) if kind == "time" else CLEAN
+            name = estimator_name(info) + schedule_tag(r, info.get("kernel")) if kind == "time" else CLEAN
             if kind == "clean" and estimator_name(info) != "discriminator":
                 name = f"{CLEAN} {estimator_name(info)}"
             per_sigma = info.get("per_sigma") or []
@@ -185,11 +201,13 @@ def outcome_frame(records: list[dict[str, Any]], suites: set[str] | None = None,
         if r.get("status") != "ok" or (suites is not None and suite not in suites):
             continue
         method, est = _method_estimator(r)
+        tag = schedule_tag(r, r["method"].partition("~")[2])
+        method, est = method + tag, est + tag
         value = next((m["value"] for m in r.get("metrics") or [] if m["name"] == metric), math.nan)
         err = err_att = math.nan
         for key, info in (r.get("ratio") or {}).items():
             kind = info.get("kind") or key.partition("@")[0]
-            if kind == "time" and estimator_name(info) == est and info.get("per_sigma"):
+            if kind == "time" and estimator_name(info) + tag == est and info.get("per_sigma"):
                 bands = [b for b in info["per_sigma"] if b["sigma_lo"] >= correction_from and "shift_mse" in b]
                 norm = sum(b["shift_norm"] for b in bands)
                 if norm > 0:
@@ -198,7 +216,7 @@ def outcome_frame(records: list[dict[str, Any]], suites: set[str] | None = None,
                         err_att = sum(b["shift_mse_att"] for b in bands) / norm
                 break
         rows.append({"suite": suite, "dataset": r["dataset"], "ref_frac": float(r["ref_frac"]), "seed": r.get("seed"),
-                     "method": r["method"], "base": method, "estimator": est, "correction_error": err,
+                     "method": r["method"] + tag, "base": method, "estimator": est, "correction_error": err,
                      "correction_error_att": err_att, metric: value})
     return pd.DataFrame(rows, columns=["suite", "dataset", "ref_frac", "seed", "method", "base", "estimator",
                                        "correction_error", "correction_error_att", metric])
