@@ -190,7 +190,8 @@ def test_two_schedules_never_share_a_row():
     recs = []
     for beta_max, err in ((19.9, 0.5), (20.0, 0.1)):
         kernel = {"edm": {"p_mean": -1.2, "p_std": 1.2}, "vp": {"beta_min": 0.1, "beta_max": beta_max, "eps_t": 0.001}}
-        ratio = {"time~vp": {"provider": "discriminator", "kind": "time", "kernel": "vp", "per_sigma": [_band(1.0, 5.0, err)]}}
+        ratio = {"time~vp": {"provider": "discriminator", "kind": "time", "kernel": "vp",
+                             "per_sigma": [_band(1.0, 5.0, err)]}}
         for method, bias in (("tiw_dsm~vp", 0.2), ("iw_dsm~vp", 0.1)):
             rec = _record(method, 0, bias + err, ratio)
             rec["config"]["kernel"] = kernel

@@ -287,7 +287,7 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
              "(true proportions) and against the attainable target (the truth re-weighted to D_ref's proportions, "
              f"the best ratio D_ref allows); the row '{ATTAINABLE_ROW}' is that target's own error against the "
              "truth, what no estimator learning from D_ref can remove. Estimators are compared against the "
-             "attainable target. σ=0: IW-DSM's clean classifier. –: no "
+             "attainable target where the records have it. σ=0: IW-DSM's clean classifier. –: no "
              f"relative error, the band's signal being under {SIGNAL_FLOOR:g} of the estimator's largest (e.g. "
              "the correction inside a mode under label-only bias)._"]
     for (suite, ds, rf), sub in agg.groupby(["suite", "dataset", "ref_frac"], sort=True) if len(agg) else []:
