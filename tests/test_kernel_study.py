@@ -39,11 +39,11 @@ def test_kernel_study_suite_covers_every_kernel_with_eight_seeds():
     assert len({c.seed for c in cells}) >= 8
     for base in ("dsm_obs", "oracle", "iw_dsm", "tiw_dsm"):
         assert {f"{base}~{k}" for k in KERNELS} <= {c.method for c in cells}
-    assert cells[0].budget.kernel["vp"] == {"beta_min": 0.1, "beta_max": 19.9, "eps_t": 0.001}
+    assert cells[0].budget.kernel["vp"] == {"beta_min": 0.1, "beta_max": 20.0, "eps_t": 0.001}
 
 
 def test_a_bad_schedule_parameter_is_refused(tmp_path):
-    text = (ROOT / "suites/kernel_study.yaml").read_text().replace("beta_max: 19.9", "beta_maks: 19.9")
+    text = (ROOT / "suites/kernel_study.yaml").read_text().replace("beta_max: 20.0", "beta_maks: 20.0")
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(ConfigError, match="beta_maks"):
         load_suite(str(tmp_path / "bad.yaml"))
@@ -65,6 +65,6 @@ def test_cells_run_under_each_kernel(tmp_path, one_thread):
     assert recs["dg_obs~vp"]["train"]["shared_with"] == "dsm_obs~vp"
     assert recs["dg_obs~vp"]["train"]["final_loss"] == recs["dsm_obs~vp"]["train"]["final_loss"]
     assert recs["dsm_obs~ve"]["train"]["final_loss"] != recs["dsm_obs~vp"]["train"]["final_loss"]
-    assert recs["dsm_obs~vp"]["config"]["kernel"]["vp"]["beta_max"] == 19.9
+    assert recs["dsm_obs~vp"]["config"]["kernel"]["vp"]["beta_max"] == 20.0
     assert set(recs["tiw_dsm@exact+discriminator~vp"]["ratio"]) >= {"time~vp", "time@exact~vp"}
     assert "discriminator~vp" in to_markdown(list(recs.values()))

@@ -18,7 +18,7 @@ from tiwbench.diffusion.sampler import edm_sampler, kernel_sampler, per_sample_l
 from tiwbench.registry import KERNELS, METHODS
 
 NAMES = ("edm", "vp", "subvp", "ve")
-BMIN, BMAX = 0.1, 19.9
+BMIN, BMAX = 0.1, 20.0  # Song et al.'s schedule, written here independently of the kernel's defaults
 
 
 def _beta(t):
@@ -42,6 +42,28 @@ def test_registry_lists_the_four_kernels():
     with pytest.raises(ValueError, match="beta_maks"):
         make_kernel("vp", {"vp": {"beta_maks": 20.0}})
     assert make_kernel("vp", {"vp": {"beta_max": 20}}).params["beta_max"] == 20.0
+
+
+def test_vp_schedules_reach_song_et_al_sigma_at_t1():
+    """β_min 0.1, β_max 20 (Song et al.; Karras et al.'s β_d = 19.9 is β_max − β_min): B(1) = 10.05, so
+    VP's σ(1) = √(e^10.05 − 1) and sub-VP's 2 sinh(10.05/2) = e^5.025 − e^−5.025, both ≈ 152.2."""
+    one = torch.tensor(1.0, dtype=torch.float64)
+    assert float(make_kernel("vp").sigma(one)) == pytest.approx(math.sqrt(math.exp(10.05) - 1), rel=1e-12)
+    assert float(make_kernel("subvp").sigma(one)) == pytest.approx(math.exp(5.025) - math.exp(-5.025), rel=1e-12)
+    assert float(make_kernel("vp").sigma(one)) == pytest.approx(152.17, abs=0.01)
+    assert float(make_kernel("subvp").sigma(one)) == pytest.approx(152.16, abs=0.01)
+
+
+def test_ls_kernels_shows_each_schedule():
+    from typer.testing import CliRunner
+
+    from tiwbench.cli import app
+
+    r = CliRunner().invoke(app, ["ls", "kernels"])
+    assert r.exit_code == 0
+    lines = {line.split()[0]: line for line in r.output.splitlines()}
+    for name in ("vp", "subvp"):
+        assert "beta_min 0.1, beta_max 20, eps_t 0.001" in lines[name]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -120,7 +120,7 @@ def test_paired_band_ratios_pair_by_seed_against_edm_and_the_discriminator():
         for seed, v in enumerate(values):
             rows.append({"suite": "s", "dataset": "toy2d", "ref_frac": 0.05, "seed": seed, "estimator": est,
                          "sigma_lo": 1.0, "sigma_hi": 5.0, "log_w": v, "correction": v})
-    out = paired_band_ratios(pd.DataFrame(rows), measures=("correction",))
+    out = paired_band_ratios(pd.DataFrame(rows), measures=("correction",), target="")
     got = {(r.estimator, r.against): r for r in out.itertuples()}
     assert set(got) == {("discriminator~vp", "discriminator"), ("dlsm~vp", "discriminator~vp")}
     d = [math.log10(a / b) for a, b in zip(errs["discriminator~vp"], errs["discriminator"], strict=True)]
@@ -139,3 +139,72 @@ def test_a_band_without_signal_has_no_relative_error():
     assert math.isnan(rel[0.002])  # 1e-26 of the largest band's signal: no relative error
     assert rel[0.2] == pytest.approx(0.01 / 2e-4) and rel[5.0] == pytest.approx(5.0)  # 2e-3 of it: kept
     assert df.log_w.notna().all()  # the other measures keep their (ample) signal
+
+
+def _targets_records():
+    """discriminator and dlsm, two seeds, one band; errors against the truth, the attainable target and
+    that target's gap planted (relative to a signal of 0.5)."""
+    recs = []
+    planted = {0: {"disc": (1.0, 0.8), "dlsm": (0.5, 0.2), "gap": 0.3},
+               1: {"disc": (2.0, 1.5), "dlsm": (0.4, 0.1), "gap": 0.25}}
+    for seed, p in planted.items():
+        def band(mse, att):
+            return {**_band(1.0, 5.0, mse, shift_norm=0.5), "shift_mse_att": att, "shift_gap": p["gap"],  # noqa: B023
+                    "log_ratio_mse_att": 0.005, "log_ratio_gap": 0.004, "ratio_mse_att": 0.01, "ratio_gap": 0.008}
+        ratio = {"time": {"provider": "discriminator", "per_sigma": [band(*p["disc"])]},
+                 "time@dlsm": {"provider": "dlsm", "kind": "time", "per_sigma": [band(*p["dlsm"])]}}
+        recs += [_record("tiw_dsm", seed, 0.1, ratio), _record("tiw_dsm@dlsm", seed, 0.08, ratio)]
+    return recs
+
+
+def test_errors_against_the_truth_and_the_attainable_target():
+    """Both columns as planted (mse / the truth's signal); the attainable target's own error is a reference
+    row; the paired tables and the pooled correction error use the attainable target."""
+    df = ratio_study.band_frame(_targets_records())
+    agg = ratio_study.aggregate_bands(df).set_index("estimator")
+    assert agg.loc["dlsm", "correction"] == pytest.approx((0.5 + 0.4) / 2 / 0.5)
+    assert agg.loc["dlsm", "correction_att"] == pytest.approx((0.2 + 0.1) / 2 / 0.5)
+    assert agg.loc["discriminator", "correction_att"] == pytest.approx((0.8 + 1.5) / 2 / 0.5)
+    assert agg.loc[ratio_study.ATTAINABLE_ROW, "correction"] == pytest.approx((0.3 + 0.25) / 2 / 0.5)
+    assert agg.loc[ratio_study.ATTAINABLE_ROW, "log_w"] == pytest.approx(0.004 / 0.1)
+    pairs = ratio_study.paired_band_ratios(df, measures=("correction",)).set_index("estimator")
+    assert pairs.loc["dlsm", "mean"] == pytest.approx((math.log10(0.2 / 0.8) + math.log10(0.1 / 1.5)) / 2)
+    truth = ratio_study.paired_band_ratios(df, measures=("correction",), target="").set_index("estimator")
+    assert truth.loc["dlsm", "mean"] == pytest.approx((math.log10(0.5 / 1.0) + math.log10(0.4 / 2.0)) / 2)
+    out = ratio_study.outcome_frame(_targets_records()).set_index(["method", "seed"])
+    assert out.loc[("tiw_dsm@dlsm", 1), "correction_error_att"] == pytest.approx(0.1 / 0.5)
+    assert out.loc[("tiw_dsm@dlsm", 1), "correction_error"] == pytest.approx(0.4 / 0.5)
+    text = ratio_study.to_markdown(_targets_records())
+    assert "error of σ²∇log w relative to its signal against the attainable target" in text
+    assert f"| _{ratio_study.ATTAINABLE_ROW}_ | 0.55 ±" in text
+    assert "σ²∇log w relative to its signal against the attainable target: log10" in text
+    assert f"| dlsm | discriminator | {pairs.loc['dlsm', 'mean']:.3g} ±" in text
+    # records without the attainable target: the paired tables fall back to the truth and say so
+    old = _records()
+    assert "against the truth (no attainable target recorded)" in ratio_study.to_markdown(old)
+
+
+def test_two_schedules_never_share_a_row():
+    """The same seed under vp with β_max 19.9 and 20 (its default): two estimators and two methods, the
+    old schedule named; edm's rows, whose own parameters are the defaults, carry no tag."""
+    recs = []
+    for beta_max, err in ((19.9, 0.5), (20.0, 0.1)):
+        kernel = {"edm": {"p_mean": -1.2, "p_std": 1.2}, "vp": {"beta_min": 0.1, "beta_max": beta_max, "eps_t": 0.001}}
+        ratio = {"time~vp": {"provider": "discriminator", "kind": "time", "kernel": "vp",
+                             "per_sigma": [_band(1.0, 5.0, err)]}}
+        for method, bias in (("tiw_dsm~vp", 0.2), ("iw_dsm~vp", 0.1)):
+            rec = _record(method, 0, bias + err, ratio)
+            rec["config"]["kernel"] = kernel
+            recs.append(rec)
+        edm = _record("tiw_dsm", 0, 0.1, {"time": {"provider": "discriminator", "per_sigma": [_band(1.0, 5.0, 1.0)]}})
+        edm["config"]["kernel"] = kernel
+        recs.append(edm)
+    agg = ratio_study.aggregate_bands(ratio_study.band_frame(recs)).set_index("estimator")
+    assert agg.loc["discriminator~vp", "correction"] == pytest.approx(0.1 / 0.2)
+    assert agg.loc["discriminator~vp [beta_max=19.9]", "correction"] == pytest.approx(0.5 / 0.2)
+    assert agg.loc["discriminator", "correction_n"] == 1
+    out = ratio_study.outcome_frame(recs)
+    assert set(out.method) == {"tiw_dsm~vp", "iw_dsm~vp", "tiw_dsm~vp [beta_max=19.9]", "iw_dsm~vp [beta_max=19.9]",
+                               "tiw_dsm"}
+    d = ratio_study.paired_differences(out).set_index("method")
+    assert d.loc["tiw_dsm~vp [beta_max=19.9]", "diff"] == pytest.approx(0.1)  # against its own schedule's iw_dsm

@@ -519,6 +519,8 @@ def ls(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, rat
         extra = ""
         if what == "metrics":
             extra = " ↑" if obj.higher_is_better else " ↓"
+        if what == "kernels" and obj.defaults:  # the schedule a cell gets unless its profile says otherwise
+            extra = " (" + ", ".join(f"{k} {v:g}" for k, v in obj.defaults.items()) + ")"
         desc = getattr(obj, "description", "") or (obj.__doc__ or "").strip().split("\n")[0]
         typer.echo(f"{name}{extra}  [{reg.origin(name)}]  {desc}")
 

@@ -139,7 +139,9 @@ class VP(Kernel):
 
     name = "vp"
     description = "VP SDE (Song et al. 2021): s = exp(−B/2), σ = sqrt(exp(B) − 1), t ~ U[ε_t, 1]"
-    defaults = {"beta_min": 0.1, "beta_max": 19.9, "eps_t": 1e-3}
+    # Song et al.'s β₀ = 0.1, β₁ = 20: B(1) = 10.05, σ(1) = √(e^10.05 − 1) ≈ 152.2 (Karras et al.'s Table 1
+    # writes the same schedule as β_d = β_max − β_min = 19.9, β_min = 0.1)
+    defaults = {"beta_min": 0.1, "beta_max": 20.0, "eps_t": 1e-3}
 
     def B(self, t):
         p = self.params

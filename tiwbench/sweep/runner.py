@@ -285,10 +285,11 @@ class Group:
             tag = (kind if estimator.name == "discriminator" else f"{kind}@{estimator.name}") + suffix
             time_dependent = kind == "time"
             t0 = time.monotonic()
-            exact = None
+            exact = attainable = None
             try:
                 exact = self.dataset.exact_ratio(time_dependent)
                 exact.logit_max = cfg.logit_max
+                attainable = attainable_ratio(self.dataset, self.split, time_dependent)
             except DataError:
                 pass
             # its own init seed: otherwise the init depended on the cells run before it (a resumed or
@@ -306,7 +307,7 @@ class Group:
                 info["per_sigma"] = ratio_diagnostics(model, self.split.bias.to(self.device),
                                                       self.split.ref.to(self.device), gd, exact=exact,
                                                       n=min(2000, self.cell.budget.sample.n),
-                                                      device=self.device)
+                                                      device=self.device, attainable=attainable)
             if isinstance(model, torch.nn.Module):
                 info["checkpoint_hash"] = hashlib.sha256(
                     b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values())
@@ -315,6 +316,16 @@ class Group:
             distributed.broadcast_module(model)  # every rank trained it alike; make it exactly rank 0's
             self.ratios[key], self.ratio_info[key] = model, info
         return self.ratios[key]
+
+
+def attainable_ratio(dataset, split, time_dependent: bool):
+    """The best ratio D_ref allows (``exact_empirical``'s): the truth re-weighted to D_ref's empirical
+    proportions, over p_bias; None where the dataset has no re-weightable mixture."""
+    if not hasattr(dataset, "empirical_ratio"):
+        return None
+    labels = split.ref_labels.long().flatten()
+    props = torch.bincount(labels, minlength=dataset.num_classes).double() / len(labels)
+    return dataset.empirical_ratio(props, time_dependent)
 
 
 class SplitRatio:
