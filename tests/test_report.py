@@ -143,7 +143,7 @@ def test_formats_parse(synthetic, tmp_path):
     assert r"\textbf{" in tex and r"$\approx$" in tex and r"\textit{failed}" in tex
     page = render(agg, "html")
     assert page.startswith("<!DOCTYPE html>")
-    assert '<img alt="metrics against ref_frac" src="data:image/png;base64,' in page
+    assert page.count('against ref_frac" src="data:image/png;base64,') == 2  # each table beside its figure
     assert 'class="best"' in page and 'class="failed"' in page
 
 
