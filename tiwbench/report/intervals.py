@@ -46,7 +46,7 @@ def paired_t(d: list[float], confidence: float = CONFIDENCE) -> tuple[float, flo
 def holm(p: list[float], alpha: float = 1 - CONFIDENCE) -> list[bool]:
     """Holm's step-down correction: which of the family's hypotheses are rejected at family-wise ``alpha``
     (the k-th smallest p against alpha/(m − k), stopping at the first that fails)."""
-    order = sorted(range(len(p)), key=lambda i: p[i])
+    order = sorted(range(len(p)), key=lambda i: p[i] if math.isfinite(p[i]) else math.inf)  # NaN: last
     out = [False] * len(p)
     for k, i in enumerate(order):
         if not p[i] <= alpha / (len(p) - k):  # NaN never rejects
