@@ -47,10 +47,11 @@ def margin(winner: dict, other: dict, higher_is_better: bool) -> str:
 
 
 def _flags(cells: list[pd.Series]) -> list[str]:
+    """``method: flag`` for each flag the cells carry (a string or a list in a ``flags`` column), once each."""
     out: list[str] = []
     for r in cells:
-        f = r.get("flags") if hasattr(r, "get") else None
-        for flag in ([f] if isinstance(f, str) else list(f) if isinstance(f, list | tuple) else []):
+        f = r.get("flags")
+        for flag in [f] if isinstance(f, str) else list(f) if isinstance(f, list | tuple) else []:
             if flag and f"{r.method}: {flag}" not in out:
                 out.append(f"{r.method}: {flag}")
     return out
