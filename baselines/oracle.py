@@ -6,4 +6,5 @@ class Oracle(Method):
 
     name = "oracle"
     train_on = "oracle"
+    ceiling = True
     description = "DSM on a large unbiased set (ceiling)"

@@ -11,9 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_report import record, write  # noqa: I001  (the synthetic records of the report tests)
+from test_ratio_study import _records as ratio_records  # noqa: I001  (synthetic records of the report tests)
+from test_report import record, write
 
-from tiwbench.records import atomic_write_bytes
+from tiwbench.records import atomic_write_bytes, atomic_write_json, cell_dir
 from tiwbench.report.render import report
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
@@ -67,10 +68,15 @@ def test_html_report_loads_in_headless_chromium(tmp_path):
     runs = write(tmp_path / "runs", recs)
     for p in runs.rglob("record.json"):  # a grid beside each record, as the runner writes it
         atomic_write_bytes(p.parent / GRID_NAME, png_bytes(image_grid(torch.rand(16, 1, 8, 8) * 2 - 1)))
+    for r in ratio_records():  # a suite comparing ratio estimators: the ratio study's tables and figures
+        atomic_write_json(cell_dir(runs, r["suite"], r["dataset"], r["method"], r["ref_frac"], r["seed"])
+                          / "record.json", r)
     page = tmp_path / "report.html"
     report(runs, "html", output=page, vs="dsm_obs")
     text = page.read_text()
     assert text.count('alt="samples of ') == 4 and "Paired differences to dsm_obs" in text
+    images = text.count("<img ")  # the samples, each leaderboard's figure, the ratio study's two
+    assert images == 4 + 3 + 2
 
     checked = tmp_path / "checked.html"
     checked.write_text(text.replace("</head>", SENTINEL + "</head>", 1))  # before anything can fail
@@ -78,11 +84,19 @@ def test_html_report_loads_in_headless_chromium(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = sentinel(proc.stdout)
     assert result["errors"] == [] and result["broken"] == []
-    assert result["images"] == 5  # the metric plot, and 2 methods × 2 ref_fracs of seed 0
-    # the page as shipped, without the sentinel: no console errors in chromium's own log
+    assert result["images"] == images
+    # the page as shipped, without the sentinel: no console errors in chromium's own log, and what the
+    # browser built holds the headline, the paired differences and the ratio study
     plain = browse(page, tmp_path, "--virtual-time-budget=3000", "--dump-dom")
     assert plain.returncode == 0 and "<h1>tiwbench report</h1>" in plain.stdout
     assert console_messages(plain.stderr) == []
+    for heading in ('<h2 id="headline">Headline</h2>', "<h3>Paired differences to dsm_obs</h3>",
+                    "<h2>Ratio study</h2>"):
+        assert heading in plain.stdout
+    assert "no winner" in plain.stdout or "wins" in plain.stdout  # a sentence of the headline
+    shot = tmp_path / "shot.png"  # and it renders: a screenshot at the width the page is read at
+    browse(page, tmp_path, "--hide-scrollbars", "--window-size=1400,3000", f"--screenshot={shot}")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the checks can fail: a page with a broken picture, a console error and a script error
     bad = tmp_path / "bad.html"

@@ -47,6 +47,9 @@ class RatioEstimator(ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     learned: ClassVar[bool] = True  # False: nothing is fitted and there is no estimation error to diagnose
+    # True: the estimator uses what no practitioner has (the true densities, D_ref's true labels); a method
+    # trained with it is a reference row of the leaderboard, never a winner
+    ceiling: ClassVar[bool] = False
 
     def __init__(self, dataset, cfg: RatioConfig, time_dependent: bool = True, kernel=None):
         # kernel: the perturbation kernel the score network trains under (its noise levels and input
@@ -74,6 +77,7 @@ class Exact(RatioEstimator):
     name = "exact"
     description = "closed-form w_σ and ∇log w_σ of the dataset's mixtures (toy2d): no estimation error"
     learned = False
+    ceiling = True
 
     @classmethod
     def check(cls, dataset) -> None:
@@ -92,6 +96,7 @@ class ExactEmpirical(RatioEstimator):
     name = "exact_empirical"
     description = "closed-form w_σ of the mixture re-weighted to D_ref's empirical proportions over p_bias"
     learned = False
+    ceiling = True  # D_ref's true mode labels, the exact mode shapes and the exact p_bias
 
     @classmethod
     def check(cls, dataset) -> None:

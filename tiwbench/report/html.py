@@ -1,6 +1,7 @@
-"""The HTML report: one self-contained page with the leaderboards, the plot and the sample pictures
-(per suite, dataset and ref_frac, one row per seed with the methods side by side), each picture
-inlined as base64."""
+"""The HTML report: one self-contained page with everything the markdown report has (the headline, the
+leaderboards each beside its figure, paired differences, the ratio study, checkpoint selection, the win
+map and the budget check where present), then the sample pictures (per suite, dataset and ref_frac, one
+row per seed with the methods side by side), each picture inlined as base64."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from typing import Any
 
 import pandas as pd
 
-from tiwbench.report.leaderboard import LEGEND, cell_parts, table_title, tables
+from tiwbench.report.leaderboard import (
+    FLOOR_METHOD,
+    LEGEND,
+    cell_parts,
+    row_label,
+    table_title,
+    tables,
+    unpaired_note,
+)
 
 GALLERY_STYLE = """
 .gallery{display:flex;flex-wrap:wrap;gap:10px;margin:0.4em 0 1.2em}
@@ -77,35 +86,96 @@ th:first-child,td:first-child{text-align:left}
 td.best{font-weight:bold;background:#e6f4e6}
 td.tie{background:#f4f4e0}
 td.failed{color:#b00;background:#fbeaea}
+tr.reference td{color:#555;font-style:italic}
 small{color:#666}
 img{max-width:100%}
+.pair{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
+.pair>figure{margin:0}
+ul.headline li{margin:0.3em 0}
 """
 
 
-def to_html(agg: pd.DataFrame, png: bytes | None = None, extra: str = "") -> str:
-    """One self-contained page: tables, the plot embedded as a base64 PNG, then ``extra`` (the samples)."""
-    body = ["<h1>tiwbench report</h1>", f"<p><small>{html.escape(LEGEND)}</small></p>"]
-    if png:
-        b64 = base64.b64encode(png).decode("ascii")
-        body.append(f'<img alt="metrics against ref_frac" src="data:image/png;base64,{b64}">')
-    for t in tables(agg):
-        rows = ["<tr><th>method</th>" + "".join(f"<th>{html.escape(x)}</th>" for x in t["labels"]) + "</tr>"]
-        for m in t["methods"]:
-            tds = []
-            for f in t["fracs"]:
-                r = t["cells"].get((m, f))
-                if r is None:
-                    tds.append("<td>–</td>")
-                    continue
-                main, detail = cell_parts(r)
-                cls = "failed" if r.n == 0 else r.mark
-                main = ("≈ " if r.mark == "tie" else "") + main
-                tds.append(f'<td class="{cls}">{html.escape(main)}<br><small>{html.escape(detail)}</small></td>')
-            rows.append(f"<tr><td>{html.escape(m)}</td>{''.join(tds)}</tr>")
-        body.append(f"<h2>{html.escape(table_title(t))}</h2><table>{''.join(rows)}</table>")
+def png_img(png: bytes, alt: str) -> str:
+    b64 = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _inline(text: str) -> str:
+    """Escaped text with markdown's **bold** and a whole-cell _emphasis_ as tags."""
+    parts = html.escape(text).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def markdown_html(text: str) -> str:
+    """The report's own markdown (## and ### headings, pipe tables, _notes_, - items, plain lines) as HTML,
+    so that every section the markdown report has is in the page with the same content."""
+    out: list[str] = []
+    rows: list[list[str]] = []
+
+    def flush() -> None:
+        if rows:
+            head, body = rows[0], [r for r in rows[1:] if not all(set(c) <= set("-: ") for c in r)]
+            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
+                       + "</table>")
+            rows.clear()
+
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("|"):
+            rows.append([c.strip() for c in s.strip("|").split("|")])
+            continue
+        flush()
+        if not s:
+            continue
+        level = len(s) - len(s.lstrip("#"))
+        if 1 <= level <= 4 and s[level:level + 1] == " ":
+            out.append(f"<h{level}>{_inline(s[level + 1:])}</h{level}>")
+        elif s.startswith("_") and s.endswith("_") and len(s) > 1:
+            out.append(f"<p><small>{_inline(s[1:-1])}</small></p>")
+        elif s.startswith("- "):
+            out.append(f"<ul><li>{_inline(s[2:])}</li></ul>")
+        else:
+            out.append(f"<p>{_inline(s)}</p>")
+    flush()
+    return "\n".join(out)
+
+
+def leaderboard_table(t: dict) -> str:
+    """One leaderboard table as HTML: the cells as in the markdown, marks as classes, references in italics."""
+    rows = ["<tr><th>method</th>" + "".join(f"<th>{html.escape(x)}</th>" for x in t["labels"]) + "</tr>"]
+    for m in t["methods"]:
+        tds = []
+        for f in t["fracs"]:
+            r = t["cells"].get((m, f))
+            if r is None:
+                tds.append("<td>–</td>")
+                continue
+            main, detail = cell_parts(r)
+            if r.n == 0:
+                detail = f"({detail})"
+            cls = "failed" if r.n == 0 else r.mark
+            main = ("≈ " if r.mark == "tie" else "") + main
+            tds.append(f'<td class="{cls}">{html.escape(main)}<br><small>{html.escape(detail)}</small></td>')
+        ref = ' class="reference"' if m in t.get("ceilings", ()) or m == FLOOR_METHOD else ""
+        rows.append(f"<tr{ref}><td>{html.escape(row_label(t, m))}</td>{''.join(tds)}</tr>")
+    note = unpaired_note(t)
+    return f"<table>{''.join(rows)}</table>" + (f"<p><small>{html.escape(note)}</small></p>" if note else "")
+
+
+def to_html(agg: pd.DataFrame, figures: dict[int, bytes] | None = None, extra: str = "", top: str = "") -> str:
+    """One self-contained page: ``top`` (the headline), the legend, each leaderboard table beside its
+    figure (``figures``: table index -> PNG), then ``extra`` (the other sections and the samples)."""
+    body = ["<h1>tiwbench report</h1>", top, f"<p><small>{html.escape(LEGEND)}</small></p>"]
+    for i, t in enumerate(tables(agg)):
+        fig = (figures or {}).get(i)
+        side = f"<figure>{png_img(fig, f'{table_title(t)} against ref_frac')}</figure>" if fig else ""
+        body.append(f"<h2>{html.escape(table_title(t))}</h2>"
+                    f'<div class="pair"><div>{leaderboard_table(t)}</div>{side}</div>')
     if agg.empty:
         body.append("<p>no records found</p>")
     if extra:
         body.append(extra)
     return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>tiwbench report</title>'
-            f"<style>{HTML_STYLE}{GALLERY_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{HTML_STYLE}{GALLERY_STYLE}</style></head><body>\n" + "\n".join(b for b in body if b)
+            + "\n</body></html>\n")

@@ -1,9 +1,10 @@
 """Leaderboards from records alone.
 
 Per (suite, dataset, metric): rows are methods, columns ref_frac; each cell is the mean ± std over seeds,
-a Student-t confidence interval and the seed count. A method is marked best in a column only when its
-interval does not overlap the runner-up's; otherwise every method whose interval overlaps the leader's
-is marked as tied ("≈"). Failed cells are shown as failed, with counts.
+a Student-t confidence interval and the seed count. A method is marked best in a column only when every
+other ranked method is separated from it (paired tests where cells share seeds, Holm-corrected; else
+non-overlapping intervals); otherwise the leader and every method not separated from it are tied ("≈").
+Ceilings and floors are reference rows, never ranked. Failed cells are shown as failed, with counts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pandas as pd
 from tiwbench.config import config_hash
 from tiwbench.records import load_records
 from tiwbench.registry import METRICS, RegistryError
-from tiwbench.report.intervals import CONFIDENCE, ReportError, ci_halfwidth, panel_key
+from tiwbench.report.ceilings import CEILING_LABEL, record_is_ceiling
+from tiwbench.report.intervals import CONFIDENCE, ReportError, ci_halfwidth, holm, paired_t, panel_key
 
 FORMATS = ("markdown", "csv", "latex", "html", "json")
 # x: where a cell sits on the x-axis, the value of x_name (ref_frac, or the suite's swept dataset parameter)
@@ -72,7 +74,7 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         key = {"suite": r.get("suite") or "", "dataset": r["dataset"], "method": r["method"],
                "ref_frac": float(r["ref_frac"]), "seed": r.get("seed"), "status": r.get("status", "ok"),
                "profile": r.get("profile"), "config_hash": r.get("config_hash"), "ref_size": r.get("ref_size"),
-               "config_key": config_key(r)}
+               "config_key": config_key(r), "ceiling": record_is_ceiling(r)}
         key["x_name"], key["x"] = x_axis(r)
         if key["status"] != "ok":
             for name in (r.get("config") or {}).get("metrics") or [None]:
@@ -83,14 +85,15 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             v = math.nan if m.get("value") is None else float(m["value"])
             if m["name"] in FLOORS:  # the floor is a row of its metric's table, once per seed, never ranked
                 metric, _ = FLOORS[m["name"]]
-                rows.append({**key, "method": FLOOR_METHOD, "config_key": None, "metric": metric, "value": v,
+                rows.append({**key, "method": FLOOR_METHOD, "config_key": None, "ceiling": False, "metric": metric,
+                             "value": v,
                              "status": "ok" if math.isfinite(v) else "failed", "higher_is_better": False})
                 continue
             # a non-finite value is a failure of that metric, to be counted, not averaged or dropped
             rows.append({**key, "status": "ok" if math.isfinite(v) else "failed", "metric": m["name"],
                          "value": v, "higher_is_better": m.get("higher_is_better")})
     cols = ["suite", "dataset", "method", "ref_frac", "seed", "status", "profile", "config_hash", "ref_size",
-            "config_key", "metric", "value", "higher_is_better", "x_name", "x"]
+            "config_key", "ceiling", "metric", "value", "higher_is_better", "x_name", "x"]
     df = pd.DataFrame(rows, columns=cols)
     floor = df.method == FLOOR_METHOD  # every method's record of a seed holds the same floor: keep one
     if floor.any():
@@ -111,12 +114,14 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Per (suite, dataset, metric, method, ref_frac): n ok seeds, failed seeds, mean, std, interval, direction
     and the best/tie mark of the cell within its ref_frac column."""
     cols = KEY + ["higher_is_better", "n", "failed", "mean", "std", "ci_half", "ci_low", "ci_high", "mark",
-                  "profiles", "ref_size", "configs"]
+                  "test", "ceiling", "profiles", "ref_size", "configs"]
     if df.empty:
         return pd.DataFrame(columns=cols)
-    out = []
+    out, values = [], {}
     for key, g in df.groupby(KEY, sort=True):
-        ok = g[g.status == "ok"].value
+        good = g[g.status == "ok"]
+        values[len(out)] = dict(zip(good.seed, good.value, strict=True))  # per seed, for paired comparisons
+        ok = good.value
         n = int(ok.count())
         mean = float(ok.mean()) if n else math.nan
         std = float(ok.std(ddof=1)) if n > 1 else math.nan
@@ -127,7 +132,8 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
                     "higher_is_better": False if key[2] == ANY_METRIC else
                     direction(key[2], recorded.iloc[0] if len(recorded) else None),
                     "n": n, "failed": int((g.status != "ok").sum()), "mean": mean, "std": std,
-                    "ci_half": half, "ci_low": mean - half, "ci_high": mean + half, "mark": "",
+                    "ci_half": half, "ci_low": mean - half, "ci_high": mean + half, "mark": "", "test": "",
+                    "ceiling": bool(g.ceiling.fillna(False).astype(bool).any()) if "ceiling" in g else False,
                     "profiles": ",".join(sorted(str(p) for p in g.profile.dropna().unique())),
                     "ref_size": int(sizes[0]) if len(sizes) == 1 else None,
                     "configs": int(g.config_key.dropna().nunique())})
@@ -136,34 +142,59 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
     for (_, _, metric, *_), col in columns.items():
         if not ranked(metric):
             continue
-        marks = mark_column(agg.loc[col])
-        agg.loc[list(marks), "mark"] = list(marks.values())
+        verdicts = column_verdicts(agg.loc[col], {i: values[i] for i in col})
+        for i, (mark, test) in verdicts.items():
+            agg.at[i, "mark"], agg.at[i, "test"] = mark, test
     return agg
 
 
-def mark_column(col: pd.DataFrame) -> dict[Any, str]:
-    """Index -> "best" or "tie" for the leaders of one column (methods at one ref_frac).
+def _comparison(lead: pd.Series, other: pd.Series, values: dict[Any, dict]) -> tuple[str, float, bool | None]:
+    """(test, p, separated) of ``other`` against the leader. "paired" where the cells share two or more
+    seeds: a Student-t test on the per-seed differences, of the logs where every value is positive (error
+    metrics vary by a factor between seeds, so a ratio is what repeats); p for Holm's correction, and
+    separated None until it decides. Else "unpaired": the cells' own intervals, separated when they do
+    not overlap (a cell without an interval overlaps everything)."""
+    a, b = values.get(lead.name, {}), values.get(other.name, {})
+    seeds = sorted(set(a) & set(b) - {None}, key=str)
+    if len(seeds) >= 2:
+        pairs = [(float(b[s]), float(a[s])) for s in seeds]
+        log = all(x > 0 and y > 0 for x, y in pairs)
+        d = [math.log(x) - math.log(y) if log else x - y for x, y in pairs]
+        mean, _, p = paired_t(d)
+        worse = mean < 0 if bool(lead.higher_is_better) else mean > 0  # only a worse method leaves the lead
+        return "paired", (p if worse else 1.0), None
+    if lead.n < 2 or other.n < 2:
+        return "unpaired", math.nan, False
+    return "unpaired", math.nan, not (lead.ci_low <= other.ci_high and other.ci_low <= lead.ci_high)
 
-    The leader is best only when its interval and the runner-up's are both known and do not overlap.
-    Otherwise the leader and every method whose interval overlaps the leader's are tied; a cell without an
-    interval (one seed) overlaps everything, since one seed cannot tell methods apart.
+
+def column_verdicts(col: pd.DataFrame, values: dict[Any, dict] | None = None) -> dict[Any, tuple[str, str]]:
+    """Index -> (mark, test) for the ranked cells of one column (methods at one ref_frac): mark "best",
+    "tie" or ""; test how the cell was compared with the leader ("lead" for the leader itself).
+
+    Floors and ceilings are references, never ranked. The leader (best mean) is best only when every other
+    method is separated from it; otherwise it and every method not separated from it are tied. Paired
+    tests (``values``: index -> {seed: value}) are Holm-corrected over the column's paired comparisons at
+    the report's confidence level.
     """
-    valid = col[(col.n > 0) & (col.method != FLOOR_METHOD)]  # the floor is a reference, not a competitor
+    valid = col[(col.n > 0) & (col.method != FLOOR_METHOD) & ~col.get("ceiling", False)]
     if len(valid) < 2:
         return {}
     hib = bool(valid.higher_is_better.iloc[0])
-    ranked = valid.sort_values("mean", ascending=not hib)
-    lead = ranked.iloc[0]
+    ranked_ = valid.sort_values("mean", ascending=not hib, kind="stable")
+    lead = ranked_.iloc[0]
+    found = {i: _comparison(lead, r, values or {}) for i, r in ranked_.iloc[1:].iterrows()}
+    paired = [i for i, (_, _, sep) in found.items() if sep is None]
+    decided = dict(zip(paired, holm([found[i][1] for i in paired], 1 - CONFIDENCE), strict=True))
+    tied = [i for i, (_, _, sep) in found.items() if not (decided[i] if sep is None else sep)]
+    out = {i: ("tie" if i in tied else "", found[i][0]) for i in found}
+    out[ranked_.index[0]] = ("tie" if tied else "best", "lead")
+    return out
 
-    def overlaps(a, b) -> bool:
-        if a.n < 2 or b.n < 2:
-            return True
-        return a.ci_low <= b.ci_high and b.ci_low <= a.ci_high
 
-    tied = [i for i, r in ranked.iloc[1:].iterrows() if overlaps(lead, r)]
-    if not tied:
-        return {ranked.index[0]: "best"}
-    return {i: "tie" for i in [ranked.index[0], *tied]}
+def mark_column(col: pd.DataFrame, values: dict[Any, dict] | None = None) -> dict[Any, str]:
+    """Index -> "best" or "tie" for the leaders of one column (see :func:`column_verdicts`)."""
+    return {i: mark for i, (mark, _) in column_verdicts(col, values).items() if mark}
 
 
 # -- cell text ----------------------------------------------------------------------------------------
@@ -203,15 +234,36 @@ def _column_label(f: float, sub: pd.DataFrame) -> str:
     return f"{name}{f:g} (N_ref={int(sizes[0])})" if len(sizes) == 1 else f"{name}{f:g}"
 
 
+def row_order(sub: pd.DataFrame) -> list[str]:
+    """The rows of a table: the ranked methods, then the ceilings, then the floor (references last)."""
+    ceilings = set(sub.method[sub.ceiling.astype(bool)]) if "ceiling" in sub else set()
+    methods = sorted(set(sub.method) - ceilings - {FLOOR_METHOD})
+    return methods + sorted(ceilings) + ([FLOOR_METHOD] if FLOOR_METHOD in set(sub.method) else [])
+
+
+def row_label(t: dict[str, Any], method: str) -> str:
+    """A row's name as shown: ceilings labelled as the reference rows they are."""
+    return f"{method} ({CEILING_LABEL})" if method in t.get("ceilings", ()) else method
+
+
+def unpaired_note(t: dict[str, Any]) -> str:
+    """Where a table's ties were decided without pairing (no shared seeds), as one line; "" where none."""
+    where = [f"{m} at {label}" for m in t["methods"] for f, label in zip(t["fracs"], t["labels"], strict=True)
+             if (r := t["cells"].get((m, f))) is not None and r.get("test") == "unpaired"]
+    return f"Compared without pairing (no seeds shared with the leader): {', '.join(where)}." if where else ""
+
+
 def tables(agg: pd.DataFrame) -> list[dict[str, Any]]:
     """One entry per (suite, dataset, metric): title fields and the rows of aggregated cells."""
     out = []
     for (suite, ds, metric, panel), sub in agg.assign(panel=panel_key(agg)).groupby(
             ["suite", "dataset", "metric", "panel"], sort=True):
         fracs = sorted(sub.x.unique())  # the columns: values of the x-axis
+        ceilings = sorted(set(sub.method[sub.ceiling.astype(bool)])) if "ceiling" in sub else []
         out.append({"suite": suite, "dataset": ds, "metric": metric, "panel": panel,
                     "higher_is_better": bool(sub.higher_is_better.iloc[0]), "fracs": fracs,
-                    "labels": [_column_label(f, sub) for f in fracs], "methods": sorted(sub.method.unique()),
+                    "labels": [_column_label(f, sub) for f in fracs], "methods": row_order(sub),
+                    "ceilings": ceilings,
                     "profiles": sorted({p for ps in sub.profiles for p in ps.split(",") if p}),
                     "cells": {(r.method, r.x): r for _, r in sub.iterrows()}})
     return out
@@ -227,8 +279,13 @@ def table_title(t: dict[str, Any]) -> str:
 
 LEGEND = (f"Rows: method; columns: ref_frac (or the suite's swept parameter). "
           f"Mean ± std over seeds, [{CONFIDENCE:.0%} Student-t CI], n seeds. "
-          "Bold: best, its CI clear of the runner-up's; ≈: leaders whose CIs overlap (a tie). "
-          "n=1 has no CI and cannot be separated from the leader. –: not run; failed cells are counted. "
+          "Bold: best, separated from every other ranked method; ≈: the leader and the methods not separated "
+          "from it (a tie). Separated: where two cells share seeds (same split, ratio model and latents), a "
+          "paired Student-t test on the per-seed differences (of the logs where every value is positive), "
+          f"Holm-corrected over the column's paired comparisons at {1 - CONFIDENCE:.0%}; where they share none, "
+          "non-overlapping CIs. n=1 has no CI and cannot be separated from the leader. "
+          f"({CEILING_LABEL}): a method no practitioner can run (the oracle's unbiased set, exact ratios), shown "
+          "for reference and never ranked. –: not run; failed cells are counted. "
           "(floor), never ranked: bias of D_ref's own label proportions, fd of as many fresh samples of the truth "
           "(what no method learning from D_ref can beat); bias_ref, never ranked: bias against D_ref's proportions.")
 
@@ -257,8 +314,9 @@ def to_markdown(agg: pd.DataFrame) -> str:
                 elif r.mark == "tie":
                     main = f"≈ {main}"
                 cells.append(f"{main} {detail}")
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines) + "\n")
+            lines.append(f"| {row_label(t, m)} | " + " | ".join(cells) + " |")
+        note = unpaired_note(t)
+        parts.append("\n".join(lines) + "\n" + (f"\n_{note}_\n" if note else ""))
     return "\n".join(parts)
 
 
@@ -296,7 +354,7 @@ def to_latex(agg: pd.DataFrame) -> str:
                 elif r.mark == "tie":
                     main = rf"$\approx$ {main}"
                 cells.append(rf"{main} {{\scriptsize {_tex(detail)}}}")
-            lines.append(f"{_tex(m)} & " + " & ".join(cells) + r" \\")
+            lines.append(f"{_tex(row_label(t, m))} & " + " & ".join(cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
         parts.append("\n".join(lines))
     return "\n".join(parts) + "\n"
@@ -313,7 +371,7 @@ def _clean(v: Any) -> Any:
 def tidy(agg: pd.DataFrame) -> list[dict[str, Any]]:
     """Aggregated cells as plain dicts (NaN -> None): the csv and json formats."""
     cols = KEY + ["higher_is_better", "n", "failed", "mean", "std", "ci_low", "ci_high", "ci_half", "mark",
-                  "profiles", "ref_size"]
+                  "test", "ceiling", "profiles", "ref_size"]
     return [{c: _clean(r[c]) for c in cols} for _, r in agg.iterrows()]
 
 

@@ -6,7 +6,6 @@ and the ratio of the half-widths (below 1: pairing made the comparison sharper).
 
 from __future__ import annotations
 
-import html
 import math
 from typing import Any
 
@@ -114,27 +113,10 @@ def to_markdown(table: pd.DataFrame, vs: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_html(table: pd.DataFrame, vs: str) -> str:
-    several = _suites(table)
-    head = (("<tr><th>suite</th>" if several else "<tr>") + "<th>dataset</th><th>metric</th><th>ref_frac</th>"
-            "<th>method</th><th>n</th><th>diff ± paired</th><th>unpaired ±</th><th>ratio</th><th></th></tr>")
-    rows = [("<tr>" + (f"<td>{html.escape(str(r.suite))}</td>" if several else ""))
-            + f"<td>{html.escape(str(r.dataset))}</td><td>{html.escape(str(r.metric))}</td>"
-            f"<td>{html.escape(_where(r))}</td>"
-            f"<td>{html.escape(str(r.method))}</td><td>{r.n}</td><td>{_fmt(r['diff'])} ± {_fmt(r.paired_half)}</td>"
-            f"<td>± {_fmt(r.unpaired_half)}</td><td>{_fmt(r.narrower)}</td><td>{_verdict(r)}</td></tr>"
-            for _, r in table.iterrows()]
-    return (f"<h2>Paired differences to {html.escape(vs)}</h2><p><small>method − {html.escape(vs)} per seed, "
-            f"{CONFIDENCE:.0%} paired t-interval; ratio = paired/unpaired half-width.</small></p>"
-            f"<table>{head}{''.join(rows)}</table>")
-
-
 def paired_section(records: list[dict[str, Any]], vs: str, fmt: str) -> str:
     from tiwbench.report.leaderboard import records_frame
 
     table = paired_table(records_frame(records), vs)
     if fmt == "markdown":
         return to_markdown(table, vs)
-    if fmt == "html":
-        return to_html(table, vs)
     raise ReportError(f"--vs works with --format markdown or html, not {fmt}")

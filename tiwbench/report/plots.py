@@ -17,25 +17,50 @@ from matplotlib.transforms import blended_transform_factory  # noqa: E402
 from tiwbench.records import atomic_write_bytes  # noqa: E402
 from tiwbench.report.intervals import CONFIDENCE, ReportError, panel_key  # noqa: E402
 
+DECADE = 10.0  # means spanning more than this factor in a panel are drawn on a log y-axis
 
-def figure(agg: pd.DataFrame):
+
+def log_y(sub: pd.DataFrame) -> bool:
+    """Whether a panel's y-axis is logarithmic: every finished mean (methods, ceilings and floors alike)
+    positive and the largest over DECADE times the smallest, so that near-zero rows stay apart."""
+    means = sub.loc[sub.n > 0, "mean"].dropna()
+    return len(means) > 1 and bool((means > 0).all()) and float(means.max()) > DECADE * float(means.min())
+
+
+def _y_range(sub: pd.DataFrame) -> tuple[float, float]:
+    """A log panel's y-limits: every mean and every positive interval end inside, with a margin."""
+    ok = sub[sub.n > 0]
+    lows = pd.concat([ok["mean"], ok.ci_low[ok.ci_low > 0]]).dropna()
+    highs = pd.concat([ok["mean"], ok.ci_high]).dropna()
+    return float(lows.min()) / 1.6, float(highs.max()) * 1.6
+
+
+def figure(agg: pd.DataFrame, methods: list[str] | None = None):
     """One panel per (suite, dataset, metric), as the tables, against the suite's x-axis (ref_frac on a log
-    scale, or the swept dataset parameter); fully failed cells drawn as crosses on the x axis."""
+    scale, or the swept dataset parameter); fully failed cells drawn as crosses on the x axis. A panel whose
+    means span more than a decade has a log y-axis (see :func:`log_y`); an interval reaching 0 or below is
+    cut at the axis's bottom and the panel says so."""
     panels = list(agg.assign(panel=panel_key(agg)).groupby(["suite", "dataset", "metric", "panel"], sort=True))
     if not panels:
         raise ReportError("nothing to plot: no aggregated cells")
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows), squeeze=False)
-    methods = sorted(agg.method.unique())
-    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    markers = "osD^vP*Xh<>"
+    # ``methods``: the colour order, shared by the panels of one report so that a method keeps its colour
+    order = list(methods or sorted(agg.method.unique()))
+    order += sorted(set(agg.method) - set(order))
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(order)}
+    shapes = {m: "osD^vP*Xh<>"[i % 11] for i, m in enumerate(order)}
+    methods = [m for m in order if m in set(agg.method)]
     suites = agg.suite.nunique()
     for ax, ((suite, ds, metric, panel), sub) in zip(axes.flat, panels, strict=False):
         hib = bool(sub.higher_is_better.iloc[0])
         xs = sorted(sub.x.unique())
         log_x = bool(xs[0] > 0)  # log spacing suits sizes; a swept parameter may start at 0
         width = (xs[-1] - xs[0]) or 1.0
+        log = log_y(sub)
+        bottom, top = _y_range(sub) if log else (math.nan, math.nan)
+        cut = False
         # a small multiplicative offset per method, so that overlapping error bars stay apart on log-x
         spread = 0.03
         for i, m in enumerate(methods):
@@ -46,7 +71,12 @@ def figure(agg: pd.DataFrame):
             place = (lambda x, o=offset: x * (1 + o)) if log_x else (lambda x, o=offset * width: x + o)
             ok = rows[rows.n > 0]
             yerr = ok.ci_half.fillna(0.0).to_numpy()  # n=1: a bare point, no bar
-            ax.errorbar(place(ok.x), ok["mean"], yerr=yerr, color=colors[m], marker=markers[i % len(markers)],
+            if log:  # a log axis has no 0: a bar reaching it is cut at the bottom, and the panel says so
+                below = (ok["mean"] - yerr).to_numpy() <= bottom
+                cut = cut or bool(below.any())
+                yerr = [[min(e, m - bottom) if b else e for e, m, b in zip(yerr, ok["mean"], below, strict=True)],
+                        yerr]
+            ax.errorbar(place(ok.x), ok["mean"], yerr=yerr, color=colors[m], marker=shapes[m],
                         ms=5, capsize=3, lw=1.4, label=m)
             bad = rows[rows.n == 0]
             if len(bad):
@@ -61,6 +91,11 @@ def figure(agg: pd.DataFrame):
         ax.set_xticks(xs)
         ax.set_xticklabels([f"{f:g}" for f in xs])
         ax.minorticks_off()
+        if log:
+            ax.set_yscale("log")
+            ax.set_ylim(bottom, top)
+            note = "log y: means span over a decade" + ("; bars cut at the bottom reach ≤ 0" if cut else "")
+            ax.text(0.99, 0.01, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.35")
         x_name = sub.x_name.iloc[0]
         ax.set_xlabel("ref_frac  (|D_ref| / |D_bias|)" if x_name == "ref_frac" else panel)
         ax.set_ylabel(f"{metric} ({'higher' if hib else 'lower'} is better)")
@@ -88,14 +123,28 @@ def figure(agg: pd.DataFrame):
     return fig
 
 
-def figure_png(agg: pd.DataFrame, dpi: int = 110) -> bytes:
-    fig = figure(agg)
+def fig_png(fig, dpi: int = 110) -> bytes | None:
+    """A figure as PNG bytes, closed afterwards; None for no figure."""
+    if fig is None:
+        return None
     try:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
         return buf.getvalue()
     finally:
         plt.close(fig)
+
+
+def figure_png(agg: pd.DataFrame, dpi: int = 110) -> bytes:
+    return fig_png(figure(agg), dpi)
+
+
+def panel_pngs(agg: pd.DataFrame, dpi: int = 100) -> list[bytes]:
+    """One single-panel figure per leaderboard table, in the tables' order (to sit beside each table)."""
+    keyed = agg.assign(panel=panel_key(agg))
+    methods = sorted(agg.method.unique())
+    return [fig_png(figure(sub.drop(columns="panel"), methods), dpi)
+            for _, sub in keyed.groupby(["suite", "dataset", "metric", "panel"], sort=True)]
 
 
 def save_plot(agg: pd.DataFrame, path: Path, dpi: int = 110) -> None:

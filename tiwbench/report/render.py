@@ -1,6 +1,7 @@
-"""The report as a whole, in one format: the leaderboards, paired differences to one method, the HTML
-page with its plot and samples, and the ratio study's tables and figures where a suite compares
-estimators."""
+"""The report as a whole, one content in every format: the headline, the leaderboards, paired differences
+to one method, the ratio study's tables where a suite compares estimators, checkpoint selection, the win
+map and the budget check where asked. The markdown is the text of each section; the HTML page carries the
+same sections (each leaderboard beside its figure, the other figures beside their sections) and the samples."""
 
 from __future__ import annotations
 
@@ -22,26 +23,94 @@ from tiwbench.report.leaderboard import (
     to_markdown,
 )
 
+OUTCOME = "\n### bias minus iw_dsm"  # where the ratio study's outcome table begins
 
-def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any]] | None = None,
-           vs: str | None = None) -> str:
-    if fmt not in FORMATS:
-        raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    paired = ""
+
+def _sections(agg: pd.DataFrame, records: list[dict[str, Any]], vs: str | None, win_map: bool,
+              budget_check: str | None) -> list[tuple[str, str, list[tuple[str, bytes]]]]:
+    """The sections after the leaderboards: (name, markdown, figures as (alt, PNG)), in report order;
+    figures are made only for the HTML page (``_figures``)."""
+    from tiwbench.report.curves import to_markdown as curves_markdown
+    from tiwbench.report.ratio_study import to_markdown as ratio_markdown
+
+    out = []
     if vs is not None:  # per-seed differences to one method
         from tiwbench.report.paired import paired_section
 
-        paired = paired_section(records or [], vs, fmt)
-    if fmt == "html":
-        from tiwbench.report.curves import curves_html
-        from tiwbench.report.html import gallery_html, to_html
-        from tiwbench.report.plots import figure_png
+        out.append(("paired", paired_section(records, vs, "markdown")))
+    out.append(("ratio_study", ratio_markdown(records)))
+    out.append(("curves", curves_markdown(records)))
+    if win_map:
+        from tiwbench.report.win_map import to_markdown as win_markdown
 
-        extra = paired + curves_html(records or []) + gallery_html(records or [])
-        return to_html(agg, figure_png(agg) if len(agg) else None, extra)
-    if paired:
-        return to_markdown(agg) + "\n" + paired
-    return {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json}[fmt](agg)
+        out.append(("win_map", win_markdown(agg)))
+    if budget_check is not None:
+        from tiwbench.report.budget_check import to_markdown as budget_markdown
+
+        out.append(("budget", "\n" + budget_markdown(agg, budget_check)))
+    return [s for s in out if s[1].strip()]
+
+
+def _figures(name: str, agg: pd.DataFrame, records: list[dict[str, Any]]) -> list[tuple[str, bytes | None]]:
+    """The figures that illustrate a section, for the HTML page."""
+    if name == "ratio_study":
+        from tiwbench.report.plots import fig_png
+        from tiwbench.report.ratio_study import error_figure, outcome_figure
+
+        return [("ratio estimators' errors against σ", fig_png(error_figure(records))),
+                ("final metric against the correction error", fig_png(outcome_figure(records)))]
+    if name == "curves":
+        from tiwbench.report.curves import curves_png
+
+        return [("validation curves", curves_png(records))]
+    if name == "win_map":
+        from tiwbench.report.plots import fig_png
+        from tiwbench.report.win_map import figure
+
+        return [("win map", fig_png(figure(agg)))]
+    return []
+
+
+def _html(agg: pd.DataFrame, df: pd.DataFrame, records: list[dict[str, Any]], sections) -> str:
+    from tiwbench.report.headline import to_html as headline_html
+    from tiwbench.report.html import gallery_html, markdown_html, png_img, to_html
+    from tiwbench.report.plots import panel_pngs
+
+    extra = []
+    for name, text in sections:
+        figs = [f"<figure>{png_img(png, alt)}</figure>" if png else "" for alt, png in _figures(name, agg, records)]
+        # the ratio study's error figure beside its error tables, its outcome figure beside the outcome table
+        if name == "ratio_study" and OUTCOME in text and len(figs) == 2:
+            head, tail = text.split(OUTCOME, 1)
+            blocks = [head, OUTCOME + tail]
+        else:
+            blocks, figs = [text], ["".join(figs)]
+        pairs = "".join(f'<div class="pair"><div>{markdown_html(b)}</div>{f}</div>'
+                        for b, f in zip(blocks, figs, strict=True))
+        extra.append(f'<section id="{name}">{pairs}</section>')
+    extra.append(gallery_html(records))
+    figures = dict(enumerate(panel_pngs(agg))) if len(agg) else {}
+    return to_html(agg, figures, "\n".join(extra), top=headline_html(agg, df))
+
+
+def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any]] | None = None,
+           vs: str | None = None, win_map: bool = False, budget_check: str | None = None,
+           df: pd.DataFrame | None = None) -> str:
+    """The report in ``fmt``; ``df``: the per-seed rows ``agg`` came from (default: from ``records``)."""
+    if fmt not in FORMATS:
+        raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    records = records or []
+    if fmt not in ("markdown", "html"):
+        if vs is not None:
+            raise ReportError(f"--vs works with --format markdown or html, not {fmt}")
+        return {"csv": to_csv, "latex": to_latex, "json": to_json}[fmt](agg)
+    df = records_frame(records) if df is None else df
+    sections = _sections(agg, records, vs, win_map, budget_check)
+    if fmt == "html":
+        return _html(agg, df, records, sections)
+    from tiwbench.report.headline import to_markdown as headline_markdown
+
+    return headline_markdown(agg, df) + to_markdown(agg) + "".join("\n" + text for _, text in sections)
 
 
 def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None,
@@ -49,23 +118,9 @@ def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: 
     """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given; with
     ``vs``, the paired differences of every method to that one."""
     records = load_runs(runs)
-    agg = aggregate(records_frame(records))
-    text = render(agg, fmt, records, vs)
-    if fmt == "markdown":  # suites comparing ratio estimators (method@ratio) get the ratio study's tables
-        from tiwbench.report.ratio_study import to_markdown as ratio_study_markdown
-
-        text += ratio_study_markdown(records)
-        from tiwbench.report.curves import to_markdown as curves_markdown
-
-        text += curves_markdown(records)
-        if win_map is not None:
-            from tiwbench.report.win_map import to_markdown as win_markdown
-
-            text += win_markdown(agg)
-        if budget_check is not None:
-            from tiwbench.report.budget_check import to_markdown as budget_markdown
-
-            text += "\n" + budget_markdown(agg, budget_check)
+    df = records_frame(records)
+    agg = aggregate(df)
+    text = render(agg, fmt, records, vs, win_map=win_map is not None, budget_check=budget_check, df=df)
     if output is not None:
         atomic_write_text(Path(output), text)
     if plot is not None:

@@ -1,8 +1,9 @@
 """Which method wins where: a map over the swept parameter (regime's dim) × ref_frac per dataset and metric.
 
-A cell names its winner only where the leader's 95 % interval clears every other method's (the
-leaderboard's rule); otherwise it lists the tied methods, drawn grey. The oracle trains on far more
-unbiased data than any method has: it is the ceiling, not a competitor, and is left out, as are the floors.
+A cell names its winner only where the leaderboard marks one best (every other method separated from it:
+paired tests where the cells share seeds, see :func:`tiwbench.report.leaderboard.column_verdicts`);
+otherwise it lists the tied methods, drawn grey. Ceilings (the oracle, exact ratios: whatever a method's or
+ratio estimator's registry entry declares a ceiling) are no competitors and never named, nor are the floors.
 """
 
 from __future__ import annotations
@@ -20,20 +21,17 @@ import pandas as pd  # noqa: E402
 
 from tiwbench.records import atomic_write_bytes  # noqa: E402
 from tiwbench.report.intervals import ReportError  # noqa: E402
-from tiwbench.report.leaderboard import mark_column  # noqa: E402
 
-NOT_COMPETING = ("oracle",)
 FLOORS = ("bias_floor", "bias_ref", "fd_floor")
 
 
-def winners(agg: pd.DataFrame, metric: str, exclude: tuple[str, ...] = NOT_COMPETING) -> pd.DataFrame:
+def winners(agg: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per (suite, dataset, x, ref_frac): ``kind`` "best" (one winner), "tie" (the tied methods,
-    best mean first) or "none" (nothing finished)."""
-    sub = agg[(agg.metric == metric) & ~agg.method.isin(exclude)]
+    best mean first) or "none" (nothing ranked), from the leaderboard's marks (ceilings are never marked)."""
+    sub = agg[agg.metric == metric]
     rows = []
     for (suite, ds, x_name, x, frac), col in sub.groupby(["suite", "dataset", "x_name", "x", "ref_frac"], sort=True):
-        marks = mark_column(col)
-        leaders = col.loc[list(marks)] if marks else col[col.n > 0].iloc[:0]
+        leaders = col[col.mark.isin(["best", "tie"]) & ~col.ceiling.astype(bool)]
         if len(leaders):
             leaders = leaders.sort_values("mean", ascending=not bool(leaders.higher_is_better.iloc[0]))
         kind = "none" if leaders.empty else ("best" if len(leaders) == 1 else "tie")
@@ -81,7 +79,8 @@ def figure(agg: pd.DataFrame, metrics: list[str] | None = None):
         ax.set_title(f"{ds}: {metric} ({suite})", fontsize=9)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle("winner where its 95 % interval clears all others; grey: ≈ tied (oracle left out)", fontsize=9)
+    fig.suptitle("winner where separated from every other method (paired tests, Holm); grey: ≈ tied; "
+                 "ceilings (oracle, exact ratios) never compete", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -91,8 +90,9 @@ def to_markdown(agg: pd.DataFrame, metrics: list[str] | None = None) -> str:
     its winner in bold, or the tied methods (best mean first) after ≈."""
     metrics = metrics or [m for m in sorted(agg.metric.unique()) if m not in FLOORS]
     parts = ["", "### Who wins where",
-             "_A winner only where its 95 % interval clears every other method's; ≈: the tied leaders, best mean "
-             "first; the oracle left out._"]
+             "_A winner only where the leaderboard marks it best (separated from every other method: paired "
+             "tests where the cells share seeds, Holm-corrected; else non-overlapping intervals); ≈: the tied "
+             "leaders, best mean first; ceilings (the oracle, exact ratios) are references and never compete._"]
     for metric in metrics:
         for (suite, ds), t in winners(agg, metric).groupby(["suite", "dataset"], sort=True):
             xs, fracs = sorted(t.x.unique()), sorted(t.ref_frac.unique())

@@ -30,6 +30,8 @@ class Method:
     sampling_ratio: ClassVar[str | None] = None
     trains_as: ClassVar[str | None] = None
     per_sample_weights: ClassVar[bool] = True  # with a ratio: D_bias samples weighted by w (the recorded ESS)
+    # True: trains on what no practitioner has (e.g. a large unbiased set); a reference row, never a winner
+    ceiling: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.defaults))
