@@ -127,6 +127,13 @@ def run(
 ):
     """Run a suite: every (dataset, method, ref_frac, seed) cell, skipping cells already recorded.
 
+    Cells another sweep on the same --out holds are waited for (a claim whose owner died is taken over),
+    so the command returns when every cell is recorded or has failed. SIGINT or SIGTERM stops the sweep:
+    its running cells and jobs are cancelled and waited for, and the same command resumes it.
+
+    Exit codes: 0 every cell recorded (by this sweep or another); 1 a cell failed or is missing;
+    2 bad input (usage, suite, data); 130 / 143 stopped by SIGINT / SIGTERM.
+
     Examples:\n
       tiwbench run --suite ref_size\n
       tiwbench run --suite smoke --methods tiw_dsm,dsm_obs --seeds 0\n
@@ -227,27 +234,17 @@ def run(
         typer.echo(make_report(out, "markdown"))
     from tiwbench.sweep.runner import existing_record
 
-    # counted against the folder at the end: a cell another sweep claimed may have been recorded since
+    # counted against the folder at the end, whoever ran the cells: 0 only when every cell is recorded ok
     missing = [c for c in cells if existing_record(c, out) is None]
     n = {k: len(v) for k, v in summary.items()}
-    claimed_open = sum(1 for c in missing if _record_path(c, out) in set(summary.get("claimed", [])))
-    others = (f"{n['claimed']} claimed by another sweep ({claimed_open} of them not recorded yet), "
-              if n.get("claimed") else "") + (f"{n['lost']} lost to another sweep, " if n.get("lost") else "")
+    others = (f"{n['others']} recorded by another sweep, " if n.get("others") else "") + (
+        f"{n['lost']} lost to another sweep mid-cell, " if n.get("lost") else "")
     typer.echo(f"{n.get('ok', 0)} cells run, {n.get('skipped', 0)} already recorded, {others}{n.get('failed', 0)} "
                f"failed; {len(missing)} of {len(cells)} cells missing; records under {out}", err=True)
     for p in summary.get("failed", []):
         typer.echo(f"failed: {p}", err=True)
     if missing:
-        if claimed_open:
-            typer.echo(f"{claimed_open} cells are still being run by another sweep; run this command again "
-                       "once it ends to check", err=True)
         raise typer.Exit(1)
-
-
-def _record_path(cell, out: Path) -> str:
-    from tiwbench.records import RECORD_NAME, cell_dir
-
-    return str(cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed, cell.sweep) / RECORD_NAME)
 
 
 @app.command()

@@ -115,7 +115,7 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
     out = Path(out)
     slurm = slurm or SlurmConfig()
     folder = Path(folder) if folder else out / ".submitit"
-    summary: dict[str, list] = {"ok": [], "skipped": [], "claimed": [], "lost": [], "failed": []}
+    summary: dict[str, list] = {"ok": [], "skipped": [], "others": [], "lost": [], "failed": []}
     groups: dict[tuple, list] = {}
     for c in cells:
         path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed, c.sweep) / RECORD_NAME
