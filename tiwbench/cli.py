@@ -139,6 +139,8 @@ def run(
       tiwbench run --suite smoke --methods tiw_dsm,dsm_obs --seeds 0\n
       tiwbench run --dataset toy2d --ref-fracs 0.05 --profile smoke
     """
+    from tiwbench.sweep.stopping import Stopped
+
     try:
         from rich.console import Console
 
@@ -146,6 +148,7 @@ def run(
         from tiwbench.progress import INTERVAL_ENV, PlainReporter, RichReporter
         from tiwbench.sweep.executors import EXECUTORS, submit_sweep
         from tiwbench.sweep.runner import expand, run_cells, scale_budget
+        from tiwbench.sweep.stopping import stop_on_signals
         from tiwbench.training import distributed
 
         if progress_every is not None:
@@ -213,21 +216,27 @@ def run(
                     setattr(s.slurm, key, value)
             reporter = RichReporter(len(cells), console) if console.is_terminal else PlainReporter(len(cells), echo)
             try:
-                summary = submit_sweep(cells, out, device=device, cache_dir=cache_dir, kind=executor,
-                                       slurm=s.slurm, folder=jobs_dir, max_running=max_jobs,
-                                       echo=reporter.echo, reporter=reporter)
+                with stop_on_signals():
+                    summary = submit_sweep(cells, out, device=device, cache_dir=cache_dir, kind=executor,
+                                           slurm=s.slurm, folder=jobs_dir, max_running=max_jobs,
+                                           echo=reporter.echo, reporter=reporter)
             finally:
                 reporter.close()
         else:
             reporter = RichReporter(len(cells), console) if console.is_terminal and distributed.is_main() else \
                 PlainReporter(len(cells), echo=echo)
-            summary = run_cells(cells, out, device=device, cache_dir=cache_dir, reporter=reporter)
+            with stop_on_signals():
+                summary = run_cells(cells, out, device=device, cache_dir=cache_dir, reporter=reporter)
         main_rank = distributed.is_main()
         distributed.shutdown()
         if not main_rank:
             return  # rank 0 reports
     except _user_errors() as e:
         _fail(str(e))
+    except Stopped as e:  # claims released, jobs cancelled and ended, records whole (tiwbench.sweep.stopping)
+        typer.echo(f"stopped by {e.name}: run the same command again to resume (recorded cells are skipped)",
+                   err=True)
+        raise typer.Exit(e.exit_code) from None
     if report_after:
         from tiwbench.report.render import report as make_report
 
