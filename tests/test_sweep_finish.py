@@ -169,3 +169,21 @@ def test_exit_codes_complete_failed_and_bad_input(tmp_path, one_thread, monkeypa
     assert r.exit_code == 1 and "1 failed; 1 of 2 cells missing" in r.output, r.output
     r = cli.invoke(app, [*args("bad"), "--profile", "no_such_profile"])
     assert r.exit_code == 2 and "error:" in r.output, r.output
+
+
+def test_a_sweep_driven_from_python_is_the_command_without_its_parsing(tmp_path, one_thread):
+    import pytest
+
+    from tiwbench.config import ConfigError
+    from tiwbench.sweep.request import SweepRequest, run_sweep
+
+    suite = tmp_path / "pair.yaml"
+    suite.write_text(PAIR)
+    req = SweepRequest(suite=str(suite), methods=["dsm_ref"], out=tmp_path / "py", cache_dir=None)
+    result = run_sweep(req)
+    assert result.complete and [c.method for c in result.cells] == ["dsm_ref"] and len(result.summary["ok"]) == 1
+    cli = CliRunner().invoke(app, ["run", "--suite", str(suite), "--methods", "dsm_ref", "--out",
+                                   str(tmp_path / "py"), "--no-report"])
+    assert cli.exit_code == 0 and "0 cells run, 1 already recorded" in cli.output  # the same cell, same hash
+    with pytest.raises(ConfigError, match="--executor 'nowhere'"):
+        run_sweep(SweepRequest(suite=str(suite), executor="nowhere", out=tmp_path / "bad"))
