@@ -40,6 +40,7 @@ from tiwbench.training.loop import (
     train_score,
     weight_stats,
 )
+from tiwbench.training.network_cache import cached, network_key
 from tiwbench.training.selection import select_checkpoint
 
 # recorded beside the suite's metrics wherever they apply (tiwbench.metrics.floors)
@@ -372,13 +373,8 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         ema, train_info = copy.deepcopy(base), {**info, "shared_with": trains_as}
         train_info.pop("selection", None)  # this method chooses its own checkpoint below
     else:
-        torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
-        net = make_denoiser(group.dataset, cell.budget.train, kernel)
-        g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", trains_as))
-        task = reporter.phase("train", cell.budget.train.steps)
-        distributed.injected_fault("train")
-        ema, train_info = train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
-                                      checkpoint=checkpoint, snapshots=snapshots)
+        ema, train_info = train_network(cell, group, method, trains_as, kernel, x, is_ref, ratio, device, reporter,
+                                        checkpoint, snapshots)
         if cell.method in group.shared_training:
             group.trained[shared] = (ema, dict(train_info), snapshots)
     timing["train"] = time.monotonic() - t0
@@ -433,6 +429,41 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     timing["metrics"] = time.monotonic() - t0
     picture = sample_picture(group.dataset, samples) if distributed.is_main() else None
     return {"metrics": metrics, "timing": timing, "train": train_info, "_picture": picture}
+
+
+def train_network(cell: Cell, group: Group, method, trains_as: str, kernel, x, is_ref, ratio, device: str, reporter,
+                  checkpoint: Path | None, snapshots: dict) -> tuple[torch.nn.Module, dict]:
+    """Train the cell's network; a method that trains on the oracle set, whose training is the same at every
+    reference size, is trained once and taken from the cache after (tiwbench.training.network_cache)."""
+    from tiwbench.training.denoiser import make_denoiser
+
+    def train() -> tuple[torch.nn.Module, dict]:
+        torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
+        net = make_denoiser(group.dataset, cell.budget.train, kernel)
+        g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", trains_as))
+        task = reporter.phase("train", cell.budget.train.steps)
+        distributed.injected_fault("train")
+        return train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
+                           checkpoint=checkpoint, snapshots=snapshots)
+
+    if method.train_on != "oracle" or group.cache_dir is None or distributed.active():
+        return train()
+    key = network_key({
+        "data": group.split.hashes["oracle"], "dataset": cell.dataset, "dataset_params": cell.dataset_params,
+        "method": trains_as, "method_options": cell.method_options, "train": dataclasses.asdict(cell.budget.train),
+        "kernel": [method_kernel(cell.method), cell.budget.kernel], "seed": cell.seed, "threads": cell.threads,
+        "device": device})
+    with cached(group.cache_dir, key) as entry:
+        torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
+        ema = make_denoiser(group.dataset, cell.budget.train, kernel).to(device).eval().requires_grad_(False)
+        hit = entry.load(ema)
+        if hit is not None:
+            info, kept = hit
+            snapshots.update(kept)
+            return ema, {**info, "network_cache": {"key": key[:16], "hit": True}}
+        ema, info = train()
+        entry.store(ema, info, snapshots)
+        return ema, {**info, "network_cache": {"key": key[:16], "hit": False}}
 
 
 # validation draws for checkpoint selection: seeds far from every evaluation seed (seed · 1,000,003 + i)
