@@ -368,35 +368,20 @@ def bench(
       tiwbench bench --dataset cifar10_lt --device cuda --profile paper --json results/bench_gpu.json
     """
     try:
-        from tiwbench.config import PROFILES
         from tiwbench.records import atomic_write_json as write_json
-        from tiwbench.registry import DATASETS, METHODS
-        from tiwbench.training.step_bench import METHOD_NAMES, format_table, run_bench
+        from tiwbench.training.step_bench import METHOD_NAMES, BenchRequest, format_table, run_request
 
         _check_device(device)
-        DATASETS.get(dataset)
-        if profile not in PROFILES:
-            raise UserError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
-        names = tuple(_csv(methods, str) or METHOD_NAMES)
-        for m in names:
-            METHODS.get(m)
-        if peak_tflops is not None and peak_tflops <= 0:
-            raise UserError(f"--peak-tflops {peak_tflops} must be positive; pass the GPU's bf16 peak in TFLOP/s")
-        if device == "cpu":
-            import torch
+        request = BenchRequest(dataset=dataset, device=device, profile=profile, suite=suite, peak_tflops=peak_tflops,
+                               steps=steps, repeats=repeats, compile=compile,
+                               methods=tuple(_csv(methods, str) or METHOD_NAMES), sample_batch=sample_batch,
+                               threads=threads, ratio_precision=ratio_precision)
 
-            torch.set_num_threads(max(1, threads))
-        if ratio_precision:
-            from tiwbench.training.step_bench import ratio_precision as measure
+        def partial(res):  # each row on disk as soon as it is measured: a timeout keeps what was done
+            if json_out is not None:
+                write_json(json_out, res)
 
-            result = {"dataset": dataset, "profile": profile, "ratio_precision": measure(dataset, profile, suite)}
-        else:
-            def partial(res):  # each row on disk as soon as it is measured: a timeout keeps what was done
-                if json_out is not None:
-                    write_json(json_out, res)
-
-            result = run_bench(dataset, device, profile, suite, names, steps=steps, peak_tflops=peak_tflops,
-                               compile=compile, repeats=repeats, sample_batch=sample_batch, on_row=partial)
+        result = run_request(request, on_row=partial)
     except _user_errors() as e:
         _fail(str(e))
     if ratio_precision:
