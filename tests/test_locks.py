@@ -101,7 +101,7 @@ def test_runner_does_not_write_a_record_after_losing_the_lease(tmp_path, monkeyp
         cells, out, reporter=runner.PlainReporter(1, echo=lines.append, heartbeat=False), poll_s=0.05)))
     sweep.start()
     deadline = time.monotonic() + 60
-    while not any(line.startswith("waiting for 1 cells") for line in lines) and time.monotonic() < deadline:
+    while not any(line.startswith("waiting for 1 cell run") for line in lines) and time.monotonic() < deadline:
         time.sleep(0.02)
     cell_path = runner.cell_dir(out, "smoke", "toy2d", "dsm_ref", 0.05, 0) / RECORD_NAME
     assert sweep.is_alive() and not cell_path.exists()  # it wrote nothing, and waits for the new owner

@@ -75,11 +75,11 @@ def test_sweep_waits_for_the_cell_another_sweep_holds_and_counts_its_record(tmp_
     out = tmp_path / "runs"
     lock = locks.claim(_path(out, held_cell).parent / LOCK_NAME)  # the other sweep holds the cell
     thread, result, lines = _sweep_in_thread(cells, out)
-    _wait_for(lambda: any(line.startswith("waiting for 1 cells") for line in lines), 120, "the wait")
+    _wait_for(lambda: any(line.startswith("waiting for 1 cell run") for line in lines), 120, "the wait")
     time.sleep(0.3)
     assert thread.is_alive()  # neither returned nor trained the held cell itself
     assert not _path(out, held_cell).exists()
-    waiting = next(line for line in lines if line.startswith("waiting for 1 cells"))
+    waiting = next(line for line in lines if line.startswith("waiting for 1 cell run"))
     assert held_cell.label() in waiting and f"pid {lock_pid(lock)}" in waiting, waiting
 
     shutil.copy(_path(elsewhere, held_cell), _path(out, held_cell))  # the other sweep records it, and ends
@@ -101,7 +101,7 @@ def test_a_failed_record_of_the_other_sweep_ends_the_wait_as_failed(tmp_path, on
     out = tmp_path / "runs"
     lock = locks.claim(_path(out, held_cell).parent / LOCK_NAME)
     thread, result, lines = _sweep_in_thread(cells, out)
-    _wait_for(lambda: any(line.startswith("waiting for 1 cells") for line in lines), 120, "the wait")
+    _wait_for(lambda: any(line.startswith("waiting for 1 cell run") for line in lines), 120, "the wait")
     failed = {"status": "failed", "config_hash": held_cell.hash, "error": {"type": "NonFiniteLoss",
                                                                           "message": "loss is nan", "step": 3}}
     _path(out, held_cell).write_text(json.dumps(failed))
@@ -131,7 +131,7 @@ def test_claim_of_a_sweep_that_dies_while_waited_for_is_taken_over(tmp_path, one
     try:
         assert other.stdout.readline().strip() == "held"
         thread, result, lines = _sweep_in_thread(cells, out)
-        _wait_for(lambda: any(line.startswith("waiting for 1 cells") for line in lines), 120, "the wait")
+        _wait_for(lambda: any(line.startswith("waiting for 1 cell run") for line in lines), 120, "the wait")
         assert thread.is_alive()
     finally:
         other.send_signal(signal.SIGKILL)  # it dies holding the claim: nobody releases it

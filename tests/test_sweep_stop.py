@@ -68,19 +68,25 @@ def _claims(out: Path) -> list[dict]:
     return found
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_stops_the_local_sweep_and_its_jobs_and_the_next_run_completes(tmp_path, signum):
+@pytest.mark.parametrize(("signum", "group"), [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGINT", "SIGTERM", "ctrl-c"])
+def test_signal_stops_the_local_sweep_and_its_jobs_and_the_next_run_completes(tmp_path, signum, group):
+    # ctrl-c: a terminal sends SIGINT to the whole process group, the jobs' processes included
     suite = tmp_path / "stop.yaml"
     suite.write_text(TWO_JOBS)
     out = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tiwbench", "run", "--suite", str(suite), "--out", str(out), "--no-report",
            "--executor", "local", "--max-jobs", "2", "--threads", "1"]
-    sweep = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    sweep = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                             start_new_session=True)
     try:
-        # both jobs are in a cell (their claims name the job and its pid): stop the sweep, only the sweep
+        # both jobs are in a cell (their claims name the job and its pid): stop the sweep (or its whole group)
         claims = _wait_for(lambda: len(c := _claims(out)) == 2 and c, 180, "both jobs to claim a cell")
-        sweep.send_signal(signum)
+        if group:
+            os.killpg(sweep.pid, signum)
+        else:
+            sweep.send_signal(signum)
         err = sweep.communicate(timeout=120)[1]
     finally:
         if sweep.poll() is None:
@@ -98,6 +104,27 @@ def test_signal_stops_the_local_sweep_and_its_jobs_and_the_next_run_completes(tm
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "0 of 2 cells missing" in again.stderr, again.stderr[-3000:]
+
+
+def test_sigterm_stops_an_inline_sweep_with_its_claim_released(tmp_path):
+    suite = tmp_path / "stop.yaml"
+    suite.write_text(TWO_JOBS)
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "tiwbench", "run", "--suite", str(suite), "--out", str(out), "--no-report",
+           "--threads", "1", "--seeds", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sweep = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        _wait_for(lambda: _claims(out), 120, "the cell's claim")
+        sweep.send_signal(signal.SIGTERM)  # Python's default would end it at once, leaving the claim
+        err = sweep.communicate(timeout=60)[1]
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 143 and "stopped by SIGTERM" in err, err[-2000:]
+    assert not list(out.rglob(LOCK_NAME)) and not list(out.rglob(RECORD_NAME))
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "1 cells run" in again.stderr, again.stderr[-2000:]
 
 
 SCANCEL = """#!/bin/sh

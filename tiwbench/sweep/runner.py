@@ -685,7 +685,8 @@ class Waiting:
         names = ", ".join(f"{c.label()} ({_owner_text(Path(k).parent / LOCK_NAME)})"
                           for k, (c, _) in list(self.cells.items())[:4])
         more = f" and {len(self.cells) - 4} more" if len(self.cells) > 4 else ""
-        self.reporter.echo(f"waiting for {len(self.cells)} cells run by another sweep "
+        n = len(self.cells)
+        self.reporter.echo(f"waiting for {n} cell{'s' if n != 1 else ''} run by another sweep "
                            f"({self.recorded} recorded by it so far, {progress.duration(now - self.since)}): "
                            f"{names}{more}")
 
