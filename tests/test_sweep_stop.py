@@ -164,3 +164,26 @@ def test_slurm_stop_scancels_the_sweeps_own_jobs(tmp_path, monkeypatch):
     finally:
         others.cancel(check=False)
         _wait_for(lambda: others.done(), 60, "the other job to end")
+
+
+def test_a_stop_during_a_submission_waits_for_its_end_and_a_second_signal_is_only_noted():
+    from tiwbench.sweep.stopping import Stopped, signals_deferred, stop_on_signals
+
+    reached = []
+    with pytest.raises(Stopped) as stop:
+        with stop_on_signals(), signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            reached.append("end of the submission")  # not cut short: the job would be running untracked
+    assert reached and stop.value.signum == signal.SIGTERM and stop.value.exit_code == 143
+
+    with stop_on_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        except Stopped:
+            os.kill(os.getpid(), signal.SIGTERM)  # while stopping: noted, the waiting for jobs goes on
+            time.sleep(0.05)
+            reached.append("cleanup finished")
+    assert reached[-1] == "cleanup finished"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handlers are back

@@ -41,6 +41,13 @@ class Stopped(KeyboardInterrupt):
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
+class _State:
+    installed = False  # stop_on_signals is active
+    stopping = False  # a stop was raised: later signals are only noted
+    defer = 0  # inside signals_deferred: a signal waits for the block's end
+    pending: int | None = None
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Stopped` once; a repeated signal while the sweep stops is noted,
@@ -48,36 +55,42 @@ def stop_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    stopping: list[int] = []
 
     def handler(signum, frame):
-        if stopping:
+        if _State.stopping:
             log.warning("%s again: still stopping (waiting for the sweep's jobs to exit)",
                         signal.Signals(signum).name)
             return
-        stopping.append(signum)
+        if _State.defer:
+            _State.pending = signum
+            return
+        _State.stopping = True
         raise Stopped(signum)
 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    _State.installed, _State.stopping, _State.pending = True, False, None
     try:
         yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        _State.installed = False
 
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM across a few statements (a job's submission and its bookkeeping), so that a
-    stop never falls between a job starting and the sweep knowing it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    """Hold a stop across a few statements (a job's submission and its bookkeeping), so that it never falls
+    between a job starting and the sweep knowing it: raised at the block's end. (A flag, not a signal
+    mask: in a process with threads the kernel may hand the signal to a thread that does not block it.)"""
+    _State.defer += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        _State.defer -= 1
+        if not _State.defer and _State.pending is not None and _State.installed and not _State.stopping:
+            signum, _State.pending = _State.pending, None
+            _State.stopping = True
+            raise Stopped(signum)
 
 
 def stop_jobs(jobs: list, kind: str, timeout_s: float = 120.0, poll_s: float = 0.2) -> list:
