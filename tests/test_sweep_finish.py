@@ -169,6 +169,9 @@ def test_exit_codes_complete_failed_and_bad_input(tmp_path, one_thread, monkeypa
     assert r.exit_code == 1 and "1 failed; 1 of 2 cells missing" in r.output, r.output
     r = cli.invoke(app, [*args("bad"), "--profile", "no_such_profile"])
     assert r.exit_code == 2 and "error:" in r.output, r.output
+    help_text = " ".join(cli.invoke(app, ["run", "--help"], terminal_width=200).output.split())
+    assert "Exit codes: 0 every cell recorded" in help_text and "1 a cell failed or is missing" in help_text
+    assert "2 bad input" in help_text and "130 / 143 stopped by SIGINT / SIGTERM" in help_text
 
 
 def test_a_sweep_driven_from_python_is_the_command_without_its_parsing(tmp_path, one_thread):
