@@ -460,10 +460,10 @@ def train_network(cell: Cell, group: Group, method, trains_as: str, kernel, x, i
         if hit is not None:
             info, kept = hit
             snapshots.update(kept)
-            return ema, {**info, "network_cache": {"key": key[:16], "hit": True}}
+            return ema, {**info, "network_cache": {"key": key[:16], "hit": True, "waited_s": entry.waited_s}}
         ema, info = train()
         entry.store(ema, info, snapshots)
-        return ema, {**info, "network_cache": {"key": key[:16], "hit": False}}
+        return ema, {**info, "network_cache": {"key": key[:16], "hit": False, "waited_s": entry.waited_s}}
 
 
 # validation draws for checkpoint selection: seeds far from every evaluation seed (seed · 1,000,003 + i)

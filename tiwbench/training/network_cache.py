@@ -17,6 +17,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ def network_key(depends_on: dict[str, Any]) -> str:
 class Entry:
     def __init__(self, path: Path):
         self.path = path
+        self.waited_s = 0.0
 
     def load(self, ema: torch.nn.Module) -> tuple[dict, dict[int, dict]] | None:
         """Load the cached network into ``ema``: (training info, snapshots), or None on a miss (a damaged
@@ -84,5 +86,8 @@ def cached(cache_dir: Path, key: str) -> Iterator[Entry]:
     """The cache entry of ``key``, held under its lock: load, or train and store, inside the block."""
     path = Path(cache_dir) / "networks" / f"{key[:32]}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
     with filelock.FileLock(str(path.with_suffix(".pt.lock"))):
-        yield Entry(path)
+        entry = Entry(path)
+        entry.waited_s = time.monotonic() - t0  # another job training the same network: part of this cell's time
+        yield entry
