@@ -130,11 +130,14 @@ def test_two_sweeps_on_one_folder_run_each_cell_once(tmp_path):
     procs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
              for _ in range(2)]
     errs = [p.communicate(timeout=300)[1] for p in procs]
-    # the sweep that ends first may still see cells the other one runs: it says so and exits non-zero
+    # the sweep that runs out of cells first waits for those the other one runs: both end complete
     for p, e in zip(procs, errs):
-        assert p.returncode == 0 or (p.returncode == 1 and "still being run by another sweep" in e), e
+        assert p.returncode == 0 and f"0 of {n_cells} cells missing" in e, e
     ran = [int(re.search(r"(\d+) cells run, (\d+) already recorded", e).group(1)) for e in errs]
     assert sum(ran) == n_cells and min(ran) > 0, (ran, errs)  # split between them, each cell trained once
+    others = [int(m.group(1)) if (m := re.search(r"(\d+) recorded by another sweep", e)) else 0 for e in errs]
+    seen = [int(re.search(r"(\d+) already recorded", e).group(1)) for e in errs]
+    assert [sum(c) for c in zip(ran, seen, others)] == [n_cells] * 2, (ran, seen, others)  # each saw every cell
     recs = load_records(out)  # every record parses: none torn
     assert len(recs) == n_cells and all(r["status"] == "ok" for r in recs)
     assert len({(r["method"], r["ref_frac"], r["seed"]) for r in recs}) == n_cells

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,11 +95,23 @@ def test_runner_does_not_write_a_record_after_losing_the_lease(tmp_path, monkeyp
         return {"metrics": [], "timing": {}, "train": {}, "_picture": None}
 
     monkeypatch.setattr(runner, "run_cell", stolen)
-    summary = runner.run_cells(cells, out)
-    (cell_path,) = summary["lost"]
-    assert not summary["ok"] and not Path(cell_path).exists()
-    assert not (Path(cell_path).parent / RECORD_NAME).exists()
-    assert (Path(cell_path).parent / LOCK_NAME).exists()  # the other sweep's lock is left alone
+    lines: list[str] = []
+    summary: dict = {}
+    sweep = threading.Thread(target=lambda: summary.update(runner.run_cells(
+        cells, out, reporter=runner.PlainReporter(1, echo=lines.append, heartbeat=False), poll_s=0.05)))
+    sweep.start()
+    deadline = time.monotonic() + 60
+    while not any(line.startswith("waiting for 1 cell run") for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    cell_path = runner.cell_dir(out, "smoke", "toy2d", "dsm_ref", 0.05, 0) / RECORD_NAME
+    assert sweep.is_alive() and not cell_path.exists()  # it wrote nothing, and waits for the new owner
+    assert (cell_path.parent / LOCK_NAME).exists()  # the other sweep's lock is left alone
+    theirs = {"status": "ok", "config_hash": cells[0].hash, "metrics": [], "timing": {"total": 1.0}}
+    cell_path.write_text(json.dumps(theirs))  # the new owner records the cell
+    (cell_path.parent / LOCK_NAME).unlink()
+    sweep.join(timeout=30)
+    assert summary["lost"] == [str(cell_path)] and summary["others"] == [str(cell_path)] and not summary["ok"]
+    assert json.loads(cell_path.read_text()) == theirs
 
 
 def test_empty_lock_file_is_damage_after_a_short_grace(tmp_path):

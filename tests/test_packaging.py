@@ -53,6 +53,19 @@ def test_built_wheel_does_not_pin_torch(tmp_path):
     assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
 
 
+def test_declared_lower_bounds_are_the_tested_builds():
+    # the tests run on constraints.txt's pins: the lowest torch and torchvision claimed is exactly those
+    declared = (ROOT / "pyproject.toml").read_text()
+    pins = (ROOT / "constraints.txt").read_text()
+    for name in ("torch", "torchvision"):
+        pinned = re.search(rf"^{name}==([\d.]+)", pins, re.M).group(1)
+        lower = re.search(rf'"{name}>=([\d.]+)', declared).group(1)
+        assert lower == pinned, f"{name}>={lower} declared, {pinned} tested: declare the tested build"
+    import torch
+
+    assert torch.__version__.split("+")[0] == re.search(r"^torch==([\d.]+)", pins, re.M).group(1)
+
+
 def test_missing_extra_is_named_before_any_cell(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -233,3 +233,24 @@ def test_held_out_bce_finds_an_overfitted_classifier(toy):
     if best == info["selection"]["steps"]:
         for a, b in zip(model.state_dict().values(), patient.state_dict().values(), strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("higher", [False, True])
+def test_best_step_is_the_one_rule_of_both_selections(higher):
+    from tiwbench.best_step import best_step
+
+    nan = float("nan")
+    scores = {10: 3.0, 20: 1.0, 30: 1.0, 40: nan, 50: 2.0}
+    # brute force: the finite step whose signed score is least, the earliest among equals
+    sign = -1 if higher else 1
+    expected = sorted((sign * v, k) for k, v in scores.items() if v == v)[0][1]
+    assert best_step(scores, higher) == expected == (10 if higher else 20)
+    assert best_step({10: nan, 20: float("inf")}) == 20 and best_step({10: nan}, default=99) == 99
+    # both selections call it: a change of the rule cannot reach one and not the other
+    import inspect
+
+    from tiwbench.ratios import discriminator
+    from tiwbench.training import selection
+
+    assert "best_step(" in inspect.getsource(selection.select_checkpoint)
+    assert "best_step(" in inspect.getsource(discriminator.select_ratio_steps)

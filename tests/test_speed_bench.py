@@ -135,3 +135,16 @@ def test_gpu_bench_without_cuda_is_one_line_and_exit_2(tmp_path):
     lines = (res.stdout + res.stderr).strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and "no CUDA GPU" in lines[0], res
     assert time.monotonic() - t0 < 60 and not (tmp_path / "gpu").exists()  # nothing installed or written
+
+
+def test_bench_driven_from_python_is_the_command_without_its_parsing(tmp_path):
+    from tiwbench.config import ConfigError
+    from tiwbench.registry import RegistryError
+    from tiwbench.training.step_bench import BenchRequest, run_request
+
+    with pytest.raises(ConfigError, match="--peak-tflops"):
+        run_request(BenchRequest(peak_tflops=-1))
+    with pytest.raises(RegistryError):
+        run_request(BenchRequest(methods=("dsm_ob",)))
+    res = run_request(BenchRequest(steps=1, methods=("dsm_obs",), repeats=1))
+    assert res["dataset"] == "toy2d" and [r["method"] for r in res["rows"] if r["method"] == "dsm_obs"] == ["dsm_obs"]

@@ -72,35 +72,6 @@ def _sweep_option(items: list[str]) -> dict[str, list] | None:
     return chosen or None
 
 
-def _apply_data_options(cells, data_root: Path | None, data_param: list[str]) -> None:
-    """--data-root / --data-param become dataset parameters, so they are part of each cell's config."""
-    import yaml
-
-    from tiwbench.registry import DATASETS
-
-    extra = {}
-    for item in data_param:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--data-param {item!r}: write KEY=VALUE, e.g. rho=0.02")
-        extra[key] = yaml.safe_load(value)  # numbers stay numbers
-    if data_root is not None:
-        extra["data_root"] = str(data_root.resolve())
-    for cell in cells:
-        allowed = DATASETS.get(cell.dataset).defaults
-        for key, value in extra.items():
-            if key in cell.sweep:  # it would relabel every point of the sweep with one value
-                text = next(i.partition("=")[2] for i in reversed(data_param) if i.partition("=")[0] == key)
-                points = ",".join(str(v) for v in dict.fromkeys(c.sweep[key] for c in cells))
-                raise UserError(f"--data-param {key}={text}: suite {cell.suite!r} sweeps {key!r} (here {points}); "
-                                f"choose its points with --sweep {key}={text}")
-            if key not in allowed:
-                if key == "data_root":
-                    continue  # embedded datasets of the same sweep need no files
-                raise UserError(f"dataset {cell.dataset!r} has no parameter {key!r}; allowed: {sorted(allowed)}")
-            cell.dataset_params[key] = value
-
-
 @app.command()
 def run(
     suite: Annotated[str, typer.Option(help="suite name (see `tiwbench ls suites`) or a .yaml path")] = "ref_size",
@@ -147,19 +118,24 @@ def run(
 ):
     """Run a suite: every (dataset, method, ref_frac, seed) cell, skipping cells already recorded.
 
+    Cells another sweep on the same --out holds are waited for (a claim whose owner died is taken over),
+    so the command returns when every cell is recorded or has failed. SIGINT or SIGTERM stops the sweep:
+    its running cells and jobs are cancelled and waited for, and the same command resumes it.
+
+    Exit codes: 0 every cell recorded (by this sweep or another); 1 a cell failed or is missing;
+    2 bad input (usage, suite, data); 130 / 143 stopped by SIGINT / SIGTERM.
+
     Examples:\n
       tiwbench run --suite ref_size\n
       tiwbench run --suite smoke --methods tiw_dsm,dsm_obs --seeds 0\n
       tiwbench run --suite regime --profile smoke --sweep dim=16\n
       tiwbench run --dataset toy2d --ref-fracs 0.05 --profile smoke
     """
-    try:
-        from rich.console import Console
+    from tiwbench.sweep.stopping import Stopped
 
-        from tiwbench.config import load_suite
-        from tiwbench.progress import INTERVAL_ENV, PlainReporter, RichReporter
-        from tiwbench.sweep.executors import EXECUTORS, submit_sweep
-        from tiwbench.sweep.runner import expand, run_cells, scale_budget
+    try:
+        from tiwbench.progress import INTERVAL_ENV
+        from tiwbench.sweep.request import SweepRequest, run_sweep
         from tiwbench.training import distributed
 
         if progress_every is not None:
@@ -170,16 +146,17 @@ def run(
         _check_writable(out)
         if launcher not in ("none", "torchrun"):
             raise UserError(f"--launcher {launcher!r}: use none or torchrun")
-        if executor not in EXECUTORS:
-            raise UserError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}")
-        if executor != "inline":
-            import importlib.util
-
-            if importlib.util.find_spec("submitit") is None:
-                raise UserError(f"--executor {executor} needs submitit, which is not installed; "
-                                "pip install 'tiwbench[cluster]' (or use --executor inline)")
         if launcher == "torchrun" and executor != "inline":
             raise UserError("--launcher torchrun runs in this process group; combine it with --executor inline")
+        request = SweepRequest(
+            suite=suite, datasets=_csv(dataset, str), methods=_csv(methods, str), ref_fracs=_csv(ref_fracs, float),
+            seeds=_csv(seeds, int), profile=profile, out=out, device=device, cache_dir=cache_dir,
+            fid_backend=fid_backend, executor=executor, jobs_dir=jobs_dir, max_jobs=max_jobs,
+            slurm={"partition": slurm_partition, "gpus_per_job": slurm_gpus, "tasks_per_job": slurm_tasks,
+                   "time_min": slurm_time, "cpus_per_job": slurm_cpus, "mem_gb": slurm_mem} if executor != "inline"
+            else {},
+            threads=threads, data_root=data_root, data_params=data_param or [], ratio=ratio,
+            budget_scale=budget_scale, sweep=_sweep_option(sweep or []))
         if launcher == "torchrun" and not distributed.launched():
             import subprocess
 
@@ -187,89 +164,35 @@ def run(
 
             n = nproc_per_node or (torch.cuda.device_count() if device.startswith("cuda") else 2)
             raise typer.Exit(subprocess.call(distributed.torchrun_command(sys.argv[1:], max(n, 1))))
-        device = distributed.init(device)
-        s = load_suite(suite)
-        cells = expand(s, profile, _csv(dataset, str), _csv(methods, str), _csv(ref_fracs, float), _csv(seeds, int),
-                       _sweep_option(sweep or []))
-        cells = scale_budget(cells, budget_scale)
-        _apply_data_options(cells, data_root, data_param or [])
-        if ratio is not None:
-            from tiwbench.registry import RATIOS
-
-            if ratio not in RATIOS:
-                raise UserError(f"--ratio: {RATIOS.unknown_message(ratio)}")
-            for cell in cells:
-                cell.budget.ratio.provider = ratio
-        if fid_backend is not None:
-            if fid_backend not in ("torch-fidelity", "clean-fid"):
-                raise UserError(f"--fid-backend {fid_backend!r}: use torch-fidelity or clean-fid")
-            for cell in cells:  # part of each cell's config, so its hash and records follow the choice
-                cell.budget.eval.fid_backend = fid_backend
-        from tiwbench.sweep.threads import resolve_threads
-
-        if threads < 0:
-            raise UserError(f"--threads {threads}: give 1 or more, or 0 for the cores free now")
-        n_threads = resolve_threads(threads)
-        for cell in cells:  # part of each cell's config: a resumed sweep never mixes thread counts
-            cell.threads = n_threads
-        if distributed.is_main():
-            from tiwbench.sweep.cost import cpu_warning
-
-            note = cpu_warning(cells, device)
-            if note:
-                print(note, file=sys.stderr, flush=True)
-        console = Console(stderr=True)
-        echo = (lambda m: print(m, file=sys.stderr, flush=True)) if distributed.is_main() else (lambda m: None)
-        if executor != "inline":
-            for key, value in (("partition", slurm_partition), ("gpus_per_job", slurm_gpus),
-                               ("tasks_per_job", slurm_tasks), ("time_min", slurm_time),
-                               ("cpus_per_job", slurm_cpus), ("mem_gb", slurm_mem)):
-                if value is not None:
-                    setattr(s.slurm, key, value)
-            reporter = RichReporter(len(cells), console) if console.is_terminal else PlainReporter(len(cells), echo)
-            try:
-                summary = submit_sweep(cells, out, device=device, cache_dir=cache_dir, kind=executor,
-                                       slurm=s.slurm, folder=jobs_dir, max_running=max_jobs,
-                                       echo=reporter.echo, reporter=reporter)
-            finally:
-                reporter.close()
-        else:
-            reporter = RichReporter(len(cells), console) if console.is_terminal and distributed.is_main() else \
-                PlainReporter(len(cells), echo=echo)
-            summary = run_cells(cells, out, device=device, cache_dir=cache_dir, reporter=reporter)
+        request.device = distributed.init(device)
+        result = run_sweep(request, main=distributed.is_main())
         main_rank = distributed.is_main()
         distributed.shutdown()
         if not main_rank:
             return  # rank 0 reports
     except _user_errors() as e:
         _fail(str(e))
+    except Stopped as e:  # claims released, jobs cancelled and ended, records whole (tiwbench.sweep.stopping)
+        typer.echo(f"stopped by {e.name}: run the same command again to resume (recorded cells are skipped)",
+                   err=True)
+        raise typer.Exit(e.exit_code) from None
     if report_after:
         from tiwbench.report.render import report as make_report
 
         typer.echo(make_report(out, "markdown"))
-    from tiwbench.sweep.runner import existing_record
-
-    # counted against the folder at the end: a cell another sweep claimed may have been recorded since
-    missing = [c for c in cells if existing_record(c, out) is None]
-    n = {k: len(v) for k, v in summary.items()}
-    claimed_open = sum(1 for c in missing if _record_path(c, out) in set(summary.get("claimed", [])))
-    others = (f"{n['claimed']} claimed by another sweep ({claimed_open} of them not recorded yet), "
-              if n.get("claimed") else "") + (f"{n['lost']} lost to another sweep, " if n.get("lost") else "")
-    typer.echo(f"{n.get('ok', 0)} cells run, {n.get('skipped', 0)} already recorded, {others}{n.get('failed', 0)} "
-               f"failed; {len(missing)} of {len(cells)} cells missing; records under {out}", err=True)
-    for p in summary.get("failed", []):
-        typer.echo(f"failed: {p}", err=True)
-    if missing:
-        if claimed_open:
-            typer.echo(f"{claimed_open} cells are still being run by another sweep; run this command again "
-                       "once it ends to check", err=True)
+    _say_counts(result, out)
+    if not result.complete:  # a cell failed or is missing, whoever ran it
         raise typer.Exit(1)
 
 
-def _record_path(cell, out: Path) -> str:
-    from tiwbench.records import RECORD_NAME, cell_dir
-
-    return str(cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed, cell.sweep) / RECORD_NAME)
+def _say_counts(result, out: Path) -> None:
+    n = {k: len(v) for k, v in result.summary.items()}
+    others = (f"{n['others']} recorded by another sweep, " if n.get("others") else "") + (
+        f"{n['lost']} lost to another sweep mid-cell, " if n.get("lost") else "")
+    typer.echo(f"{n.get('ok', 0)} cells run, {n.get('skipped', 0)} already recorded, {others}{n.get('failed', 0)} "
+               f"failed; {len(result.missing)} of {len(result.cells)} cells missing; records under {out}", err=True)
+    for p in result.summary.get("failed", []):
+        typer.echo(f"failed: {p}", err=True)
 
 
 @app.command()
@@ -341,6 +264,7 @@ def stats(
     try:
         from tiwbench.metrics.fidelity import precompute_references
         from tiwbench.progress import PlainReporter, using
+        from tiwbench.sweep.request import apply_data_options
         from tiwbench.sweep.runner import Group, expand
 
         _check_device(device)
@@ -348,7 +272,7 @@ def stats(
 
         s = load_suite(suite)
         cells = expand(s, profile, [dataset])[:1]
-        _apply_data_options(cells, data_root, data_param or [])
+        apply_data_options(cells, data_root, data_param or [])
         cell = cells[0]
         if fid_backend is not None:
             cell.budget.eval.fid_backend = fid_backend
@@ -460,35 +384,20 @@ def bench(
       tiwbench bench --dataset cifar10_lt --device cuda --profile paper --json results/bench_gpu.json
     """
     try:
-        from tiwbench.config import PROFILES
         from tiwbench.records import atomic_write_json as write_json
-        from tiwbench.registry import DATASETS, METHODS
-        from tiwbench.training.step_bench import METHOD_NAMES, format_table, run_bench
+        from tiwbench.training.step_bench import METHOD_NAMES, BenchRequest, format_table, run_request
 
         _check_device(device)
-        DATASETS.get(dataset)
-        if profile not in PROFILES:
-            raise UserError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
-        names = tuple(_csv(methods, str) or METHOD_NAMES)
-        for m in names:
-            METHODS.get(m)
-        if peak_tflops is not None and peak_tflops <= 0:
-            raise UserError(f"--peak-tflops {peak_tflops} must be positive; pass the GPU's bf16 peak in TFLOP/s")
-        if device == "cpu":
-            import torch
+        request = BenchRequest(dataset=dataset, device=device, profile=profile, suite=suite, peak_tflops=peak_tflops,
+                               steps=steps, repeats=repeats, compile=compile,
+                               methods=tuple(_csv(methods, str) or METHOD_NAMES), sample_batch=sample_batch,
+                               threads=threads, ratio_precision=ratio_precision)
 
-            torch.set_num_threads(max(1, threads))
-        if ratio_precision:
-            from tiwbench.training.step_bench import ratio_precision as measure
+        def partial(res):  # each row on disk as soon as it is measured: a timeout keeps what was done
+            if json_out is not None:
+                write_json(json_out, res)
 
-            result = {"dataset": dataset, "profile": profile, "ratio_precision": measure(dataset, profile, suite)}
-        else:
-            def partial(res):  # each row on disk as soon as it is measured: a timeout keeps what was done
-                if json_out is not None:
-                    write_json(json_out, res)
-
-            result = run_bench(dataset, device, profile, suite, names, steps=steps, peak_tflops=peak_tflops,
-                               compile=compile, repeats=repeats, sample_batch=sample_batch, on_row=partial)
+        result = run_request(request, on_row=partial)
     except _user_errors() as e:
         _fail(str(e))
     if ratio_precision:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tiwbench.best_step import best_step
 from tiwbench.config import RatioConfig
 from tiwbench.diffusion.losses import device_generator
 from tiwbench.diffusion.mlp import MLP
@@ -206,7 +207,7 @@ def select_ratio_steps(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tenso
             bce = F.binary_cross_entropy_with_logits(trial.logit(x, sigma).float(), labels, reduction="none")
         values[step] = float((bce * weight).sum())
         trial.train()
-        best_so_far = min(values, key=lambda k: (values[k], k))
+        best_so_far = best_step(values, default=step)
         if cfg.select_patience and len([k for k in values if k > best_so_far]) >= cfg.select_patience:
             raise Patience  # no better check in that many: later ones are not looked at (nor paid for)
 
@@ -215,8 +216,7 @@ def select_ratio_steps(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tenso
         train_ratio(trial, bias_fit, ref_fit, plain, generator, device, progress, regulariser, on_step=check)
     except Patience:
         pass
-    finite = [k for k in sorted(values) if math.isfinite(values[k])]
-    best = min(finite, key=lambda k: (values[k], k)) if finite else cfg.steps
+    best = best_step(values, default=cfg.steps)  # the same rule as a cell's checkpoint (training.selection)
     model.load_state_dict(init)
     generator.set_state(start)
     info = train_ratio(model, bias, ref, dataclasses.replace(plain, steps=best), generator, device, progress,

@@ -18,7 +18,9 @@ from typing import Any
 from tiwbench.config import ConfigError, SlurmConfig
 from tiwbench.records import RECORD_NAME, cell_dir
 from tiwbench.registry import DATASETS
+from tiwbench.sweep import locks
 from tiwbench.sweep.runner import PlainReporter, existing_record, run_cells
+from tiwbench.sweep.stopping import clear_claims, signals_deferred, stop_jobs
 from tiwbench.sweep.threads import cells_threads
 from tiwbench.training import distributed, preemption
 
@@ -47,6 +49,7 @@ class GroupJob(Checkpointable):
     def __call__(self, cells: list, out: str, device: str, cache_dir: str | None) -> dict[str, list]:
         import submitit
 
+        os.environ[locks.JOB_ENV] = str(submitit.JobEnvironment().job_id)  # in its claims: see stopping.clear_claims
         preemption.hold(submitit.JobEnvironment._usr_sig(), self.grace_s)
         if submitit.JobEnvironment().num_tasks > 1:  # one task per GPU: DDP, as under torchrun
             # rank, world size and the master's address from the Slurm (or local executor's) environment
@@ -115,7 +118,7 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
     out = Path(out)
     slurm = slurm or SlurmConfig()
     folder = Path(folder) if folder else out / ".submitit"
-    summary: dict[str, list] = {"ok": [], "skipped": [], "claimed": [], "lost": [], "failed": []}
+    summary: dict[str, list] = {"ok": [], "skipped": [], "others": [], "lost": [], "failed": []}
     groups: dict[tuple, list] = {}
     for c in cells:
         path = cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed, c.sweep) / RECORD_NAME
@@ -137,7 +140,7 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
         max_running = max(1, (os.cpu_count() or 1) // (cells_threads(cells) * tasks_per_job(slurm)))
     jobs: list = []
     if kind == "slurm" or max_running >= len(args):
-        with ex.batch():  # one Slurm job array
+        with signals_deferred(), ex.batch():  # one Slurm job array
             jobs = [ex.submit(GroupJob(grace_s), *a) for a in args]
         jobs = list(zip(jobs, args, strict=True))
         echo(f"submitted {len(jobs)} {kind} jobs (one per group), logs under {folder}")
@@ -145,18 +148,42 @@ def submit_sweep(cells: list, out: Path, device: str = "cpu", cache_dir: Path | 
     else:
         pending = list(args)
     running = list(jobs)
-    while running or pending:
-        while pending and len(running) < max_running:
-            a = pending.pop(0)
-            running.append((ex.submit(GroupJob(grace_s), *a), a))
-            echo(f"submitted job {running[-1][0].job_id}: {len(a[0])} cells of {a[0][0].label()}")
-        done = [(j, a) for j, a in running if j.done()]
-        for j, a in done:
-            running.remove((j, a))
-            _collect(j, a[0], out, summary, echo, reporter)
-        if not done:
-            time.sleep(poll_s)
+    try:
+        while running or pending:
+            while pending and len(running) < max_running:
+                with signals_deferred():  # a stop lands after the job is in `running`, never between
+                    a = pending.pop(0)
+                    running.append((ex.submit(GroupJob(grace_s), *a), a))
+                echo(f"submitted job {running[-1][0].job_id}: {len(a[0])} cells of {a[0][0].label()}")
+            done = [(j, a) for j, a in running if j.done()]
+            for j, a in done:
+                running.remove((j, a))
+                _collect(j, a[0], out, summary, echo, reporter)
+            if not done:
+                time.sleep(poll_s)
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM under stopping.stop_on_signals
+        _stop(running, pending, kind, out, echo, getattr(e, "name", "SIGINT"))
+        raise
     return summary
+
+
+def _stop(running: list, pending: list, kind: str, out: Path, echo, why: str) -> None:
+    """Cancel this sweep's running jobs, wait for them to exit, clear the claims a killed one left, and say
+    what was stopped."""
+    jobs = [j for j, _ in running]
+    echo(f"{why}: cancelling {len(jobs)} running jobs ({', '.join(str(j.job_id) for j in jobs) or 'none'})"
+         f"{f' and dropping {len(pending)} not yet started' if pending else ''}; waiting for them to exit")
+    left = stop_jobs(jobs, kind)
+    ended = {str(j.job_id) for j in jobs if j not in left}
+    cells = [c for _, a in running for c in a[0]] + [c for a in pending for c in a[0]]
+    dirs = [cell_dir(out, c.suite, c.dataset, c.method, c.ref_frac, c.seed, c.sweep) for c in cells]
+    cleared = clear_claims(dirs, ended)
+    recorded = sum(existing_record(c, out) is not None for c in cells)
+    echo(f"stopped: {len(ended)} jobs ended"
+         + (f", {len(left)} still running ({', '.join(str(j.job_id) for j in left)})" if left else "")
+         + (f", {len(cleared)} claims they left removed" if cleared else "")
+         + f"; of their {len(cells)} cells {recorded} recorded, {len(cells) - recorded} not:"
+         " run the same command again to resume")
 
 
 def _collect(job, members: list, out: Path, summary: dict[str, list], echo, reporter=None) -> None:

@@ -36,6 +36,7 @@ import filelock
 LOCK_NAME = "claim.lock"
 HEARTBEAT_S = 60.0
 STALE_AFTER_S = 600.0  # 10 heartbeats missed: the owner is presumed dead (or paused: it then writes nothing)
+JOB_ENV = "TIWBENCH_JOB_ID"  # set in a submitit job: its id goes into its claims, so a stopped sweep can clear them
 WRITE_GRACE_S = 30.0  # an empty or undecodable lock older than this is damage, not a lock being written
 
 log = logging.getLogger("tiwbench.locks")
@@ -76,7 +77,8 @@ def _alive(pid: int, started: str | None) -> bool:
 def identity() -> dict:
     """Who this process is, in terms another process can check: see the module's docstring."""
     return {"token": uuid.uuid4().hex, "boot_id": boot_id(), "pidns": pid_namespace(), "host": socket.gethostname(),
-            "pid": os.getpid(), "started": _start_time(os.getpid()), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "pid": os.getpid(), "started": _start_time(os.getpid()), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "job": os.environ.get(JOB_ENV)}
 
 
 def owner(path: Path) -> dict | None:

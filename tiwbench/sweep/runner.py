@@ -35,7 +35,8 @@ from tiwbench.records import (
 )
 from tiwbench.registry import DATASETS, KERNELS, METHODS, METRICS, RATIOS
 from tiwbench.report.cell_picture import GRID_NAME, sample_picture
-from tiwbench.sweep.locks import LOCK_NAME, claim
+from tiwbench.sweep.locks import LOCK_NAME, claim, is_stale
+from tiwbench.sweep.locks import owner as lock_owner
 from tiwbench.sweep.threads import apply_threads
 from tiwbench.training import distributed
 from tiwbench.training.loop import (
@@ -47,6 +48,7 @@ from tiwbench.training.loop import (
     train_score,
     weight_stats,
 )
+from tiwbench.training.network_cache import cached, network_key
 from tiwbench.training.selection import select_checkpoint
 
 # recorded beside the suite's metrics wherever they apply (tiwbench.metrics.floors)
@@ -445,13 +447,8 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         ema, train_info = copy.deepcopy(base), {**info, "shared_with": trains_as}
         train_info.pop("selection", None)  # this method chooses its own checkpoint below
     else:
-        torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
-        net = make_denoiser(group.dataset, cell.budget.train, kernel)
-        g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", trains_as))
-        task = reporter.phase("train", cell.budget.train.steps)
-        distributed.injected_fault("train")
-        ema, train_info = train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
-                                      checkpoint=checkpoint, snapshots=snapshots)
+        ema, train_info = train_network(cell, group, method, trains_as, kernel, x, is_ref, ratio, device, reporter,
+                                        checkpoint, snapshots)
         if cell.method in group.shared_training:
             group.trained[shared] = (ema, dict(train_info), snapshots)
     timing["train"] = time.monotonic() - t0
@@ -508,6 +505,41 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     return {"metrics": metrics, "timing": timing, "train": train_info, "_picture": picture}
 
 
+def train_network(cell: Cell, group: Group, method, trains_as: str, kernel, x, is_ref, ratio, device: str, reporter,
+                  checkpoint: Path | None, snapshots: dict) -> tuple[torch.nn.Module, dict]:
+    """Train the cell's network; a method that trains on the oracle set, whose training is the same at every
+    reference size, is trained once and taken from the cache after (tiwbench.training.network_cache)."""
+    from tiwbench.training.denoiser import make_denoiser
+
+    def train() -> tuple[torch.nn.Module, dict]:
+        torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
+        net = make_denoiser(group.dataset, cell.budget.train, kernel)
+        g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", trains_as))
+        task = reporter.phase("train", cell.budget.train.steps)
+        distributed.injected_fault("train")
+        return train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
+                           checkpoint=checkpoint, snapshots=snapshots)
+
+    if method.train_on != "oracle" or group.cache_dir is None or distributed.active():
+        return train()
+    key = network_key({
+        "data": group.split.hashes["oracle"], "dataset": cell.dataset, "dataset_params": cell.dataset_params,
+        "method": trains_as, "method_options": cell.method_options, "train": dataclasses.asdict(cell.budget.train),
+        "kernel": [method_kernel(cell.method), cell.budget.kernel], "seed": cell.seed, "threads": cell.threads,
+        "device": device})
+    with cached(group.cache_dir, key) as entry:
+        torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
+        ema = make_denoiser(group.dataset, cell.budget.train, kernel).to(device).eval().requires_grad_(False)
+        hit = entry.load(ema)
+        if hit is not None:
+            info, kept = hit
+            snapshots.update(kept)
+            return ema, {**info, "network_cache": {"key": key[:16], "hit": True, "waited_s": entry.waited_s}}
+        ema, info = train()
+        entry.store(ema, info, snapshots)
+        return ema, {**info, "network_cache": {"key": key[:16], "hit": False, "waited_s": entry.waited_s}}
+
+
 # validation draws for checkpoint selection: seeds far from every evaluation seed (seed · 1,000,003 + i)
 VALIDATION_SEED = 2**40
 
@@ -552,100 +584,207 @@ def evaluate(cell: Cell, group: Group, samples: torch.Tensor, train_data: torch.
     return metrics
 
 
+# how often a sweep looks at the cells another sweep holds
+WAIT_POLL_S = 1.0
+
+
 def run_cells(cells: list[Cell], out: Path, device: str = "cpu", cache_dir: Path | None = None,
-              reporter=None) -> dict[str, list]:
-    """Run every cell not already recorded with the same config hash; return ok/skipped/failed."""
+              reporter=None, poll_s: float = WAIT_POLL_S) -> dict[str, list]:
+    """Run every cell not already recorded with the same config hash, and wait for the cells another
+    sweep holds (taking over a claim that goes stale); return the record paths by outcome: ok, skipped,
+    others (recorded by another sweep meanwhile), lost (taken by another sweep mid-cell), failed."""
     out = Path(out)
     reporter = reporter or PlainReporter(len(cells))
     with progress.using(reporter):
-        return _run_groups(cells, out, device, cache_dir, reporter)
+        return _run_groups(cells, out, device, cache_dir, reporter, poll_s)
 
 
-def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | None, reporter) -> dict[str, list]:
-    summary: dict[str, list] = {"ok": [], "skipped": [], "claimed": [], "lost": [], "failed": []}
+
+def _record_file(cell: Cell, out: Path) -> Path:
+    return cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed, cell.sweep) / RECORD_NAME
+
+
+def _run_groups(cells: list[Cell], out: Path, device: str, cache_dir: Path | None, reporter,
+                poll_s: float) -> dict[str, list]:
+    summary: dict[str, list] = {"ok": [], "skipped": [], "others": [], "lost": [], "failed": []}
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         groups.setdefault(c.group, []).append(c)
     preflight(cells)
     held: list = []  # the claim of the cell running now (see claim_cell)
     queue = [(members, True) for members in groups.values()]  # (cells, may be put back once)
+    waiting = Waiting(out, reporter)  # cells another sweep holds: awaited, taken over if their claim goes stale
     try:
-        while queue:
+        while queue or waiting:
+            if not queue:
+                queue = waiting.next(summary, poll_s)
+                continue
             members, deferrable = queue.pop(0)
-            group = None
+            group: list = []  # the group's shared state, made when its first cell runs
             for i, cell in enumerate(members):
-                path = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed,
-                                cell.sweep) / RECORD_NAME
+                path = _record_file(cell, out)
                 if existing_record(cell, out) is not None:
                     summary["skipped"].append(str(path))
                     reporter.finish(cell, {}, skipped=True)
                     continue
                 if not claim_cell(cell, out, device, held):
-                    if deferrable and group is None:  # another sweep is on this group: come back at the end
+                    if deferrable and not group:  # another sweep is on this group: come back at the end
                         queue.append((members[i:], False))
                         break
-                    summary["claimed"].append(str(path))
-                    reporter.echo(f"{cell.label()}: claimed by another sweep ({path.parent / LOCK_NAME}), left to it")
+                    waiting.add(cell)
                     continue
-                reporter.start(cell)
-                t0, started = time.monotonic(), time.time()
-                apply_threads(cell)  # before the record reads the environment: its threads are the config's
-                rec = base_record(cell, device)
-                try:
-                    if group is None:
-                        group = Group(cell, device, cache_dir, reporter)
-                        group.shared_training = {shared_name(c.method) for c in members} - {None}
-                    result = run_cell(cell, group, device, reporter, checkpoint=checkpoint_path(path.parent, cell))
-                    picture = result.pop("_picture", None)
-                    if picture is not None and distributed.is_main() and (not held or held[-1].holds()):
-                        atomic_write_bytes(path.parent / GRID_NAME, picture)  # before the record that names it
-                        result["pictures"] = {"samples": GRID_NAME}
-                    rec.update(status="ok", **result)
-                except (NonFiniteLoss, CellTimeout) as e:
-                    rec.update(status="failed", error={"type": type(e).__name__, "message": str(e), "step": e.step})
-                except (DataError, ConfigError, integrity.Unreadable):
-                    raise  # bad input or another user's cache file: stop the sweep with the message, write nothing
-                except Exception as e:  # one cell's failure must not end the sweep
-                    rec.update(status="failed", error={"type": type(e).__name__, "message": str(e),
-                                                       "traceback": traceback.format_exc(limit=8)})
-                    if distributed.active():  # the other ranks wait in a collective: this rank ends the job
-                        rec["error"]["rank"] = distributed.rank()
-                rec.setdefault("timing", {})["total"] = time.monotonic() - t0
-                if group is not None:
-                    rec["timing"]["group"] = group.timing
-                    rec["data_hashes"] = group.split.hashes
-                    rec["ref_size"], rec["bias_size"] = len(group.split.ref), len(group.split.bias)
-                    rec["ratio"] = {k: v for k, v in group.ratio_info.items()}
-                    rec["evaluator"] = dict(getattr(group.evaluator, "info", {}))
-                failing_rank = "rank" in rec.get("error", {})
-                # a rank that failed because another one left first (a closed connection) keeps that one's record
-                first_failure = failing_rank and not (path.exists() and path.stat().st_mtime >= started)
-                # fenced write: a sweep paused past its lease, whose cell another sweep has taken, writes nothing
-                lease_lost = bool(held) and not held[-1].confirm()
-                if lease_lost:
-                    reporter.echo(f"{cell.label()}: its claim was taken by another sweep while this one ran "
-                                  f"(lease lost); not writing {path}")
+                outcome, rec = _run_claimed(cell, members, group, path, out, device, cache_dir, reporter, held)
+                if outcome == "lost":
                     summary["lost"].append(str(path))
-                elif (distributed.is_main() and not failing_rank) or first_failure:  # one rank writes
-                    atomic_write_json(path, rec)
-                    # the record supersedes them (and the temp file of a save cut short by a kill)
-                    for stale in [*path.parent.glob("checkpoint-*.pt"), *path.parent.glob(".checkpoint-*.tmp"),
-                                  *path.parent.glob("network-*.pt"), *path.parent.glob(".network-*.tmp")]:
-                        stale.unlink(missing_ok=True)
-                while held:
-                    held.pop().release()
-                if failing_rank:
-                    distributed.abort_job(f"{cell.label()} failed on rank {distributed.rank()}: "
-                                          f"{rec['error']['type']}: {rec['error']['message']}; record: {path}")
-                if lease_lost:
+                    waiting.add(cell)  # the sweep that took it over records it
                     continue
-                summary["ok" if rec["status"] == "ok" else "failed"].append(str(path))
+                summary[outcome].append(str(path))
                 reporter.finish(cell, rec)
     finally:
-        while held:  # an exit mid-cell (requeue, Ctrl-C, bad input) frees the cell for the next sweep
+        while held:  # an exit mid-cell (requeue, Ctrl-C, SIGTERM, bad input) frees the cell for the next sweep
             held.pop().release()
         reporter.close()
     return summary
+
+
+def _run_claimed(cell: Cell, members: list[Cell], group: list, path: Path, out: Path, device: str,
+                 cache_dir: Path | None, reporter, held: list) -> tuple[str, dict]:
+    """Run one claimed cell and write its record (fenced by the claim); ``group`` holds the group's shared
+    state once made. Returns ("ok" | "failed" | "lost", record)."""
+    reporter.start(cell)
+    t0, started = time.monotonic(), time.time()
+    apply_threads(cell)  # before the record reads the environment: its threads are the config's
+    rec = base_record(cell, device)
+    try:
+        if not group:
+            group.append(Group(cell, device, cache_dir, reporter))
+            group[0].shared_training = {shared_name(c.method) for c in members} - {None}
+        result = run_cell(cell, group[0], device, reporter, checkpoint=checkpoint_path(path.parent, cell))
+        picture = result.pop("_picture", None)
+        if picture is not None and distributed.is_main() and (not held or held[-1].holds()):
+            atomic_write_bytes(path.parent / GRID_NAME, picture)  # before the record that names it
+            result["pictures"] = {"samples": GRID_NAME}
+        rec.update(status="ok", **result)
+    except (NonFiniteLoss, CellTimeout) as e:
+        rec.update(status="failed", error={"type": type(e).__name__, "message": str(e), "step": e.step})
+    except (DataError, ConfigError, integrity.Unreadable):
+        raise  # bad input or another user's cache file: stop the sweep with the message, write nothing
+    except Exception as e:  # one cell's failure must not end the sweep
+        rec.update(status="failed", error={"type": type(e).__name__, "message": str(e),
+                                           "traceback": traceback.format_exc(limit=8)})
+        if distributed.active():  # the other ranks wait in a collective: this rank ends the job
+            rec["error"]["rank"] = distributed.rank()
+    rec.setdefault("timing", {})["total"] = time.monotonic() - t0
+    if group:
+        g = group[0]
+        rec["timing"]["group"] = g.timing
+        rec["data_hashes"] = g.split.hashes
+        rec["ref_size"], rec["bias_size"] = len(g.split.ref), len(g.split.bias)
+        rec["ratio"] = {k: v for k, v in g.ratio_info.items()}
+        rec["evaluator"] = dict(getattr(g.evaluator, "info", {}))
+    failing_rank = "rank" in rec.get("error", {})
+    # a rank that failed because another one left first (a closed connection) keeps that one's record
+    first_failure = failing_rank and not (path.exists() and path.stat().st_mtime >= started)
+    # fenced write: a sweep paused past its lease, whose cell another sweep has taken, writes nothing
+    lease_lost = bool(held) and not held[-1].confirm()
+    if lease_lost:
+        reporter.echo(f"{cell.label()}: its claim was taken by another sweep while this one ran "
+                      f"(lease lost); not writing {path}")
+    elif (distributed.is_main() and not failing_rank) or first_failure:  # one rank writes
+        atomic_write_json(path, rec)
+        # the record supersedes them (and the temp file of a save cut short by a kill)
+        for stale in [*path.parent.glob("checkpoint-*.pt"), *path.parent.glob(".checkpoint-*.tmp"),
+                      *path.parent.glob("network-*.pt"), *path.parent.glob(".network-*.tmp")]:
+            stale.unlink(missing_ok=True)
+    while held:
+        held.pop().release()
+    if failing_rank:
+        distributed.abort_job(f"{cell.label()} failed on rank {distributed.rank()}: "
+                              f"{rec['error']['type']}: {rec['error']['message']}; record: {path}")
+    return ("lost" if lease_lost else "ok" if rec["status"] == "ok" else "failed"), rec
+
+
+class Waiting:
+    """The cells another sweep holds. Each one ends in one of three ways: that sweep records it (counted
+    under "others", or "failed" if its record says so), or its claim disappears or goes stale (the sweep
+    was stopped, or died) and the cell is handed back to be claimed and run here. While it waits, the
+    sweep says which cells, whose, and how many have been recorded, at the reporter's interval."""
+
+    def __init__(self, out: Path, reporter):
+        self.out, self.reporter = out, reporter
+        self.cells: dict[str, tuple[Cell, float | None]] = {}  # record path -> (cell, mtime of its record then)
+        self.since: float | None = None
+        self.recorded = 0
+        self.said = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.cells)
+
+    def add(self, cell: Cell) -> None:
+        path = _record_file(cell, self.out)
+        self.cells[str(path)] = (cell, path.stat().st_mtime_ns if path.exists() else None)
+        whose = _owner_text(path.parent / LOCK_NAME)
+        self.reporter.echo(f"{cell.label()}: claimed by another sweep ({whose}); waiting for it")
+
+    def next(self, summary: dict[str, list], poll_s: float) -> list:
+        """Wait until a cell is recorded by its owner or free to take; return the cells to run here, grouped
+        as the run queue wants them."""
+        if self.since is None:
+            self.since = time.monotonic()
+        while True:
+            free: dict[tuple, list[Cell]] = {}
+            for key, (cell, mtime_then) in list(self.cells.items()):
+                path = Path(key)
+                rec = _record_of(cell, path)
+                written = rec is not None and (rec["status"] == "ok" or path.stat().st_mtime_ns != mtime_then)
+                if written:  # recorded by the sweep that held it (a failed record only if it is new)
+                    del self.cells[key]
+                    self.recorded += 1
+                    summary["others" if rec["status"] == "ok" else "failed"].append(key)
+                    self.reporter.finish(cell, rec)
+                elif _claim_free(path.parent / LOCK_NAME):
+                    del self.cells[key]
+                    free.setdefault(cell.group, []).append(cell)
+                    self.reporter.echo(f"{cell.label()}: the other sweep's claim is gone or stale; taking it over")
+            if free or not self.cells:
+                return [(members, False) for members in free.values()]
+            self._say()
+            time.sleep(poll_s)
+
+    def _say(self) -> None:
+        now = time.monotonic()
+        interval = getattr(self.reporter, "interval", progress.DEFAULT_INTERVAL)
+        if self.said and now - self.said < interval:
+            return
+        self.said = now
+        names = ", ".join(f"{c.label()} ({_owner_text(Path(k).parent / LOCK_NAME)})"
+                          for k, (c, _) in list(self.cells.items())[:4])
+        more = f" and {len(self.cells) - 4} more" if len(self.cells) > 4 else ""
+        n = len(self.cells)
+        self.reporter.echo(f"waiting for {n} cell{'s' if n != 1 else ''} run by another sweep "
+                           f"({self.recorded} recorded by it so far, {progress.duration(now - self.since)}): "
+                           f"{names}{more}")
+
+
+def _record_of(cell: Cell, path: Path) -> dict | None:
+    """The record at ``path`` if it is this cell's config (any status)."""
+    try:
+        rec = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return rec if rec.get("config_hash") == cell.hash else None
+
+
+def _claim_free(lock: Path) -> bool:
+    return not lock.exists() or is_stale(lock)
+
+
+def _owner_text(lock: Path) -> str:
+    try:
+        info = lock_owner(lock) or {}
+    except OSError:
+        return "its claim is unreadable"
+    return f"pid {info.get('pid', '?')} on {info.get('host', '?')}" if info else "no owner recorded"
 
 
 def claim_cell(cell: Cell, out: Path, device: str, held: list) -> bool:

@@ -363,3 +363,44 @@ def ratio_precision(dataset: str, profile: str = "smoke", suite: str = "ref_size
                      "shift_err_rms": float(s_err.pow(2).mean().sqrt()),
                      "shift_rms": float(s_norm.pow(2).mean().sqrt())})
     return rows
+
+
+@dataclasses.dataclass
+class BenchRequest:
+    """What `tiwbench bench` parses from its options, so the benchmark can be driven from Python too
+    (:func:`run_request`)."""
+
+    dataset: str = "toy2d"
+    device: str = "cpu"
+    profile: str = "smoke"
+    suite: str = "ref_size"
+    peak_tflops: float | None = None
+    steps: int | None = None
+    repeats: int | None = None
+    compile: bool | None = None
+    methods: tuple[str, ...] = METHOD_NAMES
+    sample_batch: int | None = None
+    threads: int = 1  # CPU intra-op threads
+    ratio_precision: bool = False  # instead: bf16's error in w and σ²∇log w (:func:`ratio_precision`)
+
+
+def run_request(req: BenchRequest, on_row=None) -> dict:
+    """Check ``req`` (bad input: ConfigError or RegistryError naming the fix) and run it: the step timings
+    of :func:`run_bench` (``on_row`` after each row), or with ``ratio_precision`` that table instead."""
+    from tiwbench.config import PROFILES, ConfigError
+
+    DATASETS.get(req.dataset)
+    if req.profile not in PROFILES:
+        raise ConfigError(f"unknown profile {req.profile!r}; use one of {', '.join(PROFILES)}")
+    for m in req.methods:
+        METHODS.get(m)
+    if req.peak_tflops is not None and req.peak_tflops <= 0:
+        raise ConfigError(f"--peak-tflops {req.peak_tflops} must be positive; pass the GPU's bf16 peak in TFLOP/s")
+    if req.device == "cpu":
+        torch.set_num_threads(max(1, req.threads))
+    if req.ratio_precision:
+        return {"dataset": req.dataset, "profile": req.profile,
+                "ratio_precision": ratio_precision(req.dataset, req.profile, req.suite)}
+    return run_bench(req.dataset, req.device, req.profile, req.suite, tuple(req.methods), steps=req.steps,
+                     peak_tflops=req.peak_tflops, compile=req.compile, repeats=req.repeats,
+                     sample_batch=req.sample_batch, on_row=on_row)
