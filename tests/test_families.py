@@ -16,7 +16,7 @@ from tiwbench.training.families import Family
 SUITE = """
 name: fam
 datasets: [toy2d]
-methods: [dsm_ref, gan_ref, tiw_gan]
+methods: [dsm_ref, gan_ref, tiw_gan, iw_vae]
 ref_fracs: [0.05]
 seeds: [0]
 metrics: [fd, bias, memorized]
@@ -67,12 +67,13 @@ def test_gan_cell_record_has_the_score_cells_schema(tmp_path, one_thread):
     summary = run_cells(cells, out)
     assert not summary["failed"], summary
     recs = {c.method: _record(out, c) for c in cells}
-    score, gan = _schema(recs["dsm_ref"]), _schema(recs["gan_ref"])
-    # the same keys everywhere except the training statistics, which are each family's own
-    common = {k for k in score | gan if not k.startswith(("train.", "timing."))}
-    assert {k for k in score if k in common} == {k for k in gan if k in common}
-    names = [m["name"] for m in recs["gan_ref"]["metrics"]]
-    assert names == [m["name"] for m in recs["dsm_ref"]["metrics"]]
+    score = _schema(recs["dsm_ref"])
+    for other in ("gan_ref", "iw_vae"):
+        # the same keys everywhere except the training statistics, which are each family's own
+        keys = {k for k in _schema(recs[other]) if not k.startswith(("train.", "timing.", "ratio."))}
+        assert keys == {k for k in score if not k.startswith(("train.", "timing.", "ratio."))}, other
+        names = [m["name"] for m in recs[other]["metrics"]]
+        assert names == [m["name"] for m in recs["dsm_ref"]["metrics"]]
     assert {"fd", "bias", "memorized", "bias_floor", "bias_ref", "fd_floor"} <= set(names)
     assert recs["gan_ref"]["train"]["selection"]["step"] in (20, 40)  # checkpoint selection works for a GAN too
     assert "collapsed" in recs["gan_ref"]["train"] and "ratio" in recs["tiw_gan"]
