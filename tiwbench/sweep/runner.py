@@ -31,7 +31,7 @@ from tiwbench.sweep.locks import LOCK_NAME, claim
 from tiwbench.sweep.threads import apply_threads
 from tiwbench.training import distributed
 from tiwbench.training.families import family_of
-from tiwbench.training.loop import CellTimeout, NonFiniteLoss, load_network, save_network, weight_stats
+from tiwbench.training.loop import CellTimeout, NonFiniteLoss, load_network, save_network
 from tiwbench.training.selection import select_checkpoint
 
 # recorded beside the suite's metrics wherever they apply (tiwbench.metrics.floors)
@@ -403,7 +403,7 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         if ratio is not None:
             train_info["clip_rate"] = ratio.clip_rate
         gw = torch.Generator().manual_seed(derived_seed(cell.seed, "ess", cell.method))
-        train_info.update(weight_stats(method, ratio, x, is_ref, gw, kernel=kernel))
+        train_info.update(family.weight_stats(method, ratio, x, is_ref, gw, kernel=kernel))
         if network is not None and distributed.is_main():
             used = {k: v for k, v in group.ratio_info.items() if k.partition("@")[0] == method.ratio}
             save_network(network, ema, {"train": train_info, "ratio_info": used})

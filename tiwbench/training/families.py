@@ -44,6 +44,14 @@ class Family(ABC):
         """The shape of one sample's standard-normal latent (drawn from its own seed)."""
         return tuple(dataset.shape)
 
+    def weight_stats(self, method, ratio, x: torch.Tensor, is_ref: torch.Tensor, generator: torch.Generator,
+                     kernel=None) -> dict:
+        """The effective sample size of the method's per-sample weights on fresh batches drawn as its
+        training draws them (recorded as ``train.ess``). Default: the score network's (σ from ``kernel``)."""
+        from tiwbench.training.loop import weight_stats
+
+        return weight_stats(method, ratio, x, is_ref, generator, kernel=kernel)
+
     def prepare_sampling(self, model: torch.nn.Module, cfg: SampleConfig) -> torch.nn.Module:
         """The trained model as sampling runs it (e.g. compiled). Default: as it is."""
         return model

@@ -171,6 +171,25 @@ class GAN(Family):
         with torch.inference_mode():
             return sampler_model.generate(latents)
 
+    @torch.no_grad()
+    def weight_stats(self, method, ratio, x, is_ref, generator, kernel=None, n_batches: int = 8,
+                     batch_size: int = 256):
+        """ESS of the real term's weights on batches drawn as training draws them (its own noise levels)."""
+        from tiwbench.training.loop import effective_sample_size
+
+        if ratio is None or method.ratio is None:
+            return {"ess": 1.0}
+        dev = next(ratio.parameters()).device if isinstance(ratio, torch.nn.Module) else "cpu"
+        # σ_data of the model trained just before (the noise schedule's unit); the data's rms std otherwise
+        sd, ess = getattr(self, "sigma_data", None) or float(x.flatten(1).std(0).pow(2).mean().sqrt()), []
+        for _ in range(n_batches):
+            idx = torch.randint(len(x), (batch_size,), generator=generator)
+            y = x[idx].to(dev)
+            b = Batch(y=y, is_ref=is_ref[idx].to(dev), sigma=method.noise_sigma(batch_size, sd, generator).to(dev),
+                      noise=torch.randn(y.shape, generator=generator).to(dev))
+            ess.append(float(effective_sample_size(method.real_weight(b, ratio).double())))
+        return {"ess": sum(ess) / len(ess)}
+
     def train(self, method, model, x, is_ref, ratio, cfg, generator, device="cpu", progress=None,
               checkpoint=None, snapshots=None):
         from tiwbench.training.loop import (
@@ -182,6 +201,7 @@ class GAN(Family):
         )
 
         model.to(device).train()
+        self.sigma_data = model.sigma_data  # for weight_stats, which the runner calls after training
         ema = copy.deepcopy(model).eval().requires_grad_(False)
         x, is_ref = x.to(device), is_ref.to(device)
         generator = device_generator(generator, device)
