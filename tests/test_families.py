@@ -180,6 +180,15 @@ def test_third_party_family_arrives_through_the_entry_point_group(install_plugin
         sys.modules.pop("moment_ref_plugin", None)
 
 
+def test_a_kernel_on_a_method_of_a_family_without_one_is_refused():
+    from tiwbench.config import ConfigError
+    from tiwbench.sweep.runner import check_method_name
+
+    check_method_name("tiw_dsm~rf")
+    with pytest.raises(ConfigError, match="gan family trains under no perturbation kernel; drop '~rf'"):
+        check_method_name("tiw_gan~rf")
+
+
 def test_unknown_family_is_named_with_the_fix():
     from tiwbench.registry import RegistryError
 

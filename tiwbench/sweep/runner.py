@@ -309,6 +309,9 @@ def check_method_name(name: str) -> None:
     method, ratio = method_and_ratio(name)
     cls = METHODS.get(method)  # unknown name: "did you mean"
     KERNELS.get(method_kernel(name))
+    if method_kernel(name) != "edm" and not family_of(cls).uses_kernel:
+        raise ConfigError(f"{name!r}: the {cls.family} family trains under no perturbation kernel; "
+                          f"drop '~{method_kernel(name)}'")
     if ratio is not None:
         parts = ratio.split("+")
         if len(parts) > 2:

@@ -27,6 +27,7 @@ class Family(ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    uses_kernel: ClassVar[bool] = False  # trains and samples under a perturbation kernel (`method~vp`)
 
     @abstractmethod
     def make_model(self, dataset, cfg: TrainConfig, kernel=None, method=None) -> torch.nn.Module:
@@ -67,6 +68,7 @@ class ScoreNetwork(Family):
     every diffusion method, under any perturbation kernel."""
 
     name = "score"
+    uses_kernel = True
     description = "score network: DSM-type losses (METHOD.md §4), probability-flow ODE sampler (Heun)"
 
     def make_model(self, dataset, cfg, kernel=None, method=None):
