@@ -1,7 +1,7 @@
 """The paired differences docs/families.md reads (per seed, 95 % t-interval), and the GAN runs whose
 generator collapsed (train.collapsed), from the records of `tiwbench run --suite families`.
 
-    python scripts/families_pairs.py RUNS_DIR
+    python scripts/families_pairs.py RUNS_DIR [SEEDS, e.g. 0,1,2,3]
 """
 import json
 import sys
@@ -18,6 +18,24 @@ PAIRS = [("tiw_gan", "iw_gan_noise"), ("tiw_gan@exact_empirical", "iw_gan_noise@
          ("iw_vae", "vae_ref"), ("iw_vae@exact_empirical", "vae_ref"), ("vae_ref", "dsm_ref")]
 df = records_frame(load_records(sys.argv[1]))
 ok = df[df.status == "ok"]
+if len(sys.argv) > 2:  # only these seeds (e.g. those every method finished)
+    ok = ok[ok.seed.isin([int(x) for x in sys.argv[2].split(",")])]
+ORDER = ["oracle", "dsm_ref", "tiw_dsm", "tiw_dsm@exact_empirical", "gan_ref", "gan_obs", "iw_gan_noise",
+         "iw_gan_noise@exact_empirical", "tiw_gan", "tiw_gan@exact_empirical", "vae_ref", "vae_obs", "iw_vae",
+         "iw_vae@exact_empirical"]
+for (ds, frac), g in ok.groupby(["dataset", "ref_frac"]):
+    print(f"\n#### {ds}, ref_frac {frac:g}: mean [95 % t-interval] over seeds (n)\n")
+    print("| method | fd ↓ | bias ↓ | memorized ↓ |")
+    print("|---|---|---|---|")
+    levels = g[g.method == "(floor)"].groupby("metric").value.mean()  # fd_floor and bias_floor
+    for method in [m for m in ORDER if m in set(g.method)]:
+        cells = []
+        for metric in ("fd", "bias", "memorized"):
+            v = list(g[(g.method == method) & (g.metric == metric)].value)
+            m, h = paired_interval(v)
+            cells.append(f"{m:.4g} [{m - h:.3g}, {m + h:.3g}] ({len(v)})" if h == h else f"{m:.4g} ({len(v)})")
+        print(f"| {method} | " + " | ".join(cells) + " |")
+    print(f"| (reference level) | {levels.get('fd', float('nan')):.3g} | {levels.get('bias', float('nan')):.3g} | |")
 for metric in ("fd", "bias", "memorized"):
     print(f"\n#### {metric}: per-seed difference a − b, mean [95 % t-interval] (n seeds)\n")
     print("| dataset | ref | a − b | diff | n |")
