@@ -14,13 +14,19 @@ def _err_line(result):
     return text.splitlines()
 
 
-def test_ls_methods_lists_ten_nine_from_entry_points():
+def test_ls_methods_lists_nineteen_nine_from_entry_points_each_with_its_family():
     r = runner.invoke(app, ["ls", "methods"])
     assert r.exit_code == 0
     lines = r.output.strip().splitlines()
-    assert len(lines) == 10
+    assert len(lines) == 19  # 10 score-network methods, 6 GAN, 3 VAE
     assert sum("entry point" in line for line in lines) == 9
-    assert any(line.startswith("tiw_dsm ") and "builtin" in line for line in lines)
+    assert any(line.startswith("tiw_dsm (score) ") and "builtin" in line for line in lines)
+    assert any(line.startswith("tiw_gan (gan) ") for line in lines)
+    assert any(line.startswith("iw_vae (vae) ") for line in lines)
+    r = runner.invoke(app, ["ls", "families"])
+    assert r.exit_code == 0 and [line.split()[0] for line in r.output.strip().splitlines()] == ["gan", "score", "vae"]
+    r = runner.invoke(app, ["ls", "kernels"])
+    assert any(line.startswith("rf ") for line in r.output.splitlines())
     release = next(line for line in lines if line.startswith("tiw_dsm_release "))
     assert "replica of the released code" in release and "not recommended" in release
 

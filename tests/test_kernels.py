@@ -17,7 +17,7 @@ from tiwbench.diffusion.precond import EDMPrecond
 from tiwbench.diffusion.sampler import edm_sampler, kernel_sampler, per_sample_latents
 from tiwbench.registry import KERNELS, METHODS
 
-NAMES = ("edm", "vp", "subvp", "ve")
+NAMES = ("edm", "vp", "subvp", "ve", "rf")
 BMIN, BMAX = 0.1, 20.0  # Song et al.'s schedule, written here independently of the kernel's defaults
 
 
@@ -34,6 +34,9 @@ SDES = {  # name: (drift coefficient f(t) in dx = f x dt + g dw, g(t)²)
     "subvp": (lambda t: -0.5 * _beta(t), lambda t: _beta(t) * (1 - math.exp(-2 * _B(t)))),
     "ve": (lambda t: 0.0, lambda t: 1.0),  # σ² = t: dσ²/dt = 1
     "edm": (lambda t: 0.0, lambda t: 2 * t),  # σ = t: dσ²/dt = 2t
+    # the linear interpolant x_t = (1 − t) y + t n: mean (1 − t) y, variance t², so f = −1/(1 − t) and
+    # g² = d(t²)/dt − 2 f t² = 2t + 2t²/(1 − t) = 2t/(1 − t)
+    "rf": (lambda t: -1 / (1 - t), lambda t: 2 * t / (1 - t)),
 }
 
 
@@ -74,7 +77,8 @@ def test_perturbation_matches_the_sdes_marginal(name, one_thread):
     g = torch.Generator().manual_seed(0)
     paths = 10_000
     y = torch.tensor([[-1.0], [0.5], [2.0]], dtype=torch.float64).repeat(1, paths)
-    t_end, steps = (0.2, 400) if name in ("vp", "subvp") else (2.0, 400)  # t = 0.2: sub-VP std 0.34, VP 0.58
+    # t = 0.2: sub-VP std 0.34, VP 0.58; rf's t lives in [0, 1)
+    t_end, steps = (0.2, 400) if name in ("vp", "subvp") else (0.5, 400) if name == "rf" else (2.0, 400)
     x, dt = y.clone(), t_end / steps
     for i in range(steps):
         t = (i + 0.5) * dt
@@ -93,7 +97,7 @@ def test_perturbation_matches_the_sdes_marginal(name, one_thread):
 @pytest.mark.parametrize("name", NAMES)
 def test_derivatives_and_inverse(name):
     kernel = make_kernel(name)
-    t = torch.tensor([0.01, 0.2, 0.7, 1.0], dtype=torch.float64)
+    t = torch.tensor([0.01, 0.2, 0.7, 0.95 if name == "rf" else 1.0], dtype=torch.float64)  # rf: σ(1) = ∞
     h = 1e-6
     assert torch.allclose(kernel.sigma_deriv(t), (kernel.sigma(t + h) - kernel.sigma(t - h)) / (2 * h), rtol=1e-5)
     assert torch.allclose(kernel.s_deriv(t), (kernel.s(t + h) - kernel.s(t - h)) / (2 * h), rtol=1e-5, atol=1e-9)
@@ -111,7 +115,7 @@ def test_subvp_variance_is_vps_squared():
     assert isinstance(sub, SubVP)
 
 
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "rf"])
 def test_closed_form_ratio_follows_s_and_sigma(toy, name):
     """w_t(x_t) = w_σ(x_t/s): against the mixtures written directly in x_t-space (means s·μ, stds s·√(s_k²+σ²))."""
     kernel = make_kernel(name)
@@ -169,7 +173,7 @@ def test_edm_kernel_is_the_code_it_replaces():
     assert torch.equal(dsm_loss(a, ba), dsm_loss(b, bb))
 
 
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "rf"])
 def test_preconditioning_gives_unit_scale_targets(name):
     """Karras et al.: λ(σ) c_out(σ)² = 1 for VP and VE (ε-prediction), so the raw network's target
     (y − c_skip x)/c_out has unit scale."""
@@ -177,7 +181,7 @@ def test_preconditioning_gives_unit_scale_targets(name):
     sigma = torch.tensor([0.01, 0.3, 2.0, 50.0], dtype=torch.float64)
     c_skip, c_out, c_in, _ = kernel.precond(sigma, 0.5)
     assert torch.allclose(kernel.loss_weight(sigma, 0.5) * c_out**2, torch.ones_like(sigma))
-    if name == "subvp":  # the network sees x_t = s·x̂
+    if name in ("subvp", "rf"):  # the network sees x_t = s·x̂
         assert torch.allclose(c_in, kernel.s(kernel.sigma_inv(sigma)))
 
 
@@ -218,7 +222,7 @@ def test_theorem1_under_each_kernel(toy, exact_denoiser, name, one_thread):
     assert abs(float(dt.mean() - dd.mean())) > 10 * math.sqrt(float(dt.var() / n + dd.var() / n)), name
 
 
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "rf"])
 def test_gmm_closed_form_ratio_follows_s_and_sigma(name):
     """The high-dimensional mixture (label bias and tilt) under each kernel: its exact ratio against both
     mixtures written directly in x_t-space (means s·μ, factors s·F, isotropic std s·√(ε² + σ²), at σ = 0)."""
@@ -237,3 +241,26 @@ def test_gmm_closed_form_ratio_follows_s_and_sigma(name):
         log_w, grad = ratio.log_ratio_at_time(x_t, t, kernel)
         assert torch.allclose(log_w, direct[0].log_prob(x_t) - direct[1].log_prob(x_t), atol=1e-7)
         assert torch.allclose(grad, direct[0].score(x_t) - direct[1].score(x_t), atol=1e-6)
+
+
+def test_rf_loss_is_flow_matching_on_the_linear_interpolant(one_thread):
+    """Under rf, the DSM loss of the preconditioned network is flow matching's ‖F(x_t, t) − (n − y)‖² with
+    x_t = (1 − t) y + t n (written here from the interpolant, not from the kernel)."""
+    from tiwbench.diffusion.mlp import MLP
+
+    torch.manual_seed(0)
+    kernel = make_kernel("rf")
+    raw = MLP(2, hidden=16, depth=2)
+    net = EDMPrecond(raw, 0.7, kernel=kernel)
+    y = torch.randn(256, 2)
+    batch = Batch.draw(y, torch.zeros(256, dtype=torch.bool), torch.Generator().manual_seed(4), kernel=kernel)
+    t = batch.sigma / (1 + batch.sigma)
+    x_t = (1 - t)[:, None] * y + t[:, None] * batch.noise
+    fm = (raw(x_t, t) - (batch.noise - y)).pow(2).sum(1)
+    assert torch.allclose(dsm_loss(net, batch).sum(1), fm, rtol=1e-4, atol=1e-5)
+    assert 0 < float(t.min()) and float(t.max()) < 1
+    # and the sampler's drift is the velocity: dx/dt = (x − D(x/(1 − t); t/(1 − t)))/t
+    tt = torch.tensor(0.3, dtype=torch.float64)
+    drift = (kernel.sigma_deriv(tt) / kernel.sigma(tt) + kernel.s_deriv(tt) / kernel.s(tt),
+             kernel.sigma_deriv(tt) * kernel.s(tt) / kernel.sigma(tt))
+    assert torch.allclose(torch.stack(drift), torch.tensor([1 / 0.3, 1 / 0.3], dtype=torch.float64))

@@ -410,18 +410,20 @@ def bench(
 
 
 @app.command("ls")
-def ls(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, ratios, kernels or suites")]):
+def ls(what: Annotated[str, typer.Argument(
+        help="methods, datasets, metrics, ratios, kernels, families or suites")]):
     """List what is registered (built in, or from installed plugins)."""
     from tiwbench.config import available_suites
-    from tiwbench.registry import DATASETS, KERNELS, METHODS, METRICS, RATIOS
+    from tiwbench.registry import DATASETS, FAMILIES, KERNELS, METHODS, METRICS, RATIOS
 
-    registries = {"methods": METHODS, "datasets": DATASETS, "metrics": METRICS, "ratios": RATIOS, "kernels": KERNELS}
+    registries = {"methods": METHODS, "datasets": DATASETS, "metrics": METRICS, "ratios": RATIOS, "kernels": KERNELS,
+                  "families": FAMILIES}
     if what == "suites":
         for name in available_suites():
             typer.echo(name)
         return
     if what not in registries:
-        _fail(f"cannot list {what!r}; use one of methods, datasets, metrics, ratios, kernels, suites")
+        _fail(f"cannot list {what!r}; use one of methods, datasets, metrics, ratios, kernels, families, suites")
     reg = registries[what]
     for name in reg.names():
         obj = reg.get(name)
@@ -430,6 +432,8 @@ def ls(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, rat
             extra = " ↑" if obj.higher_is_better else " ↓"
         if what == "kernels" and obj.defaults:  # the schedule a cell gets unless its profile says otherwise
             extra = " (" + ", ".join(f"{k} {v:g}" for k, v in obj.defaults.items()) + ")"
+        if what == "methods":
+            extra = f" ({obj.family})"
         desc = getattr(obj, "description", "") or (obj.__doc__ or "").strip().split("\n")[0]
         typer.echo(f"{name}{extra}  [{reg.origin(name)}]  {desc}")
 

@@ -120,8 +120,21 @@ METRICS: Registry = Registry("metric", "tiwbench.metrics.base:Metric", entry_poi
 RATIOS: Registry = Registry("ratio", "tiwbench.ratios.estimators:RatioEstimator", entry_point_group="tiwbench.ratios")
 # Perturbation kernels (tiwbench/diffusion/kernels.py): s(t), σ(t), training noise, preconditioning, steps.
 KERNELS: Registry = Registry("kernel", "tiwbench.diffusion.kernels:Kernel", entry_point_group="tiwbench.kernels")
+# Generator families (tiwbench/training/families.py): how a method's model trains and samples; a method
+# names its family (Method.family), the runner asks this registry.
+FAMILIES: Registry = Registry("family", "tiwbench.training.families:Family", entry_point_group="tiwbench.families")
 
 METHODS.register("tiw_dsm", "tiwbench.training.methods:TIWDSM")
+# the gan and vae families (METHOD.md §9); built in, since they need the families' code, not only a loss
+METHODS.register("gan_ref", "tiwbench.training.gan:GANRef")
+METHODS.register("gan_obs", "tiwbench.training.gan:GANObs")
+METHODS.register("gan_noise_obs", "tiwbench.training.gan:GANNoiseObs")
+METHODS.register("iw_gan", "tiwbench.training.gan:IWGAN", aliases=("gan_iw",))
+METHODS.register("iw_gan_noise", "tiwbench.training.gan:IWGANNoise")
+METHODS.register("tiw_gan", "tiwbench.training.gan:TIWGAN", aliases=("gan_tiw",))
+METHODS.register("vae_ref", "tiwbench.training.vae:VAERef")
+METHODS.register("vae_obs", "tiwbench.training.vae:VAEObs")
+METHODS.register("iw_vae", "tiwbench.training.vae:IWVAE", aliases=("vae_iw",))
 DATASETS.register("toy2d", "tiwbench.data.mixtures:Toy2D")
 DATASETS.register("gmm", "tiwbench.data.gmm:GMM")
 DATASETS.register("gmm_tilt", "tiwbench.data.gmm:GMMTilt")
@@ -139,6 +152,10 @@ KERNELS.register("edm", "tiwbench.diffusion.kernels:EDM")
 KERNELS.register("vp", "tiwbench.diffusion.kernels:VP")
 KERNELS.register("subvp", "tiwbench.diffusion.kernels:SubVP")
 KERNELS.register("ve", "tiwbench.diffusion.kernels:VE")
+KERNELS.register("rf", "tiwbench.diffusion.kernels:RF")
+FAMILIES.register("score", "tiwbench.training.families:ScoreNetwork")
+FAMILIES.register("gan", "tiwbench.training.gan:GAN")
+FAMILIES.register("vae", "tiwbench.training.vae:VAE")
 METRICS.register("fd", "tiwbench.metrics.fd:FD")
 METRICS.register("bias", "tiwbench.metrics.base:Bias")
 METRICS.register("memorized", "tiwbench.metrics.memorization:Memorized")

@@ -245,6 +245,50 @@ class VE(Kernel):
         return torch.cat([t, torch.zeros_like(t[:1])])
 
 
+class RF(Kernel):
+    """Flow matching with the linear interpolant (rectified flow) x_t = (1 − t) y + t n: s(t) = 1 − t,
+    σ(t) = t/(1 − t) (METHOD.md §9); t uniform on [ε_t, 1 − ε_t]. The network predicts the velocity
+    n − y from x_t = x̂/(1 + σ) and t: D(x̂; σ) = x_t − t F(x_t, t), so λ(σ) = 1/t² makes the loss
+    flow matching's ‖F − (n − y)‖². Sampled by the probability-flow ODE dx/dt = (x − D)/t (Heun on t)."""
+
+    name = "rf"
+    description = "flow matching, linear interpolant: s = 1 − t, σ = t/(1 − t), t ~ U[ε_t, 1 − ε_t]"
+    defaults = {"eps_t": 1e-3}
+
+    def s(self, t):
+        return 1 - t
+
+    def s_deriv(self, t):
+        return -torch.ones_like(t)
+
+    def sigma(self, t):
+        return t / (1 - t)
+
+    def sigma_deriv(self, t):
+        return 1 / (1 - t) ** 2
+
+    def sigma_inv(self, sigma):
+        return sigma / (1 + sigma)
+
+    def sample_sigma(self, n, generator=None, device="cpu"):
+        eps = self.params["eps_t"]
+        t = torch.rand(n, generator=generator, device=device, dtype=torch.float64) * (1 - 2 * eps) + eps
+        return self.sigma(t).float()
+
+    def loss_weight(self, sigma, sigma_data):
+        return ((1 + sigma) / sigma) ** 2  # 1/t²
+
+    def precond(self, sigma, sigma_data):
+        t = sigma / (1 + sigma)
+        return 1 - t, -t, 1 - t, t  # c_skip = s, c_out = −t, c_in = s (the network sees x_t), c_noise = t
+
+    def time_steps(self, num_steps, dtype=torch.float64, device="cpu"):
+        eps = self.params["eps_t"]
+        i = torch.arange(num_steps, dtype=dtype, device=device)
+        t = (1 - eps) + i / (num_steps - 1) * (2 * eps - 1)  # uniform from 1 − ε_t down to ε_t
+        return torch.cat([t, torch.zeros_like(t[:1])])
+
+
 def make_kernel(name: str = "edm", params: dict[str, dict[str, Any]] | None = None) -> Kernel:
     """The registered kernel ``name`` with its schedule parameters from ``params[name]`` (a Budget's
     ``kernel`` section: kernel name -> parameters)."""

@@ -20,7 +20,7 @@ from tiwbench import integrity, progress
 from tiwbench.config import Budget, ConfigError, Suite, config_hash, profile_grid, profile_metrics, resolve_budget
 from tiwbench.data.base import DataError
 from tiwbench.diffusion.kernels import is_edm, make_kernel
-from tiwbench.diffusion.sampler import edm_sampler, kernel_sampler, per_sample_latents
+from tiwbench.diffusion.sampler import per_sample_latents
 from tiwbench.metrics.base import EvalContext
 from tiwbench.progress import PlainReporter, RichReporter  # noqa: F401  (where callers found them)
 from tiwbench.ratios.diagnostics import ratio_diagnostics
@@ -39,15 +39,8 @@ from tiwbench.sweep.locks import LOCK_NAME, claim, is_stale
 from tiwbench.sweep.locks import owner as lock_owner
 from tiwbench.sweep.threads import apply_threads
 from tiwbench.training import distributed
-from tiwbench.training.loop import (
-    CellTimeout,
-    NonFiniteLoss,
-    load_network,
-    sampling_network,
-    save_network,
-    train_score,
-    weight_stats,
-)
+from tiwbench.training.families import family_of
+from tiwbench.training.loop import CellTimeout, NonFiniteLoss, load_network, save_network
 from tiwbench.training.network_cache import cached, network_key
 from tiwbench.training.selection import select_checkpoint
 
@@ -392,6 +385,9 @@ def check_method_name(name: str) -> None:
     method, ratio = method_and_ratio(name)
     cls = METHODS.get(method)  # unknown name: "did you mean"
     KERNELS.get(method_kernel(name))
+    if method_kernel(name) != "edm" and not family_of(cls).uses_kernel:
+        raise ConfigError(f"{name!r}: the {cls.family} family trains under no perturbation kernel; "
+                          f"drop '~{method_kernel(name)}'")
     if ratio is not None:
         parts = ratio.split("+")
         if len(parts) > 2:
@@ -403,14 +399,13 @@ def check_method_name(name: str) -> None:
 
 
 def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path | None = None) -> dict[str, Any]:
-    from tiwbench.training.denoiser import make_denoiser
-
     timing: dict[str, float] = {}
     method_name, ratio_name = method_and_ratio(cell.method)
     kernel_name = method_kernel(cell.method)
     kernel = make_kernel(kernel_name, cell.budget.kernel)
     kernel = None if is_edm(kernel) else kernel  # EDM's own code paths, number for number
     method = METHODS.get(method_name)(**cell.method_options)
+    family = family_of(method)  # builds, trains and samples the method's model (score network, GAN, ...)
     split = group.split
     if method.train_on == "ref":
         x, is_ref = split.ref, torch.ones(len(split.ref), dtype=torch.bool)
@@ -424,7 +419,8 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     restored = None
     if network is not None and shared not in group.trained and network.is_file():
         torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
-        ema = make_denoiser(group.dataset, cell.budget.train, kernel).to(device).eval().requires_grad_(False)
+        ema = family.make_model(group.dataset, cell.budget.train, kernel, method)
+        ema = ema.to(device).eval().requires_grad_(False)
         restored = load_network(network, ema)  # trained before a preemption: only sampling and metrics remain
     timing["ratio"] = 0.0
     if restored is not None:
@@ -447,8 +443,8 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         ema, train_info = copy.deepcopy(base), {**info, "shared_with": trains_as}
         train_info.pop("selection", None)  # this method chooses its own checkpoint below
     else:
-        ema, train_info = train_network(cell, group, method, trains_as, kernel, x, is_ref, ratio, device, reporter,
-                                        checkpoint, snapshots)
+        ema, train_info = train_network(cell, group, method, family, trains_as, kernel, x, is_ref, ratio, device,
+                                        reporter, checkpoint, snapshots)
         if cell.method in group.shared_training:
             group.trained[shared] = (ema, dict(train_info), snapshots)
     timing["train"] = time.monotonic() - t0
@@ -458,7 +454,8 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     timing["ratio"] += time.monotonic() - t0
     ref_share = float(is_ref.float().mean())  # π: the share of D_ref in what the network saw
     denoiser = method.sampling_denoiser(ema, sampling_ratio, ref_share)
-    draw = functools.partial(draw_samples, cell, group, method, denoiser, kernel, sampling_ratio, ref_share, device)
+    draw = functools.partial(draw_samples, cell, group, method, family, denoiser, kernel, sampling_ratio, ref_share,
+                             device)
 
     if restored is None:
         if snapshots:  # the reported checkpoint: the best snapshot on validation samples (the saved network is it)
@@ -480,7 +477,7 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         if ratio is not None:
             train_info["clip_rate"] = ratio.clip_rate
         gw = torch.Generator().manual_seed(derived_seed(cell.seed, "ess", cell.method))
-        train_info.update(weight_stats(method, ratio, x, is_ref, gw, kernel=kernel))
+        train_info.update(family.weight_stats(method, ratio, x, is_ref, gw, kernel=kernel))
         if network is not None and distributed.is_main():
             used = {k: v for k, v in group.ratio_info.items() if k.partition("@")[0] == method.ratio}
             save_network(network, ema, {"train": train_info, "ratio_info": used})
@@ -489,7 +486,7 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
         sampling_ratio.clipped, sampling_ratio.seen = sampling_ratio.clipped * 0, sampling_ratio.seen * 0
     s = cell.budget.sample
     t0 = time.monotonic()
-    sampling_network(ema, s)  # in place: the denoiser above wraps it
+    family.prepare_sampling(ema, s)  # in place: the denoiser above wraps it
     seeds = [cell.seed * 1_000_003 + i for i in range(s.n)]  # common to all methods of a seed
     samples = draw(seeds, "finish", reporter.phase("sample", s.n))
     if sampling_ratio is not None:
@@ -505,20 +502,18 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     return {"metrics": metrics, "timing": timing, "train": train_info, "_picture": picture}
 
 
-def train_network(cell: Cell, group: Group, method, trains_as: str, kernel, x, is_ref, ratio, device: str, reporter,
-                  checkpoint: Path | None, snapshots: dict) -> tuple[torch.nn.Module, dict]:
+def train_network(cell: Cell, group: Group, method, family, trains_as: str, kernel, x, is_ref, ratio, device: str,
+                  reporter, checkpoint: Path | None, snapshots: dict) -> tuple[torch.nn.Module, dict]:
     """Train the cell's network; a method that trains on the oracle set, whose training is the same at every
     reference size, is trained once and taken from the cache after (tiwbench.training.network_cache)."""
-    from tiwbench.training.denoiser import make_denoiser
-
     def train() -> tuple[torch.nn.Module, dict]:
         torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
-        net = make_denoiser(group.dataset, cell.budget.train, kernel)
+        net = family.make_model(group.dataset, cell.budget.train, kernel, method)
         g = torch.Generator().manual_seed(derived_seed(cell.seed, "train", trains_as))
         task = reporter.phase("train", cell.budget.train.steps)
         distributed.injected_fault("train")
-        return train_score(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
-                           checkpoint=checkpoint, snapshots=snapshots)
+        return family.train(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
+                            checkpoint=checkpoint, snapshots=snapshots)
 
     if method.train_on != "oracle" or group.cache_dir is None or distributed.active():
         return train()
@@ -529,7 +524,8 @@ def train_network(cell: Cell, group: Group, method, trains_as: str, kernel, x, i
         "device": device})
     with cached(group.cache_dir, key) as entry:
         torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
-        ema = make_denoiser(group.dataset, cell.budget.train, kernel).to(device).eval().requires_grad_(False)
+        ema = family.make_model(group.dataset, cell.budget.train, kernel, method).to(device).eval()
+        ema.requires_grad_(False)
         hit = entry.load(ema)
         if hit is not None:
             info, kept = hit
@@ -544,20 +540,17 @@ def train_network(cell: Cell, group: Group, method, trains_as: str, kernel, x, i
 VALIDATION_SEED = 2**40
 
 
-def draw_samples(cell: Cell, group: Group, method, denoiser, kernel, sampling_ratio, ref_share: float, device: str,
-                 seeds: list[int], finish_tag: str, task=None) -> torch.Tensor:
-    """One sample per seed (on the CPU, in seed order, on every rank), through the cell's sampler and the
+def draw_samples(cell: Cell, group: Group, method, family, denoiser, kernel, sampling_ratio, ref_share: float,
+                 device: str, seeds: list[int], finish_tag: str, task=None) -> torch.Tensor:
+    """One sample per seed (on the CPU, in seed order, on every rank), through the family's sampler and the
     method's finishing step (e.g. importance resampling)."""
     s = cell.budget.sample
     n = len(seeds)
     mine = seeds[distributed.shard(n)]  # under torchrun each rank samples its part of the seeds
     out = []
     for i in range(0, len(mine), s.batch_size):
-        lat = per_sample_latents(mine[i : i + s.batch_size], group.dataset.shape, device)
-        if kernel is None:
-            out.append(edm_sampler(denoiser, lat, s.steps, s.sigma_min, s.sigma_max, s.rho, dtype=s.dtype).cpu())
-        else:  # the kernel's own discretisation (sample.sigma_min, sigma_max and rho are EDM's)
-            out.append(kernel_sampler(denoiser, lat, kernel, s.steps, dtype=s.dtype).cpu())
+        lat = per_sample_latents(mine[i : i + s.batch_size], family.latent_shape(group.dataset, method), device)
+        out.append(family.sample(denoiser, lat, kernel, s).cpu())
         if task is not None:
             task(min(i + s.batch_size, len(mine)), len(mine))
     samples = torch.cat(out) if out else torch.empty(0, *group.dataset.shape)

@@ -21,6 +21,7 @@ class Method:
     in the group ``tiwbench.methods``."""
 
     name: ClassVar[str] = ""
+    family: ClassVar[str] = "score"  # the generator family that trains and samples it (`tiwbench ls families`)
     train_on: ClassVar[str] = "obs"  # "obs" | "ref" | "oracle"
     ratio: ClassVar[str | None] = None  # None | "time" | "clean"
     description: ClassVar[str] = ""
