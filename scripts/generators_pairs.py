@@ -1,7 +1,7 @@
-"""The paired differences docs/families.md reads (per seed, 95 % t-interval), and the GAN runs whose
-generator collapsed (train.collapsed), from the records of `tiwbench run --suite families`.
+"""The paired differences docs/generators.md reads (per seed, 95 % t-interval), and the GAN runs whose
+generator collapsed (train.collapsed), from the records of `tiwbench run --suite generators`.
 
-    python scripts/families_pairs.py RUNS_DIR [SEEDS, e.g. 0,1,2,3]
+    python scripts/generators_pairs.py RUNS_DIR [SEEDS, e.g. 0,1,2,3]
 """
 import json
 import sys
