@@ -45,9 +45,11 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
 
 
 def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None,
-           vs: str | None = None, win_map: Path | None = None, budget_check: str | None = None) -> str:
+           vs: str | None = None, win_map: Path | None = None, budget_check: str | None = None, gap: bool = False,
+           gap_ceiling: str | None = None) -> str:
     """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given; with
-    ``vs``, the paired differences of every method to that one."""
+    ``vs``, the paired differences of every method to that one; with ``gap``, the gap report (each method
+    against dsm_ref and the fair ceiling, ``gap_ceiling`` naming another ceiling method)."""
     records = load_runs(runs)
     agg = aggregate(records_frame(records))
     text = render(agg, fmt, records, vs)
@@ -66,6 +68,10 @@ def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: 
             from tiwbench.report.budget_check import to_markdown as budget_markdown
 
             text += "\n" + budget_markdown(agg, budget_check)
+        if gap:
+            from tiwbench.report.gap import to_markdown as gap_markdown
+
+            text += "\n" + gap_markdown(records, gap_ceiling)
     if output is not None:
         atomic_write_text(Path(output), text)
     if plot is not None:
