@@ -231,3 +231,23 @@ def test_the_observed_denoiser_is_an_edm_denoiser(data):
     d_obs, info = observed_denoiser(est, bias, ref, torch.Generator().manual_seed(0))
     assert isinstance(d_obs, EDMPrecond) and math.isfinite(info["final_obs_dsm"])
     assert not any(p.requires_grad for p in d_obs.parameters())
+
+
+def test_held_out_selection_regularises_its_own_copy(data, one_thread):
+    """A regulariser reaches the model being trained, held-out selection's copy included: with a strong penalty
+    on the logit's size the copy's logit stays near zero (a penalty bound to the original model would leave the
+    copy a plain BCE classifier, and the step count and gate chosen on it would belong to another model)."""
+    from tiwbench.diffusion.mlp import MLP
+    from tiwbench.ratios.discriminator import choose_ratio_steps
+
+    toy, bias, ref = data
+    cfg = RatioTrainConfig(steps=100, batch_size=64, lr=3e-3, select_every=50)
+    spread = {}
+    for name in ("plain", "penalised"):
+        torch.manual_seed(0)
+        model = LearnedRatio(MLP(2, out_dim=1, hidden=32, depth=2), toy.sigma_data)
+        reg = (lambda x, s, y, m: 100 * m.logit(x, s).pow(2).mean()) if name == "penalised" else None
+        sel = choose_ratio_steps(model, bias, ref, cfg, torch.Generator().manual_seed(0), regulariser=reg)
+        with torch.no_grad():
+            spread[name] = sel.trial.logit(bias[:300], torch.full((300,), 0.05)).std().item()
+    assert spread["penalised"] < 0.1 * spread["plain"], spread

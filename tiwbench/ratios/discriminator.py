@@ -146,7 +146,8 @@ def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg:
                 generator: torch.Generator, device="cpu", progress=None, regulariser=None, on_step=None,
                 keep: dict | None = None) -> dict:
     """Balanced BCE: D_ref labelled 1, D_bias labelled 0, each sample at its own σ; plus
-    ``regulariser(x, sigma, y)`` (a scalar; y the clean samples, D_ref's first) when given. The data move
+    ``regulariser(x, sigma, y, model)`` (a scalar; y the clean samples, D_ref's first; ``model`` the one being
+    trained, so that held-out selection's copy is regularised through its own logit) when given. The data move
     to ``device`` once and every draw comes from a generator there (``device_generator``: on the CPU the
     given one, the same draws). With ``cfg.select_every`` the step count is chosen first
     (:func:`select_ratio_steps`; ``keep`` receives its selection). Parameters that do not require grad (a
@@ -165,7 +166,7 @@ def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg:
         y, sigma, noise = balanced_batch(ref, bias, b, cfg, generator, device)
         x = y + expand_like(sigma, y) * noise if model.time_dependent else y
         loss = F.binary_cross_entropy_with_logits(model.logit(x, sigma), labels)
-        return loss if regulariser is None else loss + regulariser(x, sigma, y)
+        return loss if regulariser is None else loss + regulariser(x, sigma, y, model)
 
     final = optimise(opt, step_loss, cfg.steps, device, progress, "ratio-model training produced a non-finite BCE loss",
                      on_step)

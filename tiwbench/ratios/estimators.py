@@ -158,9 +158,9 @@ class SmoothDiscriminator(Discriminator):
             return model, train_ratio(model, bias, ref, self.train_config(), generator, device, progress)
         sd2 = model.sigma_data**2
 
-        def penalty(x, sigma, y=None):
+        def penalty(x, sigma, y, net):
             x = x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(model.logit(x, sigma).sum(), x, create_graph=True)
+            (g,) = torch.autograd.grad(net.logit(x, sigma).sum(), x, create_graph=True)
             return self.gamma * ((expand_like(sigma, g) ** 2 * g) ** 2).flatten(1).sum(1).mean() / sd2
 
         return model, train_ratio(model, bias, ref, self.train_config(), generator, device, progress,
@@ -327,20 +327,21 @@ class DLSM(Discriminator):
         if not self.time_dependent:  # a clean classifier has no score to match
             return model, train_ratio(model, bias, ref, cfg, generator, device, progress)
         d_obs, obs_info = observed_denoiser(self, bias, ref, generator, device, progress)
-        term, log_prior_odds = dlsm_regulariser(model, d_obs, len(ref), len(bias), cfg.batch_size, device)
+        term, log_prior_odds = dlsm_regulariser(d_obs, len(ref), len(bias), cfg.batch_size, device)
         info = {**obs_info, **train_ratio(model, bias, ref, cfg, generator, device, progress, regulariser=term,
                                           keep=self.keep)}
         info["log_prior_odds"] = log_prior_odds
         return model, info
 
 
-def dlsm_regulariser(model: LearnedRatio, d_obs: EDMPrecond, n_ref: int, n_bias: int, b: int, device):
-    """The DLSM term as ``train_ratio``'s regulariser (balanced batches of ``b`` per class, D_ref first), and the
-    prior odds log(π/(1−π)) it shifts the balanced logit by (D_obs saw D_ref with share π)."""
+def dlsm_regulariser(d_obs: EDMPrecond, n_ref: int, n_bias: int, b: int, device):
+    """The DLSM term as ``train_ratio``'s regulariser (balanced batches of ``b`` per class, D_ref first; the term
+    of the model being trained, held-out selection's copy included), and the prior odds log(π/(1−π)) it shifts
+    the balanced logit by (D_obs saw D_ref with share π)."""
     log_prior_odds = math.log(n_ref / n_bias)
     is_ref = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)]).to(device)
 
-    def term(x, sigma, y):
+    def term(x, sigma, y, model):
         return dlsm_term(model, d_obs, x, sigma, y, is_ref, log_prior_odds).flatten(1).sum(1).mean()
 
     return term, log_prior_odds

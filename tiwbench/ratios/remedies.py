@@ -97,7 +97,7 @@ class Trunk(RatioEstimator):
         cfg = _with_selection(self.train_config())
         term, odds = None, None
         if self.dlsm and self.time_dependent:
-            term, odds = dlsm_regulariser(model, d_obs, len(ref), len(bias), cfg.batch_size, device)
+            term, odds = dlsm_regulariser(d_obs, len(ref), len(bias), cfg.batch_size, device)
         init = copy.deepcopy(model.state_dict())
         tried = {}
         for factor in self.L2_FACTORS:
