@@ -74,5 +74,7 @@ def test_report_gap_prints_the_table(tmp_path):
     assert "Gap to the fair ceiling" in r.output
     line = next(x for x in r.output.splitlines() if x.startswith("| fd | tiw_dsm@trunk |"))
     assert "0.45 [" in line and "-0.225" in line
+    ceiling = next(x for x in r.output.splitlines() if x.startswith("| fd | tiw_dsm@exact_empirical |"))
+    assert "1 (the ceiling)" in ceiling and "-0.5 ±" in ceiling  # its own gain over dsm_ref, resolved
     bad = CliRunner().invoke(app, ["report", "--runs", str(runs), "--gap", "--format", "csv"])
     assert bad.exit_code != 0 and "markdown" in bad.output

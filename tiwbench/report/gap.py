@@ -73,8 +73,6 @@ def gap_table(df: pd.DataFrame, ceiling: str | None = None) -> pd.DataFrame:
             continue
         base, ceil = by[BASELINE], by.get(ceil_name)
         for method in sorted(set(by) - {BASELINE}):
-            if method == ceil_name:
-                continue
             vals = by[method]
             seeds = sorted(set(vals.index) & set(base.index))
             if not seeds:
@@ -84,7 +82,7 @@ def gap_table(df: pd.DataFrame, ceiling: str | None = None) -> pd.DataFrame:
                    "ceiling": ceil_name, "n": len(seeds), "vs_ref": d_ref, "vs_ref_half": h_ref,
                    "vs_ceiling": math.nan, "vs_ceiling_half": math.nan, "share": math.nan, "share_lo": math.nan,
                    "share_hi": math.nan}
-            if ceil is not None:
+            if ceil is not None and method != ceil_name:
                 both = [s for s in seeds if s in ceil.index]
                 if both:
                     row["n"] = len(both)
@@ -174,10 +172,17 @@ def to_markdown(records: list[dict[str, Any]], ceiling: str | None = None) -> st
                   + f"** (ceiling {sub.ceiling.iloc[0]})", "",
                   f"| metric | method | n | M − {BASELINE} | | M − ceiling | | share of the ceiling's gain |",
                   "|---|---|---|---|---|---|---|---|"]
-        for _, r in sub.sort_values(["metric", "method"]).iterrows():
-            lines.append(f"| {r.metric} | {r.method} | {r.n} | {_pm(r.vs_ref, r.vs_ref_half)} | "
-                         f"{_verdict(r.vs_ref, r.vs_ref_half)} | {_pm(r.vs_ceiling, r.vs_ceiling_half)} | "
-                         f"{_verdict(r.vs_ceiling, r.vs_ceiling_half)} | {_share(r)} |")
+        for metric, rows in sub.groupby("metric", sort=True):
+            top = rows[rows.method == rows.ceiling]
+            resolved = len(top) and _verdict(top.iloc[0].vs_ref, top.iloc[0].vs_ref_half) != "≈"
+            for _, r in pd.concat([top, rows[rows.method != rows.ceiling]]).iterrows():
+                if r.method == r.ceiling:
+                    share = "1 (the ceiling)" if resolved else "the ceiling; its gain is not resolved from 0"
+                else:
+                    share = _share(r) + ("" if resolved or not math.isfinite(r.share) else " (ceiling's gain ≈ 0)")
+                lines.append(f"| {metric} | {r.method} | {r.n} | {_pm(r.vs_ref, r.vs_ref_half)} | "
+                             f"{_verdict(r.vs_ref, r.vs_ref_half)} | {_pm(r.vs_ceiling, r.vs_ceiling_half)} | "
+                             f"{_verdict(r.vs_ceiling, r.vs_ceiling_half)} | {share} |")
         if len(bands):
             lines += _bands_markdown(bands, ds, frac, x_name, x)
         lines.append("")
