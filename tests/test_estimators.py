@@ -17,7 +17,8 @@ from tiwbench.ratios.estimators import DenoiserDifferenceRatio, Discriminator, R
 from tiwbench.registry import RATIOS
 
 BUILTIN = {"exact", "exact_empirical", "discriminator", "discriminator_precond", "discriminator_smooth",
-           "denoiser_diff", "dlsm"}
+           "denoiser_diff", "dlsm", "trunk", "dlsm_trunk", "discriminator_ensemble", "discriminator_gated",
+           "dlsm_gated", "trunk_gated", "dlsm_trunk_gated"}
 
 
 def test_ls_ratios_lists_builtins_and_the_old_name_still_works():

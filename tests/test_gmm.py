@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
-from tiwbench.data.gmm import GMM, LowRankMixture, gmm_geometry
+from tiwbench.data.gmm import GMM, GMMTilt, LowRankMixture, gmm_geometry
+from tiwbench.data.mixtures import long_tail_weights
 
 
 def small_mixture(dim=5, modes=3, rank=2, weights=(0.5, 0.3, 0.2)):
@@ -79,6 +80,35 @@ def test_tilt_is_the_exponential_tilt():
     kern = (-0.5 * torch.cdist(pts, yy) ** 2 / sigma**2).exp() / (2 * math.pi * sigma**2)
     numeric = (kern * base).sum(1) * h * h / z
     torch.testing.assert_close(tilted.log_prob(pts, sigma).exp(), numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_tilt_within_tilts_every_component_on_its_own():
+    """Component by component (dense normals), log Ñ_k(x) − log N_k(x) − bᵀx is a constant of k alone,
+    and the weights are untouched: the tilt inside each mode moves no mass between modes."""
+    mix, u = small_mixture()
+    b = 0.8 * u
+    inside = mix.tilted_within(b)
+    torch.testing.assert_close(inside.weights, mix.weights, rtol=0, atol=0)
+    x = torch.randn(50, mix.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    cov = mix.component_cov()
+    for k in range(len(mix.means)):
+        gap = (MultivariateNormal(inside.means[k], cov[k]).log_prob(x)
+               - MultivariateNormal(mix.means[k], cov[k]).log_prob(x) - x @ b)
+        assert float(gap.max() - gap.min()) < 1e-9, k
+
+
+@pytest.mark.parametrize("dim", [4, 16])
+def test_biased_mode_weights_are_the_stated_ones(dim):
+    """gmm_tilt's D_bias keeps uniform mode weights (its only bias is the tilt), gmm with a tilt keeps its
+    long-tailed ones; and D_bias's drawn mode counts follow them (a binomial 5-σ band per mode)."""
+    tilt = GMMTilt(dim=dim)
+    torch.testing.assert_close(tilt.bias_mixture.weights, torch.full((8,), 1 / 8, dtype=torch.float64))
+    both = GMM(dim=dim, tilt=1.0)
+    torch.testing.assert_close(both.bias_mixture.weights, long_tail_weights(8, 0.01))
+    split = tilt.split(0.01, seed=0)
+    n = len(split.bias_labels)
+    counts = torch.bincount(split.bias_labels, minlength=8).double()
+    assert ((counts - n / 8).abs() < 5 * math.sqrt(n / 8 * 7 / 8)).all(), counts
 
 
 def test_ratio_is_the_density_quotient():

@@ -146,8 +146,8 @@ def test_a_plain_method_trained_with_a_ceiling_estimator_is_a_ceiling():
 def test_win_map_on_regime_records_names_no_ceiling(tmp_path):
     recs = _with_ceilings({"dim": 4}, "regime") + _with_ceilings({"dim": 16}, "regime")
     for r in recs:
-        atomic_write_json(cell_dir(tmp_path / "runs", r["suite"], r["dataset"], r["method"] + f"-d{r['sweep']['dim']}",
-                                   r["ref_frac"], r["seed"]) / "record.json", r)
+        atomic_write_json(cell_dir(tmp_path / "runs", r["suite"], r["dataset"], r["method"], r["ref_frac"], r["seed"],
+                                   r["sweep"]) / "record.json", r)
     res = CliRunner().invoke(app, ["report", "--runs", str(tmp_path / "runs"), "--win-map", str(tmp_path / "w.png")])
     assert res.exit_code == 0, res.output
     table = res.stdout.split("### Who wins where", 1)[1]

@@ -253,4 +253,4 @@ def test_best_step_is_the_one_rule_of_both_selections(higher):
     from tiwbench.training import selection
 
     assert "best_step(" in inspect.getsource(selection.select_checkpoint)
-    assert "best_step(" in inspect.getsource(discriminator.select_ratio_steps)
+    assert "best_step(" in inspect.getsource(discriminator.choose_ratio_steps)  # select_ratio_steps' choice

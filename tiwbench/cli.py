@@ -208,6 +208,12 @@ def report(
     budget_check: Annotated[Optional[str], typer.Option(help="also compare SUITE with SUITE_x2 (run with "
                                                                "--budget-scale 2): moved means, changed winners "
                                                                "(markdown)")] = None,
+    gap: Annotated[bool, typer.Option("--gap", help="also the gap report: each method against dsm_ref and the fair "
+                                                    "ceiling, the share of its gain recovered, per-σ ratio errors "
+                                                    "(markdown)")] = False,
+    gap_ceiling: Annotated[Optional[str], typer.Option(help="the ceiling method of --gap (default: "
+                                                            "tiw_dsm@exact_empirical; tiw_dsm@fitted on gmm_tilt)")]
+    = None,
 ):
     """Leaderboard from the records under --runs: mean ± std, 95% CI and seed count per cell.
 
@@ -215,7 +221,8 @@ def report(
       tiwbench report --runs results/runs\n
       tiwbench report --format html --output report.html\n
       tiwbench report --format latex --output tables.tex --plot ref_size.png\n
-      tiwbench report --vs dsm_obs
+      tiwbench report --vs dsm_obs\n
+      tiwbench report --gap
     """
     try:
         from tiwbench.report.intervals import ReportError
@@ -225,8 +232,10 @@ def report(
         if format not in FORMATS:
             raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
         try:
+            if gap and format != "markdown":
+                raise UserError("--gap works with --format markdown")
             text = make_report(runs, format, output=output, plot=plot, vs=vs, win_map=win_map,
-                                   budget_check=budget_check)
+                               budget_check=budget_check, gap=gap, gap_ceiling=gap_ceiling)
         except ReportError as e:
             raise UserError(str(e)) from None
     except _user_errors() as e:

@@ -5,8 +5,9 @@ N(μ_k, A_k A_kᵀ + c I), c = ε² + σ²; with A_k = B_k V_kᵀ (B_k's columns
 the inverse and the log-determinant are O(d·r) per point (Woodbury, determinant lemma), never d×d.
 
 Two kinds of bias: long-tailed component weights (as CIFAR-10 LT), and an exponential tilt inside every
-mode, p_bias ∝ p · exp(β uᵀx), which keeps every component Gaussian: N(μ_k + β Σ_k u, Σ_k) with weight
-∝ π_k exp(β uᵀμ_k + β² uᵀΣ_k u / 2). So the densities, scores, denoisers and w_σ stay closed form.
+mode: each component tilted by exp(β uᵀx) and renormalised on its own, N(μ_k + β Σ_k u, Σ_k), keeping
+the weight the dataset states. So the densities, scores, denoisers and w_σ stay closed form. (Tilting
+the whole mixture, p · exp(β uᵀx), would also move mass between modes, a label bias: ``tilted``.)
 """
 
 from __future__ import annotations
@@ -105,13 +106,22 @@ class LowRankMixture:
         second = second + torch.einsum("k,kd,ke->de", self.weights, self.means, self.means)
         return second - torch.outer(m, m)
 
+    def cov_times(self, b: torch.Tensor) -> torch.Tensor:
+        """Σ_k b = A_k(A_kᵀb) + ε² b for every component, [K, d] (O(d·r))."""
+        b = torch.as_tensor(b, dtype=torch.float64)
+        return torch.einsum("kdr,kr->kd", self.factors, self.factors.transpose(1, 2) @ b) + self.eps**2 * b
+
+    def tilted_within(self, b: torch.Tensor) -> LowRankMixture:
+        """Every component tilted by exp(bᵀx) and renormalised on its own: N(μ_k + Σ_k b, Σ_k) with its
+        weight π_k unchanged, so the tilt moves no mass between modes (METHOD.md §5a)."""
+        return LowRankMixture(self.means + self.cov_times(b), self.factors, self.eps, self.weights)
+
     def tilted(self, beta: float, u: torch.Tensor) -> LowRankMixture:
-        """p · exp(β uᵀx), normalised: components N(μ_k + β Σ_k u, Σ_k), weights ∝ π_k exp(β uᵀμ_k + β² uᵀΣ_k u/2)."""
+        """The whole mixture tilted, p · exp(β uᵀx) normalised: components N(μ_k + β Σ_k u, Σ_k) with
+        weights ∝ π_k exp(β uᵀμ_k + β² uᵀΣ_k u/2), i.e. also a label bias. No dataset uses it."""
         u = torch.as_tensor(u, dtype=torch.float64)
-        at_u = self.factors.transpose(1, 2) @ u  # A_kᵀu, [K, r]
-        sigma_u = torch.einsum("kdr,kr->kd", self.factors, at_u) + self.eps**2 * u  # Σ_k u
-        u_sigma_u = (at_u**2).sum(1) + self.eps**2 * (u @ u)
-        log_w = self.weights.log() + beta * (self.means @ u) + 0.5 * beta**2 * u_sigma_u
+        sigma_u = self.cov_times(u)  # Σ_k u
+        log_w = self.weights.log() + beta * (self.means @ u) + 0.5 * beta**2 * (sigma_u @ u)
         return LowRankMixture(self.means + beta * sigma_u, self.factors, self.eps, torch.softmax(log_w, 0))
 
 
@@ -161,7 +171,7 @@ class GMM(ExactMixtureDataset):
         "eps": 0.1,  # isotropic std off the subspace
         "scale": 1.5,  # norm of the means
         "rho": 0.01,  # tail/head weight ratio of D_bias (1: no label bias)
-        "tilt": 0.0,  # β of the within-mode tilt exp(β uᵀx) of D_bias (0: none)
+        "tilt": 0.0,  # β of the within-mode tilt exp(β uᵀx) of D_bias's components (0: none)
         "geometry_seed": 0,  # the means, frames and u; fixed across the split seeds
         "n_bias": 10000,  # |D_bias|, as the paper's CIFAR-10 LT
         "n_oracle": 10000,  # unbiased training set of the `oracle` ceiling
@@ -179,7 +189,8 @@ class GMM(ExactMixtureDataset):
                                                            p["spread"], p["geometry_seed"])
         self.data_mixture = LowRankMixture(means, factors, p["eps"], torch.ones(p["modes"]))
         label_biased = self.data_mixture.with_weights(long_tail_weights(p["modes"], p["rho"]))
-        self.bias_mixture = label_biased.tilted(float(p["tilt"]), self.tilt_direction)
+        # the tilt inside every mode: D_bias's mode weights stay the long-tailed ones (uniform when ρ = 1)
+        self.bias_mixture = label_biased.tilted_within(float(p["tilt"]) * self.tilt_direction)
         self.shape = (p["dim"],)
         self.num_classes = p["modes"]
         self.sigma_data = float(self.data_mixture.cov().diagonal().mean().sqrt())
@@ -189,7 +200,8 @@ class GMM(ExactMixtureDataset):
 
 
 class GMMTilt(GMM):
-    """`gmm` with the within-mode tilt as its only bias (uniform weights, β = 1)."""
+    """`gmm` with the within-mode tilt as its only bias: D_bias's mode weights are uniform, as the truth's,
+    and each of its components is N(μ_k + β Σ_k u, Σ_k), β = 1."""
 
     name = "gmm_tilt"
     defaults = {**GMM.defaults, "rho": 1.0, "tilt": 1.0}

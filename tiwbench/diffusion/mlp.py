@@ -42,8 +42,8 @@ class MLP(nn.Module):
         self.out = nn.Linear(widths[-1], dim if out_dim is None else out_dim)
         self.same_shape = out_dim is None  # a denoiser returns the input's shape
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor | None = None) -> torch.Tensor:
-        shape = x.shape
+    def features(self, x: torch.Tensor, c_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden layer's activations at (x, c_noise): what a frozen trunk hands a ratio head."""
         h = x.flatten(1)
         e = self.emb(c_noise.expand(len(x))) if self.emb is not None else None
         for i, layer in enumerate(self.layers):
@@ -51,5 +51,8 @@ class MLP(nn.Module):
             if e is not None:
                 h = h + self.time_maps[i](e)
             h = F.silu(h)
-        out = self.out(h)
-        return out.reshape(shape) if self.same_shape else out
+        return h
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.out(self.features(x, c_noise))
+        return out.reshape(x.shape) if self.same_shape else out

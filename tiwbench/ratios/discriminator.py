@@ -41,6 +41,7 @@ class LearnedRatio(nn.Module):
         self.precond = precond and time_dependent
         # a perturbation kernel's c_in and c_noise (the inputs its score network sees); None: EDM's
         self.kernel = kernel if time_dependent else None
+        self.clean_sigma = 0.0  # the σ a clean classifier's net is shown (a noise-conditional trunk: its smallest)
         self.register_buffer("clipped", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("seen", torch.zeros((), dtype=torch.long), persistent=False)
 
@@ -52,7 +53,7 @@ class LearnedRatio(nn.Module):
 
     def _logit(self, x: torch.Tensor, sigma) -> torch.Tensor:
         if not self.time_dependent:
-            sigma = torch.zeros(len(x), device=x.device, dtype=x.dtype)
+            sigma = torch.full((len(x),), self.clean_sigma, device=x.device, dtype=x.dtype)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(len(x))
         if self.kernel is not None:
             _, _, c_in, c_noise = self.kernel.precond(sigma.clamp_min(1e-6), self.sigma_data)
@@ -143,18 +144,22 @@ def balanced_batch(ref: torch.Tensor, bias: torch.Tensor, b: int, cfg: RatioTrai
 
 
 def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg: RatioTrainConfig,
-                generator: torch.Generator, device="cpu", progress=None, regulariser=None, on_step=None) -> dict:
+                generator: torch.Generator, device="cpu", progress=None, regulariser=None, on_step=None,
+                keep: dict | None = None) -> dict:
     """Balanced BCE: D_ref labelled 1, D_bias labelled 0, each sample at its own σ; plus
-    ``regulariser(x, sigma, y)`` (a scalar; y the clean samples, D_ref's first) when given. The data move
+    ``regulariser(x, sigma, y, model)`` (a scalar; y the clean samples, D_ref's first; ``model`` the one being
+    trained, so that held-out selection's copy is regularised through its own logit) when given. The data move
     to ``device`` once and every draw comes from a generator there (``device_generator``: on the CPU the
     given one, the same draws). With ``cfg.select_every`` the step count is chosen first
-    (:func:`select_ratio_steps`)."""
+    (:func:`select_ratio_steps`; ``keep`` receives its selection). Parameters that do not require grad (a
+    frozen trunk) are left out of the optimiser."""
     if cfg.select_every:
-        return select_ratio_steps(model, bias, ref, cfg, generator, device, progress, regulariser)
+        return select_ratio_steps(model, bias, ref, cfg, generator, device, progress, regulariser, keep)
     model.to(device).train()
     bias, ref = bias.to(device), ref.to(device)
     generator = device_generator(generator, device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     b = cfg.batch_size
     labels = torch.cat([torch.ones(b), torch.zeros(b)]).to(device)
 
@@ -162,7 +167,7 @@ def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg:
         y, sigma, noise = balanced_batch(ref, bias, b, cfg, generator, device)
         x = y + expand_like(sigma, y) * noise if model.time_dependent else y
         loss = F.binary_cross_entropy_with_logits(model.logit(x, sigma), labels)
-        return loss if regulariser is None else loss + regulariser(x, sigma, y)
+        return loss if regulariser is None else loss + regulariser(x, sigma, y, model)
 
     final = optimise(opt, step_loss, cfg.steps, device, progress, "ratio-model training produced a non-finite BCE loss",
                      on_step)
@@ -170,17 +175,26 @@ def train_ratio(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg:
     return {"final_bce": final}
 
 
-def select_ratio_steps(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg: RatioTrainConfig,
-                       generator: torch.Generator, device="cpu", progress=None, regulariser=None) -> dict:
-    """Early stopping with a refit. A copy of ``model`` (same initial weights, same draws) trains on all but
-    ``cfg.select_holdout`` of D_ref and of D_bias; every ``cfg.select_every`` steps its balanced BCE on the
-    held-out points (fixed σ and noise, four per point) is scored. ``model`` is then trained on all the data
-    for the best step count: exactly the model a plain run of that many steps gives. The first checks never
-    depend on ``cfg.steps``, so twice the budget changes the choice only if a later check is strictly better.
-    With ``cfg.select_patience`` the copy stops after that many checks without a better one (early stopping:
-    the same choice as checking to the end unless the held-out BCE falls again later)."""
-    init, start = copy.deepcopy(model.state_dict()), generator.get_state()
-    hold = torch.Generator().manual_seed(generator.initial_seed() ^ 0x5E1EC7)  # the split and held-out draws
+@dataclass
+class HeldOut:
+    """The held-out split of selection: the fit parts, the held-out clean points, and the fixed perturbed
+    points (four per held-out point) whose class-balanced BCE is scored."""
+
+    ref_fit: torch.Tensor
+    ref_out: torch.Tensor
+    bias_fit: torch.Tensor
+    bias_out: torch.Tensor
+    x: torch.Tensor
+    sigma: torch.Tensor
+    labels: torch.Tensor
+    weight: torch.Tensor  # classes count equally
+    seed: int
+
+
+def held_out_split(ref: torch.Tensor, bias: torch.Tensor, cfg: RatioTrainConfig, seed: int, time_dependent: bool,
+                   device="cpu") -> HeldOut:
+    """``cfg.select_holdout`` of D_ref and of D_bias held out (at most 2048 of each scored), from ``seed``."""
+    hold = torch.Generator().manual_seed(seed ^ 0x5E1EC7)  # the split and held-out draws
     parts = []
     for data in (ref, bias):
         perm = torch.randperm(len(data), generator=hold)
@@ -189,12 +203,41 @@ def select_ratio_steps(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tenso
     (ref_fit, ref_out), (bias_fit, bias_out) = parts
     y = torch.cat([ref_out, bias_out]).repeat(4, *[1] * (ref.dim() - 1)).to(device)
     labels = torch.cat([torch.ones(len(ref_out)), torch.zeros(len(bias_out))]).repeat(4).to(device)
-    weight = torch.where(labels > 0, 0.5 / len(ref_out) / 4, 0.5 / len(bias_out) / 4)  # classes count equally
+    weight = torch.where(labels > 0, 0.5 / len(ref_out) / 4, 0.5 / len(bias_out) / 4)
     sigma = draw_ratio_sigma(len(y), cfg, hold, device)
-    x = y + expand_like(sigma, y) * torch.randn(y.shape, generator=hold).to(device) if model.time_dependent else y
+    x = y + expand_like(sigma, y) * torch.randn(y.shape, generator=hold).to(device) if time_dependent else y
+    return HeldOut(ref_fit, ref_out, bias_fit, bias_out, x, sigma, labels, weight, seed)
 
+
+def held_out_bce(logit: torch.Tensor, held: HeldOut) -> float:
+    """Class-balanced BCE of logits of ``held.x`` against the held-out labels."""
+    bce = F.binary_cross_entropy_with_logits(logit.float(), held.labels, reduction="none")
+    return float((bce * held.weight).sum())
+
+
+@dataclass
+class Selection:
+    """What held-out selection found: the BCE per check, the best step, its value, and the trial model at that
+    step (trained on ``held``'s fit parts only, so that the held-out points are out of sample for it)."""
+
+    values: dict[int, float]
+    best: int
+    best_value: float
+    trial: LearnedRatio | None
+    held: HeldOut
+
+
+def choose_ratio_steps(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg: RatioTrainConfig,
+                       generator: torch.Generator, device="cpu", progress=None, regulariser=None,
+                       split_seed: int | None = None) -> Selection:
+    """The choosing half of :func:`select_ratio_steps`: a copy of ``model`` trains on the fit parts and is scored
+    every ``cfg.select_every`` steps; ``model`` and the generator's state are left as they were."""
+    start = generator.get_state()
+    held = held_out_split(ref, bias, cfg, generator.initial_seed() if split_seed is None else split_seed,
+                          model.time_dependent, device)
     trial = copy.deepcopy(model)
     values: dict[int, float] = {}
+    kept: dict[str, Any] = {}
 
     class Patience(Exception):
         pass
@@ -204,26 +247,49 @@ def select_ratio_steps(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tenso
             return
         trial.eval()
         with torch.no_grad():
-            bce = F.binary_cross_entropy_with_logits(trial.logit(x, sigma).float(), labels, reduction="none")
-        values[step] = float((bce * weight).sum())
+            values[step] = held_out_bce(trial.logit(held.x, held.sigma), held)
         trial.train()
+        if math.isfinite(values[step]) and ("value" not in kept or values[step] < kept["value"]):
+            kept["value"], kept["state"] = values[step], copy.deepcopy(trial.state_dict())
         best_so_far = best_step(values, default=step)
         if cfg.select_patience and len([k for k in values if k > best_so_far]) >= cfg.select_patience:
             raise Patience  # no better check in that many: later ones are not looked at (nor paid for)
 
     plain = dataclasses.replace(cfg, select_every=0, select_patience=0)
     try:
-        train_ratio(trial, bias_fit, ref_fit, plain, generator, device, progress, regulariser, on_step=check)
+        train_ratio(trial, held.bias_fit, held.ref_fit, plain, generator, device, progress, regulariser,
+                    on_step=check)
     except Patience:
         pass
-    best = best_step(values, default=cfg.steps)  # the same rule as a cell's checkpoint (training.selection)
-    model.load_state_dict(init)
     generator.set_state(start)
-    info = train_ratio(model, bias, ref, dataclasses.replace(plain, steps=best), generator, device, progress,
-                       regulariser)
+    best = best_step(values, default=cfg.steps)  # the same rule as a cell's checkpoint (training.selection)
+    if "state" in kept:
+        trial.load_state_dict(kept["state"])
+        trial.eval()
+    return Selection(values, best, values.get(best, math.inf), trial if "state" in kept else None, held)
+
+
+def select_ratio_steps(model: LearnedRatio, bias: torch.Tensor, ref: torch.Tensor, cfg: RatioTrainConfig,
+                       generator: torch.Generator, device="cpu", progress=None, regulariser=None,
+                       keep: dict | None = None) -> dict:
+    """Early stopping with a refit. A copy of ``model`` (same initial weights, same draws) trains on all but
+    ``cfg.select_holdout`` of D_ref and of D_bias; every ``cfg.select_every`` steps its balanced BCE on the
+    held-out points (fixed σ and noise, four per point) is scored. ``model`` is then trained on all the data
+    for the best step count: exactly the model a plain run of that many steps gives. The first checks never
+    depend on ``cfg.steps``, so twice the budget changes the choice only if a later check is strictly better.
+    With ``cfg.select_patience`` the copy stops after that many checks without a better one (early stopping:
+    the same choice as checking to the end unless the held-out BCE falls again later). ``keep`` (a dict)
+    receives the :class:`Selection` under "selection" (its trial is out of sample on the held-out points)."""
+    init = copy.deepcopy(model.state_dict())
+    sel = choose_ratio_steps(model, bias, ref, cfg, generator, device, progress, regulariser)
+    if keep is not None:
+        keep["selection"] = sel
+    model.load_state_dict(init)
+    plain = dataclasses.replace(cfg, select_every=0, select_patience=0, steps=sel.best)
+    info = train_ratio(model, bias, ref, plain, generator, device, progress, regulariser)
     return {**info, "selection": {"every": cfg.select_every, "holdout": cfg.select_holdout,
-                                  "patience": cfg.select_patience, "steps": best,
-                                  "values": {str(k): v for k, v in values.items()}}}
+                                  "patience": cfg.select_patience, "steps": sel.best,
+                                  "values": {str(k): v for k, v in sel.values.items()}}}
 
 
 def optimise(opt: torch.optim.Optimizer, step_loss, steps: int, device, progress, nonfinite: str,

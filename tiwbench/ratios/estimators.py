@@ -56,6 +56,13 @@ class RatioEstimator(ABC):
         # scaling); None: EDM's, with the RatioConfig's noise distribution
         self.dataset, self.cfg, self.time_dependent, self.kernel = dataset, cfg, time_dependent, kernel
         self.split = None  # the group's Split, set by the runner before fit (labels of D_ref)
+        # fits shared by a group's estimators (the observed-data denoiser), and the seed they train from; the
+        # runner sets both, so that a shared fit is the same whichever estimator asks for it first
+        self.shared: dict | None = None
+        self.shared_seed: int | None = None
+        self.keep: dict | None = None  # receives the held-out selection of the fit (a gate chooses σ* with it)
+        # the group's fit of another estimator by name -> (model, info, selection); the runner sets it
+        self.base_fit = None
 
     @classmethod
     def check(cls, dataset) -> None:
@@ -129,7 +136,7 @@ class Discriminator(RatioEstimator):
 
     def fit(self, bias, ref, generator, device="cpu", progress=None):
         model = self.build()
-        return model, train_ratio(model, bias, ref, self.train_config(), generator, device, progress)
+        return model, train_ratio(model, bias, ref, self.train_config(), generator, device, progress, keep=self.keep)
 
 
 class PrecondDiscriminator(Discriminator):
@@ -156,13 +163,13 @@ class SmoothDiscriminator(Discriminator):
             return model, train_ratio(model, bias, ref, self.train_config(), generator, device, progress)
         sd2 = model.sigma_data**2
 
-        def penalty(x, sigma, y=None):
+        def penalty(x, sigma, y, net):
             x = x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(model.logit(x, sigma).sum(), x, create_graph=True)
+            (g,) = torch.autograd.grad(net.logit(x, sigma).sum(), x, create_graph=True)
             return self.gamma * ((expand_like(sigma, g) ** 2 * g) ** 2).flatten(1).sum(1).mean() / sd2
 
         return model, train_ratio(model, bias, ref, self.train_config(), generator, device, progress,
-                                  regulariser=penalty)
+                                  regulariser=penalty, keep=self.keep)
 
 
 class _Labelled(nn.Module):
@@ -324,21 +331,46 @@ class DLSM(Discriminator):
         cfg = self.train_config()
         if not self.time_dependent:  # a clean classifier has no score to match
             return model, train_ratio(model, bias, ref, cfg, generator, device, progress)
-        if self.dataset.kind != "vector":
-            raise ConfigError(f"ratio estimator 'dlsm' works on vector data only (its observed-data denoiser is an "
-                              f"MLP); for {self.dataset.name!r} use 'discriminator' or 'denoiser_diff'")
-        dim = math.prod(self.dataset.shape)
-        d_obs = EDMPrecond(MLP(dim, hidden=self.cfg.hidden, depth=self.cfg.depth), model.sigma_data,
-                           self.kernel).to(device)
-        info = train_obs_denoiser(d_obs, torch.cat([ref, bias]), cfg, generator, device, progress)
-        # the D_obs denoiser saw D_ref with share π; the balanced logit is shifted by its prior odds
-        log_prior_odds = math.log(len(ref) / len(bias))
-        b = cfg.batch_size
-        is_ref = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)]).to(device)
-
-        def term(x, sigma, y):
-            return dlsm_term(model, d_obs, x, sigma, y, is_ref, log_prior_odds).flatten(1).sum(1).mean()
-
-        info.update(train_ratio(model, bias, ref, cfg, generator, device, progress, regulariser=term))
+        d_obs, obs_info = observed_denoiser(self, bias, ref, generator, device, progress)
+        term, log_prior_odds = dlsm_regulariser(d_obs, len(ref), len(bias), cfg.batch_size, device)
+        info = {**obs_info, **train_ratio(model, bias, ref, cfg, generator, device, progress, regulariser=term,
+                                          keep=self.keep)}
         info["log_prior_odds"] = log_prior_odds
         return model, info
+
+
+def dlsm_regulariser(d_obs: EDMPrecond, n_ref: int, n_bias: int, b: int, device):
+    """The DLSM term as ``train_ratio``'s regulariser (balanced batches of ``b`` per class, D_ref first; the term
+    of the model being trained, held-out selection's copy included), and the prior odds log(π/(1−π)) it shifts
+    the balanced logit by (D_obs saw D_ref with share π)."""
+    log_prior_odds = math.log(n_ref / n_bias)
+    is_ref = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)]).to(device)
+
+    def term(x, sigma, y, model):
+        return dlsm_term(model, d_obs, x, sigma, y, is_ref, log_prior_odds).flatten(1).sum(1).mean()
+
+    return term, log_prior_odds
+
+
+def observed_denoiser(est: RatioEstimator, bias: torch.Tensor, ref: torch.Tensor, generator: torch.Generator,
+                      device="cpu", progress=None) -> tuple[EDMPrecond, dict]:
+    """The observed-data denoiser (plain DSM on D_obs, the ratio models' network size and noise levels), fixed
+    once trained: dlsm adds its class posterior to it and `trunk` reads its hidden features. Trained once per
+    group (``est.shared``) from its own seed (``est.shared_seed``; without one, ``generator``'s), its init under
+    a forked RNG: the same network whichever estimator asks first, and the asker's own draws untouched."""
+    if est.dataset.kind != "vector":
+        raise ConfigError(f"ratio estimator {est.name!r} works on vector data only (its observed-data denoiser is "
+                          f"an MLP); for {est.dataset.name!r} use 'discriminator' or 'denoiser_diff'")
+    cache = est.shared if est.shared is not None else {}
+    key = ("observed_denoiser", getattr(est.kernel, "name", "edm"))
+    if key not in cache:
+        seed = est.shared_seed if est.shared_seed is not None else generator.initial_seed()
+        dim = math.prod(est.dataset.shape)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = MLP(dim, hidden=est.cfg.hidden, depth=est.cfg.depth)
+        d_obs = EDMPrecond(net, est.dataset.sigma_data, est.kernel).to(device)
+        g = torch.Generator().manual_seed(seed ^ 0x0B5D)
+        cache[key] = (d_obs, train_obs_denoiser(d_obs, torch.cat([ref, bias]), est.train_config(), g, device,
+                                                progress))
+    return cache[key]

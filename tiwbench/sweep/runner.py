@@ -255,6 +255,9 @@ class Group:
         self.timing = {"split": t1 - t0, "evaluator": time.monotonic() - t1}
         self.ratios: dict[str, Any] = {}
         self.ratio_info: dict[str, Any] = {}
+        self.shared_fits: dict = {}  # fits several ratio estimators use (the observed-data denoiser)
+        self.selections: dict[str, Any] = {}  # per ratio key: the fit's held-out selection (None without one)
+        self.keys: dict[tuple, str] = {}  # (kind, estimator, kernel) -> ratio key
         self.shared_training: set[str] = set()  # methods whose trained network later cells reuse (trains_as)
         self.trained: dict[tuple, tuple] = {}
 
@@ -295,6 +298,11 @@ class Group:
             k = make_kernel(under, self.cell.budget.kernel) if under else None
             provider_obj = estimator(self.dataset, cfg, time_dependent, kernel=k)
             provider_obj.split = self.split  # D_ref's labels, for estimators that use them (exact_empirical)
+            # the observed-data denoiser that dlsm and trunk share: trained once per group, from its own seed
+            provider_obj.shared = self.shared_fits
+            provider_obj.shared_seed = derived_seed(self.cell.seed, "observed-denoiser", suffix)
+            provider_obj.keep = {}  # the fit's held-out selection, for an estimator built on this one (a gate)
+            provider_obj.base_fit = functools.partial(self.fitted, kind, kernel=kernel)
             model, fitted = provider_obj.fit(self.split.bias, self.split.ref, g, self.device, task)
             info = {"provider": estimator.name, "kind": kind, **({"kernel": under} if under else {}), **fitted}
             if estimator.learned:
@@ -310,7 +318,16 @@ class Group:
             info["seconds"] = time.monotonic() - t0
             distributed.broadcast_module(model)  # every rank trained it alike; make it exactly rank 0's
             self.ratios[key], self.ratio_info[key] = model, info
+            self.selections[key] = provider_obj.keep.get("selection")
+            self.keys[(kind, estimator.name, kernel)] = key
         return self.ratios[key]
+
+    def fitted(self, kind: str, provider: str, kernel: str = "edm") -> tuple[Any, dict, Any]:
+        """The group's ratio model of ``provider`` (fitted now if not yet), its recorded info and its held-out
+        selection (None without one): what an estimator built on another one (``*_gated``) starts from."""
+        model = self.ratio(kind, provider, kernel)
+        key = self.keys[(kind, RATIOS.get(provider).name, kernel)]
+        return model, self.ratio_info[key], self.selections[key]
 
 
 def attainable_ratio(dataset, split, time_dependent: bool):
