@@ -28,7 +28,7 @@ class EvalContext:
     options: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None  # the run's cache (reference statistics of image metrics)
     memo: dict[Any, Any] = field(default_factory=dict)  # results shared by the metrics of one cell
-    split: Any = None  # tiwbench.data.base.Split of the cell: D_ref's labels for the floors
+    split: Any = None  # tiwbench.data.base.Split of the cell: D_ref's labels for the reference levels
     train_data: torch.Tensor | None = None  # what the method trained on (memorization)
     _features: torch.Tensor | None = None
 
@@ -51,7 +51,7 @@ class Metric(ABC):
 
     @classmethod
     def applies(cls, ctx: EvalContext) -> bool:
-        """Whether the metric can be computed on this cell (the floors need labels or exact moments)."""
+        """Whether the metric can be computed on this cell (the reference levels need labels or exact moments)."""
         return True
 
     @abstractmethod

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from tiwbench.config import config_hash
+from tiwbench.metrics.ref_levels import legacy_ref_level
 from tiwbench.records import load_records
 from tiwbench.registry import METRICS, RegistryError
 from tiwbench.report.intervals import CONFIDENCE, ReportError, ci_halfwidth, panel_key
@@ -24,9 +25,11 @@ FORMATS = ("markdown", "csv", "latex", "html", "json")
 # x: where a cell sits on the x-axis, the value of x_name (ref_frac, or the suite's swept dataset parameter)
 KEY = ["suite", "dataset", "metric", "method", "ref_frac", "x_name", "x"]
 ANY_METRIC = "(all metrics)"  # stands for the metrics of a failed record that does not list them
-# floor metrics (tiwbench.metrics.floors) -> the table they are a row of, and what the row says
-FLOORS = {"bias_floor": ("bias", "D_ref's own proportions"), "fd_floor": ("fd", "fresh samples of the truth")}
-FLOOR_METHOD = "(floor)"
+# reference levels (tiwbench.metrics.ref_levels) -> the table they are a row of, and what the row says
+REF_LEVELS = {"bias_ref_level": ("bias", "n_gen samples labelled as D_ref"),
+              "fd_ref_level": ("fd", "n_gen fresh samples of the truth")}
+REF_LEVEL_METHOD = "(reference level)"
+FLOOR_METHOD = REF_LEVEL_METHOD  # the row's name before it was a reference level
 
 
 # -- statistics -------------------------------------------------------------------------------------
@@ -80,10 +83,13 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
                              "higher_is_better": None})
             continue
         for m in r.get("metrics") or []:
+            legacy = legacy_ref_level(m, r)  # an older record's bias_floor / fd_floor, read as today's levels
+            if legacy is not None:
+                m = {"name": legacy[0], "value": legacy[1]}
             v = math.nan if m.get("value") is None else float(m["value"])
-            if m["name"] in FLOORS:  # the floor is a row of its metric's table, once per seed, never ranked
-                metric, _ = FLOORS[m["name"]]
-                rows.append({**key, "method": FLOOR_METHOD, "config_key": None, "metric": metric, "value": v,
+            if m["name"] in REF_LEVELS:  # a row of its metric's table, once per seed, never ranked
+                metric, _ = REF_LEVELS[m["name"]]
+                rows.append({**key, "method": REF_LEVEL_METHOD, "config_key": None, "metric": metric, "value": v,
                              "status": "ok" if math.isfinite(v) else "failed", "higher_is_better": False})
                 continue
             # a non-finite value is a failure of that metric, to be counted, not averaged or dropped
@@ -92,10 +98,10 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     cols = ["suite", "dataset", "method", "ref_frac", "seed", "status", "profile", "config_hash", "ref_size",
             "config_key", "metric", "value", "higher_is_better", "x_name", "x"]
     df = pd.DataFrame(rows, columns=cols)
-    floor = df.method == FLOOR_METHOD  # every method's record of a seed holds the same floor: keep one
-    if floor.any():
-        firsts = df[floor].drop_duplicates(["suite", "dataset", "metric", "ref_frac", "x_name", "x", "seed"])
-        df = pd.concat([df[~floor], firsts], ignore_index=True)
+    level = df.method == REF_LEVEL_METHOD  # every method's record of a seed holds the same level: keep one
+    if level.any():
+        firsts = df[level].drop_duplicates(["suite", "dataset", "metric", "ref_frac", "x_name", "x", "seed"])
+        df = pd.concat([df[~level], firsts], ignore_index=True)
     unnamed = df.metric.isna()
     if unnamed.any():  # a failed record that does not say its metrics: count it against every metric seen
         seen = df[~unnamed].groupby(["suite", "dataset"]).metric.unique()
@@ -148,7 +154,7 @@ def mark_column(col: pd.DataFrame) -> dict[Any, str]:
     Otherwise the leader and every method whose interval overlaps the leader's are tied; a cell without an
     interval (one seed) overlaps everything, since one seed cannot tell methods apart.
     """
-    valid = col[(col.n > 0) & (col.method != FLOOR_METHOD)]  # the floor is a reference, not a competitor
+    valid = col[(col.n > 0) & (col.method != REF_LEVEL_METHOD)]  # a reference row, not a competitor
     if len(valid) < 2:
         return {}
     hib = bool(valid.higher_is_better.iloc[0])
@@ -229,8 +235,10 @@ LEGEND = (f"Rows: method; columns: ref_frac (or the suite's swept parameter). "
           f"Mean ± std over seeds, [{CONFIDENCE:.0%} Student-t CI], n seeds. "
           "Bold: best, its CI clear of the runner-up's; ≈: leaders whose CIs overlap (a tie). "
           "n=1 has no CI and cannot be separated from the leader. –: not run; failed cells are counted. "
-          "(floor), never ranked: bias of D_ref's own label proportions, fd of as many fresh samples of the truth "
-          "(what no method learning from D_ref can beat); bias_ref, never ranked: bias against D_ref's proportions.")
+          "(reference level), a reference row, never ranked: the rms bias of as many samples as a method generated, "
+          "labelled in D_ref's own proportions (what reproducing D_ref exactly would score), and the fd of as many "
+          "fresh samples of the truth; levels to read against, not bounds (a method can land below by chance or "
+          "by smoothing). bias_ref, never ranked: bias against D_ref's proportions.")
 
 
 # -- formats ------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 A cell names its winner only where the leader's 95 % interval clears every other method's (the
 leaderboard's rule); otherwise it lists the tied methods, drawn grey. The oracle trains on far more
-unbiased data than any method has: it is the ceiling, not a competitor, and is left out, as are the floors.
+unbiased data than any method has: it is the ceiling, not a competitor, and is left out, as are the reference levels.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tiwbench.report.intervals import ReportError  # noqa: E402
 from tiwbench.report.leaderboard import mark_column  # noqa: E402
 
 NOT_COMPETING = ("oracle",)
-FLOORS = ("bias_floor", "bias_ref", "fd_floor")
+REF_LEVELS = ("bias_ref_level", "bias_ref", "fd_ref_level")
 
 
 def winners(agg: pd.DataFrame, metric: str, exclude: tuple[str, ...] = NOT_COMPETING) -> pd.DataFrame:
@@ -52,7 +52,7 @@ def _label(r: Any) -> str:
 
 
 def figure(agg: pd.DataFrame, metrics: list[str] | None = None):
-    metrics = metrics or [m for m in sorted(agg.metric.unique()) if m not in FLOORS]
+    metrics = metrics or [m for m in sorted(agg.metric.unique()) if m not in REF_LEVELS]
     panels = []
     for metric in metrics:
         table = winners(agg, metric)
@@ -89,7 +89,7 @@ def figure(agg: pd.DataFrame, metrics: list[str] | None = None):
 def to_markdown(agg: pd.DataFrame, metrics: list[str] | None = None) -> str:
     """The map as tables: per (suite, dataset, metric), rows the swept value, columns ref_frac; a cell names
     its winner in bold, or the tied methods (best mean first) after ≈."""
-    metrics = metrics or [m for m in sorted(agg.metric.unique()) if m not in FLOORS]
+    metrics = metrics or [m for m in sorted(agg.metric.unique()) if m not in REF_LEVELS]
     parts = ["", "### Who wins where",
              "_A winner only where its 95 % interval clears every other method's; ≈: the tied leaders, best mean "
              "first; the oracle left out._"]
