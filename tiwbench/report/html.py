@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from tiwbench.report.leaderboard import LEGEND, cell_parts, table_title, tables
+from tiwbench.report.leaderboard import LEGEND, cell_parts, table_flag_note, table_title, tables
 
 GALLERY_STYLE = """
 .gallery{display:flex;flex-wrap:wrap;gap:10px;margin:0.4em 0 1.2em}
@@ -77,14 +77,19 @@ th:first-child,td:first-child{text-align:left}
 td.best{font-weight:bold;background:#e6f4e6}
 td.tie{background:#f4f4e0}
 td.failed{color:#b00;background:#fbeaea}
+p.flag{color:#b00;font-weight:bold}
+td[data-flags]{outline:1px dashed #c60}
 small{color:#666}
 img{max-width:100%}
 """
 
 
-def to_html(agg: pd.DataFrame, png: bytes | None = None, extra: str = "") -> str:
-    """One self-contained page: tables, the plot embedded as a base64 PNG, then ``extra`` (the samples)."""
+def to_html(agg: pd.DataFrame, png: bytes | None = None, extra: str = "", notice: str = "") -> str:
+    """One self-contained page: ``notice`` (the flags raised), tables, the plot embedded as a base64 PNG,
+    then ``extra`` (the samples)."""
     body = ["<h1>tiwbench report</h1>", f"<p><small>{html.escape(LEGEND)}</small></p>"]
+    if notice:
+        body.insert(1, f'<p class="flag">⚑ {html.escape(notice)}</p>')
     if png:
         b64 = base64.b64encode(png).decode("ascii")
         body.append(f'<img alt="metrics against ref_frac" src="data:image/png;base64,{b64}">')
@@ -100,9 +105,14 @@ def to_html(agg: pd.DataFrame, png: bytes | None = None, extra: str = "") -> str
                 main, detail = cell_parts(r)
                 cls = "failed" if r.n == 0 else r.mark
                 main = ("≈ " if r.mark == "tie" else "") + main
-                tds.append(f'<td class="{cls}">{html.escape(main)}<br><small>{html.escape(detail)}</small></td>')
+                flags = r.get("cell_flags") if isinstance(r.get("cell_flags"), list) else []
+                data = f' data-flags="{html.escape(" ".join(flags))}"' if flags else ""
+                tds.append(f'<td class="{cls}"{data}>{html.escape(main)}<br><small>{html.escape(detail)}</small></td>')
             rows.append(f"<tr><td>{html.escape(m)}</td>{''.join(tds)}</tr>")
-        body.append(f"<h2>{html.escape(table_title(t))}</h2><table>{''.join(rows)}</table>")
+        note = table_flag_note(t)
+        if note:  # the table's flags, machine-readable in data-flags
+            note = f'<p class="flag" data-flags="{html.escape(" ".join(t["flags"]))}">{html.escape(note)}</p>'
+        body.append(f"<h2>{html.escape(table_title(t))}</h2>{note}<table>{''.join(rows)}</table>")
     if agg.empty:
         body.append("<p>no records found</p>")
     if extra:

@@ -200,7 +200,19 @@ def cell_parts(r: pd.Series) -> tuple[str, str]:
         detail += f", {r.failed} failed"
     if r.get("configs", 1) > 1:  # stale seeds of an earlier config beside fresh ones: not one experiment
         detail += f", MIXED: {r.configs} configs"
+    flags = r.get("cell_flags")  # tiwbench.report.flags, where the report computed them
+    if isinstance(flags, list) and flags:
+        detail += " ⚑ " + ", ".join(flags)
     return main, detail
+
+
+def table_flag_note(t: dict[str, Any]) -> str:
+    """What a table's flags say, without markup ("" when it raises none)."""
+    if not t.get("flags"):
+        return ""
+    from tiwbench.report.flags import FLAGS
+
+    return "⚑ " + "; ".join(f"{FLAGS.get(f, f)} ({f})" for f in t["flags"])
 
 
 def _column_label(f: float, sub: pd.DataFrame) -> str:
@@ -219,6 +231,7 @@ def tables(agg: pd.DataFrame) -> list[dict[str, Any]]:
                     "higher_is_better": bool(sub.higher_is_better.iloc[0]), "fracs": fracs,
                     "labels": [_column_label(f, sub) for f in fracs], "methods": sorted(sub.method.unique()),
                     "profiles": sorted({p for ps in sub.profiles for p in ps.split(",") if p}),
+                    "flags": list(sub.table_flags.iloc[0]) if "table_flags" in sub else [],
                     "cells": {(r.method, r.x): r for _, r in sub.iterrows()}})
     return out
 
@@ -238,7 +251,9 @@ LEGEND = (f"Rows: method; columns: ref_frac (or the suite's swept parameter). "
           "(reference level), a reference row, never ranked: the rms bias of as many samples as a method generated, "
           "labelled in D_ref's own proportions (what reproducing D_ref exactly would score), and the fd of as many "
           "fresh samples of the truth; levels to read against, not bounds (a method can land below by chance or "
-          "by smoothing). bias_ref, never ranked: bias against D_ref's proportions.")
+          "by smoothing). bias_ref, never ranked: bias against D_ref's proportions. "
+          "⚑ flags (tiwbench.report.flags): unconverged (table: the oracle not best or tied), peak_not_reached "
+          "(most seeds chose the last snapshot), n_lt_3, at_reference_level, budget_moved.")
 
 
 # -- formats ------------------------------------------------------------------------------------------
@@ -247,8 +262,9 @@ def to_markdown(agg: pd.DataFrame) -> str:
         return "no records found\n"
     parts = [f"_{LEGEND}_\n"]
     for t in tables(agg):
-        lines = [f"### {table_title(t)}", "", "| method | " + " | ".join(t["labels"]) + " |",
-                 "|---|" + "---|" * len(t["fracs"])]
+        note = table_flag_note(t)
+        lines = [f"### {table_title(t)}", *([f"**{note}**"] if note else []), "",
+                 "| method | " + " | ".join(t["labels"]) + " |", "|---|" + "---|" * len(t["fracs"])]
         for m in t["methods"]:
             cells = []
             for f in t["fracs"]:
@@ -318,19 +334,30 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def tidy(agg: pd.DataFrame) -> list[dict[str, Any]]:
-    """Aggregated cells as plain dicts (NaN -> None): the csv and json formats."""
+def tidy(agg: pd.DataFrame, joined: bool = False) -> list[dict[str, Any]]:
+    """Aggregated cells as plain dicts (NaN -> None): the csv and json formats; with the report's flags
+    (lists, or ";"-joined strings for csv with ``joined``) where they were computed."""
     cols = KEY + ["higher_is_better", "n", "failed", "mean", "std", "ci_low", "ci_high", "ci_half", "mark",
-                  "profiles", "ref_size"]
-    return [{c: _clean(r[c]) for c in cols} for _, r in agg.iterrows()]
+                  "profiles", "ref_size"] + [c for c in ("cell_flags", "table_flags") if c in agg]
+    out = [{c: _clean(r[c]) for c in cols} for _, r in agg.iterrows()]
+    for row in out:
+        for c in ("cell_flags", "table_flags"):
+            if c in row:
+                row[c] = ";".join(row[c]) if joined else list(row[c])
+    return out
 
 
 def to_json(agg: pd.DataFrame) -> str:
-    return json.dumps({"confidence": CONFIDENCE, "cells": tidy(agg)}, indent=2) + "\n"
+    doc = {"confidence": CONFIDENCE, "cells": tidy(agg)}
+    if "table_flags" in agg:  # one entry per table, so a reader need not collect them from the cells
+        tabs = tables(agg)
+        doc["tables"] = [{k: t[k] for k in ("suite", "dataset", "metric", "panel", "flags")} for t in tabs]
+    return json.dumps(doc, indent=2) + "\n"
 
 
 def to_csv(agg: pd.DataFrame) -> str:
-    return pd.DataFrame(tidy(agg), columns=list(tidy(agg)[0]) if len(agg) else KEY).to_csv(index=False)
+    rows = tidy(agg, joined=True)
+    return pd.DataFrame(rows, columns=list(rows[0]) if len(agg) else KEY).to_csv(index=False)
 
 
 # -- entry points -------------------------------------------------------------------------------------

@@ -27,6 +27,11 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
            vs: str | None = None) -> str:
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    from tiwbench.report.flags import add_flags, flag_summary
+
+    if "cell_flags" not in agg:  # every format carries the flags the records raise (tiwbench.report.flags)
+        agg = add_flags(agg, records or [])
+    notice = flag_summary(agg)
     paired = ""
     if vs is not None:  # per-seed differences to one method
         from tiwbench.report.paired import paired_section
@@ -38,10 +43,11 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
         from tiwbench.report.plots import figure_png
 
         extra = paired + curves_html(records or []) + gallery_html(records or [])
-        return to_html(agg, figure_png(agg) if len(agg) else None, extra)
+        return to_html(agg, figure_png(agg) if len(agg) else None, extra, notice)
+    head = f"**⚑ {notice}**\n\n" if notice and fmt == "markdown" else ""
     if paired:
-        return to_markdown(agg) + "\n" + paired
-    return {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json}[fmt](agg)
+        return head + to_markdown(agg) + "\n" + paired
+    return head + {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json}[fmt](agg)
 
 
 def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None,
