@@ -14,7 +14,7 @@ smoothing.
   reproduced the truth exactly would score with as many samples.
 
 Records written before these names carry ``bias_floor`` (‖p_ref − p*‖₂ alone, no sampling noise) and
-``fd_floor`` (the same quantity as ``fd_ref_level``); ``legacy_ref_level`` reads them as today's levels.
+``fd_floor`` (the same quantity as ``fd_ref_level``); each level's ``read_legacy`` reads them as today's.
 """
 
 from __future__ import annotations
@@ -66,6 +66,17 @@ class BiasRefLevel(Metric):
         return {"value": bias_ref_level(label_bias, p_ref.numpy(), n_gen), "label_bias": label_bias,
                 "n": n_gen, "proportions": p_ref.tolist(), "ref_size": len(ctx.split.ref_labels)}
 
+    @staticmethod
+    def read_legacy(entry: dict[str, Any], record: dict[str, Any]) -> float:
+        """The level from an older record's ``bias_floor`` entry, which left out the sampling noise: added
+        back from its stored proportions and the record's sample count (NaN where the record lacks them)."""
+        n_gen = next((m.get("n") for m in record.get("metrics") or [] if m.get("name") == "fd_floor"), None)
+        n_gen = n_gen or ((record.get("config") or {}).get("sample") or {}).get("n")
+        value, props = entry.get("value"), entry.get("proportions")
+        if value is None or props is None or not n_gen:
+            return math.nan
+        return bias_ref_level(float(value), props, int(n_gen))
+
 
 class BiasRef(Metric):
     name = "bias_ref"
@@ -105,19 +116,7 @@ class FDRefLevel(Metric):
         mu_t, cov_t = (np.asarray(t, dtype=np.float64) for t in ctx.evaluator.target_stats())
         return {"value": frechet_distance(mu, cov, mu_t, cov_t), "n": n}
 
-
-def legacy_ref_level(entry: dict[str, Any], record: dict[str, Any]) -> tuple[str, float] | None:
-    """(name, value) of today's reference level for a metric entry of an older record, or None when the
-    entry is not an old level. ``fd_floor`` was already today's ``fd_ref_level``; ``bias_floor`` left out
-    the sampling noise, added back here from its stored proportions and the record's sample count (when
-    the record does not say it, the entry is dropped: NaN, counted as failed)."""
-    if entry.get("name") == "fd_floor":
-        return "fd_ref_level", entry.get("value")
-    if entry.get("name") != "bias_floor":
-        return None
-    n_gen = next((m.get("n") for m in record.get("metrics") or [] if m.get("name") == "fd_floor"), None)
-    n_gen = n_gen or ((record.get("config") or {}).get("sample") or {}).get("n")
-    value, props = entry.get("value"), entry.get("proportions")
-    if value is None or props is None or not n_gen:
-        return "bias_ref_level", math.nan
-    return "bias_ref_level", bias_ref_level(float(value), props, int(n_gen))
+    @staticmethod
+    def read_legacy(entry: dict[str, Any], record: dict[str, Any]) -> float:
+        """An older record's ``fd_floor``: the same quantity under its former name."""
+        return math.nan if entry.get("value") is None else float(entry["value"])

@@ -24,9 +24,8 @@ from typing import Any
 import pandas as pd
 
 from tiwbench.report.intervals import panel_key
-from tiwbench.report.leaderboard import REF_LEVEL_METHOD, ranked, x_axis
+from tiwbench.report.leaderboard import REF_LEVEL_METHOD, TABLE_FLAGS, ranked, x_axis
 
-TABLE_FLAGS = {"unconverged": "unconverged or misconfigured: the oracle is not best or tied"}
 CELL_FLAGS = {
     "peak_not_reached": "most seeds chose the last checkpoint snapshot",
     "n_lt_3": "fewer than 3 seeds (no interval)",

@@ -16,7 +16,6 @@ from typing import Any
 import pandas as pd
 
 from tiwbench.config import config_hash
-from tiwbench.metrics.ref_levels import legacy_ref_level
 from tiwbench.records import load_records
 from tiwbench.registry import METRICS, RegistryError
 from tiwbench.report.intervals import CONFIDENCE, ReportError, ci_halfwidth, panel_key
@@ -30,6 +29,9 @@ REF_LEVELS = {"bias_ref_level": ("bias", "n_gen samples labelled as D_ref"),
               "fd_ref_level": ("fd", "n_gen fresh samples of the truth")}
 REF_LEVEL_METHOD = "(reference level)"
 FLOOR_METHOD = REF_LEVEL_METHOD  # the row's name before it was a reference level
+LEGACY_LEVELS = {"bias_floor": "bias_ref_level", "fd_floor": "fd_ref_level"}  # names in older records
+# what a flagged table says (tiwbench.report.flags computes the flags; the cells' are listed there)
+TABLE_FLAGS = {"unconverged": "unconverged or misconfigured: the oracle is not best or tied"}
 
 
 # -- statistics -------------------------------------------------------------------------------------
@@ -83,9 +85,9 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
                              "higher_is_better": None})
             continue
         for m in r.get("metrics") or []:
-            legacy = legacy_ref_level(m, r)  # an older record's bias_floor / fd_floor, read as today's levels
-            if legacy is not None:
-                m = {"name": legacy[0], "value": legacy[1]}
+            if m.get("name") in LEGACY_LEVELS:  # an older record's bias_floor / fd_floor, read as today's levels
+                name = LEGACY_LEVELS[m["name"]]
+                m = {"name": name, "value": METRICS.get(name).read_legacy(m, r)}
             v = math.nan if m.get("value") is None else float(m["value"])
             if m["name"] in REF_LEVELS:  # a row of its metric's table, once per seed, never ranked
                 metric, _ = REF_LEVELS[m["name"]]
@@ -210,9 +212,7 @@ def table_flag_note(t: dict[str, Any]) -> str:
     """What a table's flags say, without markup ("" when it raises none)."""
     if not t.get("flags"):
         return ""
-    from tiwbench.report.flags import FLAGS
-
-    return "⚑ " + "; ".join(f"{FLAGS.get(f, f)} ({f})" for f in t["flags"])
+    return "⚑ " + "; ".join(f"{TABLE_FLAGS.get(f, f)} ({f})" for f in t["flags"])
 
 
 def _column_label(f: float, sub: pd.DataFrame) -> str:
