@@ -1,5 +1,5 @@
-"""The reference levels (bias_ref_level, bias_ref, fd_ref_level), the memorization metric, the exact_empirical ratio and the
-runner's π, each against an independent computation."""
+"""The reference levels (bias_ref_level, bias_ref, fd_ref_level), the memorization metric, the exact_empirical
+ratio and the runner's π, each against an independent computation."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def test_bias_ref_level_is_what_reproducing_d_ref_scores():
     biases = []
     for _ in range(400):
         labels = torch.multinomial(torch.as_tensor(p_ref), n_gen, replacement=True, generator=g)
-        x = toy.data_mixture.means[labels] + toy.data_mixture.stds[labels, None] * torch.randn(n_gen, 2, generator=g, dtype=torch.float64)
+        mix = toy.data_mixture
+        x = mix.means[labels] + mix.stds[labels, None] * torch.randn(n_gen, 2, generator=g, dtype=torch.float64)
         ctx.samples = x.float()
         biases.append(_metric("bias", ctx))
     rms = float(np.sqrt(np.mean(np.square(biases))))
