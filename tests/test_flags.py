@@ -58,6 +58,10 @@ def test_unconverged_table_is_flagged_and_a_converged_one_is_not():
     # intervals that overlap are a tie: the oracle tied with the leader is not flagged
     tied = [_rec(m, s, v + 0.05 * s) for s in range(3) for m, v in (("oracle", 0.30), ("dsm_ref", 0.25))]
     assert (_flags(tied).table_flags.map(len) == 0).all()
+    # memorized is measured against each method's own training data: the oracle need not lead it
+    mem = [{**r, "metrics": [{"name": "memorized", "value": 0.1 if r["method"] == "oracle" else 0.0,
+                              "higher_is_better": False}]} for r in _converged()]
+    assert (_flags(mem).table_flags.map(len) == 0).all()
     # one seed: no interval to show a tie, so a mean better than the oracle's flags the table (and n < 3)
     one = _flags([_rec("oracle", 0, 2.5), _rec("dsm_ref", 0, 1.7)])
     assert _cell(one, "oracle").table_flags == ["unconverged"] and "n_lt_3" in _cell(one, "dsm_ref").cell_flags

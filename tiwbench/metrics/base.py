@@ -43,6 +43,8 @@ class Metric(ABC):
     higher_is_better: ClassVar[bool]
     description: ClassVar[str] = ""
     ranked: ClassVar[bool] = True  # False: a diagnostic the leaderboard shows but marks no winner of
+    # True: a distance to the truth, where the oracle (trained on unbiased data) leads a converged table
+    oracle_leads: ClassVar[bool] = True
 
     @classmethod
     def needs(cls, dataset) -> dict[str, str]:
