@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 # The default run is where the paper's question lives: gmm, D_ref from 1 % to 25 %, three seeds, the methods
-# that answer it (all ten and every dataset: `tiwbench run --suite ref_size --executor local --threads 1`).
+# that answer it (all ten, gmm and toy2d: `tiwbench run --suite ref_size --executor local --threads 1`;
+# digits_lt, unconverged at CPU budgets: `--suite ref_size_digits`).
 RUN_METHODS ?= dsm_ref,iw_dsm,tiw_dsm,tiw_dsm@exact_empirical,oracle
 RUN_REF_FRACS ?= 0.01,0.05,0.25
 

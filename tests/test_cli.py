@@ -73,8 +73,8 @@ def test_run_report_show_end_to_end(tmp_path):
                 "config", "env", "timing", "config_hash"):
         assert key in rec
     assert rec["ref_size"] == 500
-    # the suite's metrics, and the floors that every record on an exact mixture carries
-    assert {m["name"] for m in rec["metrics"]} == {"fd", "bias", "bias_floor", "bias_ref", "fd_floor"}
+    # the suite's metrics, and the reference levels that every record on an exact mixture carries
+    assert {m["name"] for m in rec["metrics"]} == {"fd", "bias", "bias_ref_level", "bias_ref", "fd_ref_level"}
     assert rec["env"]["packages"]["torch"].startswith("2.13")
     # running again skips both cells: nothing is recomputed
     r2 = runner.invoke(app, args)

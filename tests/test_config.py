@@ -13,11 +13,26 @@ BASE = "name: t\ndatasets: [toy2d]\nmethods: [tiw_dsm]\nref_fracs: [0.05]\nseeds
 
 
 def test_shipped_suites_load():
-    for name in ("ref_size", "smoke", "toy_exact"):
+    for name in ("ref_size", "ref_size_digits", "smoke", "toy_exact"):
         s = load_suite(name)
         for ds in s.datasets:
             for profile in ("smoke", "default", "paper"):
                 resolve_budget(s, profile, ds)
+
+
+def test_ref_size_defaults_leave_digits_to_its_own_suite():
+    """ref_size's default datasets are the converged ones; digits_lt (unconverged at the default CPU profile,
+    docs/results.md) is ref_size_digits, whose cells are ref_size's digits_lt cells under another name."""
+    from tiwbench.config import profile_metrics
+
+    ref, digits = load_suite("ref_size"), load_suite("ref_size_digits")
+    assert ref.datasets == ["gmm", "toy2d"] and digits.datasets == ["digits_lt"]
+    assert "unconverged" in digits.description
+    assert (digits.methods, digits.ref_fracs, digits.seeds, digits.ratio) == (ref.methods, ref.ref_fracs, ref.seeds,
+                                                                              ref.ratio)
+    for profile in ("smoke", "default", "paper"):
+        assert resolve_budget(digits, profile, "digits_lt") == resolve_budget(ref, profile, "digits_lt")
+        assert profile_metrics(digits, profile, "digits_lt") == profile_metrics(ref, profile, "digits_lt")
 
 
 def test_unknown_top_level_key_names_key_and_file(tmp_path):

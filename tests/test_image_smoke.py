@@ -25,8 +25,9 @@ def _check(tmp_path, dataset, proc, method="tiw_dsm"):
     cell = tmp_path / "runs" / "smoke" / dataset / method / "ref0.05_seed0"
     rec = json.loads((cell / "record.json").read_text())
     values = {m["name"]: m["value"] for m in rec["metrics"]}
-    # the suite's metrics and the label floors every labelled record carries
-    assert set(values) == {"fd", "bias", "bias_floor", "bias_ref"} and all(v == v and v >= 0 for v in values.values())
+    # the suite's metrics and the label reference levels every labelled record carries
+    assert set(values) == {"fd", "bias", "bias_ref_level", "bias_ref"}
+    assert all(v == v and v >= 0 for v in values.values())
     fd = next(m for m in rec["metrics"] if m["name"] == "fd")
     assert set(fd["variant"]) >= {"backend", "weights", "resize", "reference_size", "reference_hash"}
     assert fd["variant"]["reference_size"] == fd["n_ref"] == min(1000, len_target(dataset))

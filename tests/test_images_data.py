@@ -182,8 +182,8 @@ def test_registry_and_suite_know_the_image_datasets():
     for name in ("digits_lt", "cifar10_lt", "ffhq_gender"):
         cls = DATASETS.get(name)
         assert cls.kind == "image" and cls.sigma_data == 0.5
+    assert "digits_lt" in load_suite("ref_size_digits").datasets
     suite = load_suite("ref_size")
-    assert "digits_lt" in suite.datasets
     budget, seeds = resolve_budget(suite, "paper", "cifar10_lt")
     assert budget.train.channel_mult == [2, 2, 2] and budget.sample.n == 50000 and budget.sample.steps == 18
     budget, _ = resolve_budget(suite, "paper", "ffhq_gender")

@@ -71,7 +71,7 @@ def test_missing_extra_is_named_before_any_cell(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a, **k: None if name == "torch_fidelity" else real(name, *a, **k))
     out = tmp_path / "runs"
-    r = CliRunner().invoke(app, ["run", "--suite", "ref_size", "--profile", "smoke", "--out", str(out),
+    r = CliRunner().invoke(app, ["run", "--suite", "ref_size_digits", "--profile", "smoke", "--out", str(out),
                                  "--cache-dir", str(tmp_path / "cache"), "--no-report"])
     assert r.exit_code == 2
     lines = [x for x in r.output.strip().splitlines() if x.startswith("error:")]

@@ -1,16 +1,16 @@
-"""The win map's verdicts and the floor rows of the leaderboard, on synthetic records."""
+"""The win map's verdicts and the reference-level rows of the leaderboard, on synthetic records."""
 
 from __future__ import annotations
 
-from tiwbench.report.leaderboard import FLOOR_METHOD, aggregate, records_frame, to_markdown
+from tiwbench.report.leaderboard import REF_LEVEL_METHOD, aggregate, records_frame, to_markdown
 from tiwbench.report.win_map import save_win_map, winners
 
 
-def _rec(method, dim, frac, seed, fd, floor=0.01):
+def _rec(method, dim, frac, seed, fd, level=0.01):
     return {"suite": "regime", "dataset": "gmm", "method": method, "ref_frac": frac, "seed": seed, "status": "ok",
             "sweep": {"dim": dim}, "config": {"method": method, "seed": seed},
             "metrics": [{"name": "fd", "value": fd, "higher_is_better": False},
-                        {"name": "fd_floor", "value": floor + 0.001 * seed, "higher_is_better": False}]}
+                        {"name": "fd_ref_level", "value": level + 0.001 * seed, "higher_is_better": False}]}
 
 
 def _records():
@@ -32,14 +32,14 @@ def test_winners_best_tie_and_the_oracle_left_out(tmp_path):
     assert (tmp_path / "win.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_floor_is_one_unranked_row_per_seed():
+def test_reference_level_is_one_unranked_row_per_seed():
     agg = aggregate(records_frame(_records()))
-    floor = agg[(agg.method == FLOOR_METHOD) & (agg.x == 4.0)]
-    assert len(floor) == 1 and int(floor.n.iloc[0]) == 4  # 4 seeds, not 3 methods × 4 seeds
-    assert abs(float(floor["mean"].iloc[0]) - (0.01 + 0.0015)) < 1e-12
-    assert (floor.mark == "").all()  # the oracle-free ranking is the methods'; the floor is never best
-    assert "fd_floor" not in set(agg.metric)
-    assert f"| {FLOOR_METHOD} |" in to_markdown(agg)
+    level = agg[(agg.method == REF_LEVEL_METHOD) & (agg.x == 4.0)]
+    assert len(level) == 1 and int(level.n.iloc[0]) == 4  # 4 seeds, not 3 methods × 4 seeds
+    assert abs(float(level["mean"].iloc[0]) - (0.01 + 0.0015)) < 1e-12
+    assert (level.mark == "").all()  # a reference row is never best
+    assert "fd_ref_level" not in set(agg.metric)
+    assert f"| {REF_LEVEL_METHOD} |" in to_markdown(agg)
 
 
 def test_win_map_as_markdown():

@@ -336,25 +336,42 @@ def baseline(
 
 @app.command()
 def check(
-    baseline: Annotated[Path, typer.Option(help="baseline JSON written by `tiwbench baseline`")],
+    baseline: Annotated[Optional[Path], typer.Option(help="baseline JSON written by `tiwbench baseline`")] = None,
     runs: Annotated[Path, typer.Option(help="directory of fresh records")] = Path("results/runs"),
     allow_missing: Annotated[bool, typer.Option(help="do not fail on baseline cells absent from --runs")] = False,
     show_ok: Annotated[bool, typer.Option("--all", help="list cells within tolerance too")] = False,
+    strict: Annotated[bool, typer.Option(help="fail on the report's flags (all, or --strict-on's)")] = False,
+    strict_on: Annotated[Optional[str], typer.Option(
+        help="fail on these flags only (implies --strict): comma-separated among unconverged, peak_not_reached, "
+             "n_lt_3, at_reference_level, budget_moved, or all")] = None,
 ):
-    """Compare fresh records with a baseline, by each metric's direction. Exit 1 on a regression beyond
-    tolerance, a cell that failed, or a missing cell; improvements are reported and pass.
+    """Compare fresh records with a baseline, by each metric's direction; with --strict, also fail on the
+    flags the report raises (a table whose oracle is beaten, a peak not reached, ...). Exit 1 on a
+    regression beyond tolerance, a cell that failed, a missing cell or a chosen flag; improvements are
+    reported and pass.
 
-    Example:\n
-      tiwbench check --baseline results/baselines/smoke.json --runs results/runs
+    Examples:\n
+      tiwbench check --baseline results/baselines/smoke.json --runs results/runs\n
+      tiwbench check --strict-on unconverged --runs results/runs
     """
     try:
         from tiwbench.report.baseline_check import check as run_check
         from tiwbench.report.baseline_check import load_baseline
+        from tiwbench.report.flags import add_flags, parse_flags, strict_check
         from tiwbench.report.intervals import ReportError
-        from tiwbench.report.leaderboard import load_runs
+        from tiwbench.report.leaderboard import aggregate, load_runs, records_frame
 
+        if baseline is None and not (strict or strict_on):
+            raise UserError("nothing to check: pass --baseline FILE, --strict (or --strict-on FLAGS), or both")
         try:
-            passed, text, _ = run_check(load_baseline(baseline), load_runs(runs), allow_missing, show_ok)
+            chosen = parse_flags(strict_on) if (strict or strict_on) else []
+            records = load_runs(runs)
+            passed, text = True, ""
+            if baseline is not None:
+                passed, text, _ = run_check(load_baseline(baseline), records, allow_missing, show_ok)
+            if chosen:
+                clean, flags_text = strict_check(add_flags(aggregate(records_frame(records)), records), chosen)
+                passed, text = passed and clean, text + flags_text
         except ReportError as e:
             raise UserError(str(e)) from None
     except _user_errors() as e:

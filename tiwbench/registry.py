@@ -167,9 +167,9 @@ METRICS.register("fd", "tiwbench.metrics.fd:FD")
 METRICS.register("bias", "tiwbench.metrics.base:Bias")
 METRICS.register("memorized", "tiwbench.metrics.memorization:Memorized")
 METRICS.register("tilt_shift", "tiwbench.metrics.tilt:TiltShift")
-METRICS.register("bias_floor", "tiwbench.metrics.floors:BiasFloor")
-METRICS.register("bias_ref", "tiwbench.metrics.floors:BiasRef")
-METRICS.register("fd_floor", "tiwbench.metrics.floors:FDFloor")
+METRICS.register("bias_ref_level", "tiwbench.metrics.ref_levels:BiasRefLevel")
+METRICS.register("bias_ref", "tiwbench.metrics.ref_levels:BiasRef")
+METRICS.register("fd_ref_level", "tiwbench.metrics.ref_levels:FDRefLevel")
 METRICS.register("fid", "tiwbench.metrics.fidelity:FID")  # ↓, direction from the class
 METRICS.register("kid", "tiwbench.metrics.fidelity:KID")  # ↓
 METRICS.register("precision", "tiwbench.metrics.fidelity:Precision")  # ↑

@@ -28,7 +28,7 @@ class EvalContext:
     options: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None  # the run's cache (reference statistics of image metrics)
     memo: dict[Any, Any] = field(default_factory=dict)  # results shared by the metrics of one cell
-    split: Any = None  # tiwbench.data.base.Split of the cell: D_ref's labels for the floors
+    split: Any = None  # tiwbench.data.base.Split of the cell: D_ref's labels for the reference levels
     train_data: torch.Tensor | None = None  # what the method trained on (memorization)
     _features: torch.Tensor | None = None
 
@@ -43,6 +43,8 @@ class Metric(ABC):
     higher_is_better: ClassVar[bool]
     description: ClassVar[str] = ""
     ranked: ClassVar[bool] = True  # False: a diagnostic the leaderboard shows but marks no winner of
+    # True: a distance to the truth, where the oracle (trained on unbiased data) leads a converged table
+    oracle_leads: ClassVar[bool] = True
 
     @classmethod
     def needs(cls, dataset) -> dict[str, str]:
@@ -51,7 +53,7 @@ class Metric(ABC):
 
     @classmethod
     def applies(cls, ctx: EvalContext) -> bool:
-        """Whether the metric can be computed on this cell (the floors need labels or exact moments)."""
+        """Whether the metric can be computed on this cell (the reference levels need labels or exact moments)."""
         return True
 
     @abstractmethod

@@ -531,6 +531,7 @@ class Precision(_Fidelity):
 
     name = "precision"
     higher_is_better = True
+    oracle_leads = False  # one side of fidelity: a method that drops modes can beat the oracle's
     description = "improved precision: generated samples on the target manifold"
 
     def __call__(self, ctx: EvalContext) -> dict[str, Any]:
@@ -543,6 +544,7 @@ class Recall(_Fidelity):
 
     name = "recall"
     higher_is_better = True
+    oracle_leads = False  # one side of fidelity: over-dispersed samples can beat the oracle's
     description = "improved recall: target covered by the generated samples"
 
     def __call__(self, ctx: EvalContext) -> dict[str, Any]:

@@ -39,6 +39,8 @@ class Memorized(Metric):
     name = "memorized"
     higher_is_better = False
     description = "share of samples with ‖x−NN₁‖/‖x−NN₂‖ < 1/3 over the method's training data (Gu et al. 2023)"
+    # against each method's own training data (the oracle's is the largest): not a distance to the truth
+    oracle_leads = False
 
     @classmethod
     def applies(cls, ctx: EvalContext) -> bool:

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 
 from tiwbench.report.intervals import ReportError
-from tiwbench.report.leaderboard import FLOOR_METHOD
+from tiwbench.report.leaderboard import REF_LEVEL_METHOD
 
 COLUMNS = ["dataset", "metric", "ref_frac", "x_name", "x", "method", "mean_1x", "ci_low_1x", "ci_high_1x", "mean_2x",
            "moved"]
@@ -28,7 +28,7 @@ def budget_check(agg: pd.DataFrame, suite: str, scaled: str | None = None) -> tu
                           f"(run the same cells again with --budget-scale 2)")
     keys = ["dataset", "metric", "ref_frac", "x_name", "x", "method"]
     both = one.merge(two, on=keys, suffixes=("_1x", "_2x"))
-    both = both[(both.method != FLOOR_METHOD) & (both.n_1x > 0) & (both.n_2x > 0)]
+    both = both[(both.method != REF_LEVEL_METHOD) & (both.n_1x > 0) & (both.n_2x > 0)]
     rows = []
     for _, r in both.iterrows():
         moved = math.isfinite(r.ci_low_1x) and not (r.ci_low_1x <= r.mean_2x <= r.ci_high_1x)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from tiwbench.report.intervals import CONFIDENCE, ReportError
-from tiwbench.report.leaderboard import FLOOR_METHOD, records_frame, x_axis
+from tiwbench.report.leaderboard import REF_LEVEL_METHOD, records_frame, x_axis
 from tiwbench.report.paired import paired_interval
 
 BASELINE = "dsm_ref"
@@ -62,7 +62,7 @@ def share_interval(ref: list[float], m: list[float], ceil: list[float], n_boot: 
 
 def gap_table(df: pd.DataFrame, ceiling: str | None = None) -> pd.DataFrame:
     """One row per (dataset, ref_frac, swept value, metric, method ≠ dsm_ref, ceiling) from ``records_frame``."""
-    ok = df[(df.status == "ok") & (df.method != FLOOR_METHOD)]
+    ok = df[(df.status == "ok") & (df.method != REF_LEVEL_METHOD)]
     if BASELINE not in set(ok.method):
         raise ReportError(f"--gap needs {BASELINE} records (the baseline every method is compared with)")
     rows = []

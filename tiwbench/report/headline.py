@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from tiwbench.report.intervals import CONFIDENCE, paired_t
-from tiwbench.report.leaderboard import FLOOR_METHOD, ranked, tables
+from tiwbench.report.leaderboard import REF_LEVEL_METHOD, ranked, tables
 
 BASELINE = "dsm_ref"  # what a practitioner gets from D_ref alone: the margin every winner is read against
 
@@ -47,10 +47,11 @@ def margin(winner: dict, other: dict, higher_is_better: bool) -> str:
 
 
 def _flags(cells: list[pd.Series]) -> list[str]:
-    """``method: flag`` for each flag the cells carry (a string or a list in a ``flags`` column), once each."""
+    """``method: flag`` for each flag the cells carry (a string or a list in the ``cell_flags`` column of
+    tiwbench.report.flags, or a ``flags`` column), once each."""
     out: list[str] = []
     for r in cells:
-        f = r.get("flags")
+        f = r.get("cell_flags", r.get("flags"))
         for flag in [f] if isinstance(f, str) else list(f) if isinstance(f, list | tuple) else []:
             if flag and f"{r.method}: {flag}" not in out:
                 out.append(f"{r.method}: {flag}")
@@ -60,7 +61,7 @@ def _flags(cells: list[pd.Series]) -> list[str]:
 def column_sentence(t: dict[str, Any], f: float, label: str, values: dict[tuple, dict]) -> str | None:
     """The sentence of one column (one reference size) of a leaderboard table; None where nothing ran."""
     cells = [t["cells"][(m, f)] for m in t["methods"] if (m, f) in t["cells"]]
-    live = [r for r in cells if r.n > 0 and r.method != FLOOR_METHOD and not bool(r.get("ceiling", False))]
+    live = [r for r in cells if r.n > 0 and r.method != REF_LEVEL_METHOD and not bool(r.get("ceiling", False))]
     if not live:
         return None
     hib = t["higher_is_better"]
@@ -79,7 +80,7 @@ def column_sentence(t: dict[str, Any], f: float, label: str, values: dict[tuple,
     else:
         tied = leaders or live
         text = f"at {label}, no winner: " + " ≈ ".join(f"{r.method} ({_num(r['mean'])})" for r in tied)
-    refs = [r for r in cells if r.n > 0 and (bool(r.get("ceiling", False)) or r.method == FLOOR_METHOD)]
+    refs = [r for r in cells if r.n > 0 and (bool(r.get("ceiling", False)) or r.method == REF_LEVEL_METHOD)]
     if refs:
         text += "; for reference " + ", ".join(f"{r.method} {_num(r['mean'])}" for r in refs)
     flags = _flags(cells)
@@ -101,13 +102,14 @@ def headline(agg: pd.DataFrame, df: pd.DataFrame) -> list[tuple[str, list[str]]]
         if sentences:
             arrow = "↑" if t["higher_is_better"] else "↓"
             swept = f", {t['panel']}" if t.get("panel", "ref_frac") != "ref_frac" else ""
-            out.append((f"{t['dataset']} · {t['metric']} {arrow} (suite {t['suite']}{swept})", sentences))
+            table_flags = f" ⚑ {', '.join(t['flags'])}" if t.get("flags") else ""  # e.g. unconverged: read with care
+            out.append((f"{t['dataset']} · {t['metric']} {arrow} (suite {t['suite']}{swept}){table_flags}", sentences))
     return out
 
 
 INTRO = ("Per table and reference size: the winner (separated from every other runnable method, the "
          "leaderboard's rule) with its margin over the runner-up and over dsm_ref, mean of the per-seed "
-         "differences with their paired interval; or the tied set, best mean first. Ceilings and floors are "
+         "differences with their paired interval; or the tied set, best mean first. Ceilings and reference levels are "
          "quoted for reference and never win.")
 
 

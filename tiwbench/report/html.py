@@ -13,10 +13,11 @@ from typing import Any
 import pandas as pd
 
 from tiwbench.report.leaderboard import (
-    FLOOR_METHOD,
     LEGEND,
+    REF_LEVEL_METHOD,
     cell_parts,
     row_label,
+    table_flag_note,
     table_title,
     tables,
     unpaired_note,
@@ -87,6 +88,8 @@ td.best{font-weight:bold;background:#e6f4e6}
 td.tie{background:#f4f4e0}
 td.failed{color:#b00;background:#fbeaea}
 tr.reference td{color:#555;font-style:italic}
+p.flag{color:#b00;font-weight:bold}
+td[data-flags]{outline:1px dashed #c60}
 small{color:#666}
 img{max-width:100%}
 .pair{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
@@ -156,21 +159,30 @@ def leaderboard_table(t: dict) -> str:
                 detail = f"({detail})"
             cls = "failed" if r.n == 0 else r.mark
             main = ("≈ " if r.mark == "tie" else "") + main
-            tds.append(f'<td class="{cls}">{html.escape(main)}<br><small>{html.escape(detail)}</small></td>')
-        ref = ' class="reference"' if m in t.get("ceilings", ()) or m == FLOOR_METHOD else ""
+            flags = r.get("cell_flags") if isinstance(r.get("cell_flags"), list) else []
+            data = f' data-flags="{html.escape(" ".join(flags))}"' if flags else ""
+            tds.append(f'<td class="{cls}"{data}>{html.escape(main)}<br><small>{html.escape(detail)}</small></td>')
+        ref = ' class="reference"' if m in t.get("ceilings", ()) or m == REF_LEVEL_METHOD else ""
         rows.append(f"<tr{ref}><td>{html.escape(row_label(t, m))}</td>{''.join(tds)}</tr>")
     note = unpaired_note(t)
     return f"<table>{''.join(rows)}</table>" + (f"<p><small>{html.escape(note)}</small></p>" if note else "")
 
 
-def to_html(agg: pd.DataFrame, figures: dict[int, bytes] | None = None, extra: str = "", top: str = "") -> str:
-    """One self-contained page: ``top`` (the headline), the legend, each leaderboard table beside its
-    figure (``figures``: table index -> PNG), then ``extra`` (the other sections and the samples)."""
+def to_html(agg: pd.DataFrame, figures: dict[int, bytes] | None = None, extra: str = "", top: str = "",
+            notice: str = "") -> str:
+    """One self-contained page: ``notice`` (the flags raised), ``top`` (the headline), the legend, each
+    leaderboard table beside its figure (``figures``: table index -> PNG), then ``extra`` (the other sections
+    and the samples)."""
     body = ["<h1>tiwbench report</h1>", top, f"<p><small>{html.escape(LEGEND)}</small></p>"]
+    if notice:
+        body.insert(1, f'<p class="flag">⚑ {html.escape(notice)}</p>')
     for i, t in enumerate(tables(agg)):
         fig = (figures or {}).get(i)
         side = f"<figure>{png_img(fig, f'{table_title(t)} against ref_frac')}</figure>" if fig else ""
-        body.append(f"<h2>{html.escape(table_title(t))}</h2>"
+        note = table_flag_note(t)
+        if note:  # the table's flags, machine-readable in data-flags
+            note = f'<p class="flag" data-flags="{html.escape(" ".join(t["flags"]))}">{html.escape(note)}</p>'
+        body.append(f"<h2>{html.escape(table_title(t))}</h2>{note}"
                     f'<div class="pair"><div>{leaderboard_table(t)}</div>{side}</div>')
     if agg.empty:
         body.append("<p>no records found</p>")

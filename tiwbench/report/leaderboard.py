@@ -26,9 +26,13 @@ FORMATS = ("markdown", "csv", "latex", "html", "json")
 # x: where a cell sits on the x-axis, the value of x_name (ref_frac, or the suite's swept dataset parameter)
 KEY = ["suite", "dataset", "metric", "method", "ref_frac", "x_name", "x"]
 ANY_METRIC = "(all metrics)"  # stands for the metrics of a failed record that does not list them
-# floor metrics (tiwbench.metrics.floors) -> the table they are a row of, and what the row says
-FLOORS = {"bias_floor": ("bias", "D_ref's own proportions"), "fd_floor": ("fd", "fresh samples of the truth")}
-FLOOR_METHOD = "(floor)"
+# reference levels (tiwbench.metrics.ref_levels) -> the table they are a row of, and what the row says
+REF_LEVELS = {"bias_ref_level": ("bias", "n_gen samples labelled as D_ref"),
+              "fd_ref_level": ("fd", "n_gen fresh samples of the truth")}
+REF_LEVEL_METHOD = "(reference level)"
+LEGACY_LEVELS = {"bias_floor": "bias_ref_level", "fd_floor": "fd_ref_level"}  # names in older records
+# what a flagged table says (tiwbench.report.flags computes the flags; the cells' are listed there)
+TABLE_FLAGS = {"unconverged": "unconverged or misconfigured: the oracle is not best or tied"}
 
 
 # -- statistics -------------------------------------------------------------------------------------
@@ -82,10 +86,13 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
                              "higher_is_better": None})
             continue
         for m in r.get("metrics") or []:
+            if m.get("name") in LEGACY_LEVELS:  # an older record's bias_floor / fd_floor, read as today's levels
+                name = LEGACY_LEVELS[m["name"]]
+                m = {"name": name, "value": METRICS.get(name).read_legacy(m, r)}
             v = math.nan if m.get("value") is None else float(m["value"])
-            if m["name"] in FLOORS:  # the floor is a row of its metric's table, once per seed, never ranked
-                metric, _ = FLOORS[m["name"]]
-                rows.append({**key, "method": FLOOR_METHOD, "config_key": None, "ceiling": False, "metric": metric,
+            if m["name"] in REF_LEVELS:  # a row of its metric's table, once per seed, never ranked
+                metric, _ = REF_LEVELS[m["name"]]
+                rows.append({**key, "method": REF_LEVEL_METHOD, "config_key": None, "ceiling": False, "metric": metric,
                              "value": v,
                              "status": "ok" if math.isfinite(v) else "failed", "higher_is_better": False})
                 continue
@@ -95,10 +102,10 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     cols = ["suite", "dataset", "method", "ref_frac", "seed", "status", "profile", "config_hash", "ref_size",
             "config_key", "ceiling", "metric", "value", "higher_is_better", "x_name", "x"]
     df = pd.DataFrame(rows, columns=cols)
-    floor = df.method == FLOOR_METHOD  # every method's record of a seed holds the same floor: keep one
-    if floor.any():
-        firsts = df[floor].drop_duplicates(["suite", "dataset", "metric", "ref_frac", "x_name", "x", "seed"])
-        df = pd.concat([df[~floor], firsts], ignore_index=True)
+    level = df.method == REF_LEVEL_METHOD  # every method's record of a seed holds the same level: keep one
+    if level.any():
+        firsts = df[level].drop_duplicates(["suite", "dataset", "metric", "ref_frac", "x_name", "x", "seed"])
+        df = pd.concat([df[~level], firsts], ignore_index=True)
     unnamed = df.metric.isna()
     if unnamed.any():  # a failed record that does not say its metrics: count it against every metric seen
         seen = df[~unnamed].groupby(["suite", "dataset"]).metric.unique()
@@ -177,7 +184,7 @@ def column_verdicts(col: pd.DataFrame, values: dict[Any, dict] | None = None) ->
     tests (``values``: index -> {seed: value}) are Holm-corrected over the column's paired comparisons at
     the report's confidence level.
     """
-    valid = col[(col.n > 0) & (col.method != FLOOR_METHOD) & ~col.get("ceiling", False)]
+    valid = col[(col.n > 0) & (col.method != REF_LEVEL_METHOD) & ~col.get("ceiling", False)]  # references
     if len(valid) < 2:
         return {}
     hib = bool(valid.higher_is_better.iloc[0])
@@ -225,7 +232,17 @@ def cell_parts(r: pd.Series) -> tuple[str, str]:
         detail += f", {r.failed} failed"
     if r.get("configs", 1) > 1:  # stale seeds of an earlier config beside fresh ones: not one experiment
         detail += f", MIXED: {r.configs} configs"
+    flags = r.get("cell_flags")  # tiwbench.report.flags, where the report computed them
+    if isinstance(flags, list) and flags:
+        detail += " ⚑ " + ", ".join(flags)
     return main, detail
+
+
+def table_flag_note(t: dict[str, Any]) -> str:
+    """What a table's flags say, without markup ("" when it raises none)."""
+    if not t.get("flags"):
+        return ""
+    return "⚑ " + "; ".join(f"{TABLE_FLAGS.get(f, f)} ({f})" for f in t["flags"])
 
 
 def _column_label(f: float, sub: pd.DataFrame) -> str:
@@ -237,8 +254,8 @@ def _column_label(f: float, sub: pd.DataFrame) -> str:
 def row_order(sub: pd.DataFrame) -> list[str]:
     """The rows of a table: the ranked methods, then the ceilings, then the floor (references last)."""
     ceilings = set(sub.method[sub.ceiling.astype(bool)]) if "ceiling" in sub else set()
-    methods = sorted(set(sub.method) - ceilings - {FLOOR_METHOD})
-    return methods + sorted(ceilings) + ([FLOOR_METHOD] if FLOOR_METHOD in set(sub.method) else [])
+    methods = sorted(set(sub.method) - ceilings - {REF_LEVEL_METHOD})
+    return methods + sorted(ceilings) + ([REF_LEVEL_METHOD] if REF_LEVEL_METHOD in set(sub.method) else [])
 
 
 def row_label(t: dict[str, Any], method: str) -> str:
@@ -265,6 +282,7 @@ def tables(agg: pd.DataFrame) -> list[dict[str, Any]]:
                     "labels": [_column_label(f, sub) for f in fracs], "methods": row_order(sub),
                     "ceilings": ceilings,
                     "profiles": sorted({p for ps in sub.profiles for p in ps.split(",") if p}),
+                    "flags": list(sub.table_flags.iloc[0]) if "table_flags" in sub else [],
                     "cells": {(r.method, r.x): r for _, r in sub.iterrows()}})
     return out
 
@@ -286,8 +304,12 @@ LEGEND = (f"Rows: method; columns: ref_frac (or the suite's swept parameter). "
           "non-overlapping CIs. n=1 has no CI and cannot be separated from the leader. "
           f"({CEILING_LABEL}): a method no practitioner can run (the oracle's unbiased set, exact ratios), shown "
           "for reference and never ranked. –: not run; failed cells are counted. "
-          "(floor), never ranked: bias of D_ref's own label proportions, fd of as many fresh samples of the truth "
-          "(what no method learning from D_ref can beat); bias_ref, never ranked: bias against D_ref's proportions.")
+          "(reference level), a reference row, never ranked: the rms bias of as many samples as a method generated, "
+          "labelled in D_ref's own proportions (what reproducing D_ref exactly would score), and the fd of as many "
+          "fresh samples of the truth; levels to read against, not bounds (a method can land below by chance or "
+          "by smoothing). bias_ref, never ranked: bias against D_ref's proportions. "
+          "⚑ flags (tiwbench.report.flags): unconverged (table: the oracle's interval worse than another method's), "
+          "peak_not_reached (most seeds chose the last snapshot), n_lt_3, at_reference_level, budget_moved.")
 
 
 # -- formats ------------------------------------------------------------------------------------------
@@ -296,8 +318,9 @@ def to_markdown(agg: pd.DataFrame) -> str:
         return "no records found\n"
     parts = [f"_{LEGEND}_\n"]
     for t in tables(agg):
-        lines = [f"### {table_title(t)}", "", "| method | " + " | ".join(t["labels"]) + " |",
-                 "|---|" + "---|" * len(t["fracs"])]
+        note = table_flag_note(t)
+        lines = [f"### {table_title(t)}", *([f"**{note}**"] if note else []), "",
+                 "| method | " + " | ".join(t["labels"]) + " |", "|---|" + "---|" * len(t["fracs"])]
         for m in t["methods"]:
             cells = []
             for f in t["fracs"]:
@@ -368,19 +391,30 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def tidy(agg: pd.DataFrame) -> list[dict[str, Any]]:
-    """Aggregated cells as plain dicts (NaN -> None): the csv and json formats."""
+def tidy(agg: pd.DataFrame, joined: bool = False) -> list[dict[str, Any]]:
+    """Aggregated cells as plain dicts (NaN -> None): the csv and json formats; with the report's flags
+    (lists, or ";"-joined strings for csv with ``joined``) where they were computed."""
     cols = KEY + ["higher_is_better", "n", "failed", "mean", "std", "ci_low", "ci_high", "ci_half", "mark",
-                  "test", "ceiling", "profiles", "ref_size"]
-    return [{c: _clean(r[c]) for c in cols} for _, r in agg.iterrows()]
+                  "test", "ceiling", "profiles", "ref_size"] + [c for c in ("cell_flags", "table_flags") if c in agg]
+    out = [{c: _clean(r[c]) for c in cols} for _, r in agg.iterrows()]
+    for row in out:
+        for c in ("cell_flags", "table_flags"):
+            if c in row:
+                row[c] = ";".join(row[c]) if joined else list(row[c])
+    return out
 
 
 def to_json(agg: pd.DataFrame) -> str:
-    return json.dumps({"confidence": CONFIDENCE, "cells": tidy(agg)}, indent=2) + "\n"
+    doc = {"confidence": CONFIDENCE, "cells": tidy(agg)}
+    if "table_flags" in agg:  # one entry per table, so a reader need not collect them from the cells
+        tabs = tables(agg)
+        doc["tables"] = [{k: t[k] for k in ("suite", "dataset", "metric", "panel", "flags")} for t in tabs]
+    return json.dumps(doc, indent=2) + "\n"
 
 
 def to_csv(agg: pd.DataFrame) -> str:
-    return pd.DataFrame(tidy(agg), columns=list(tidy(agg)[0]) if len(agg) else KEY).to_csv(index=False)
+    rows = tidy(agg, joined=True)
+    return pd.DataFrame(rows, columns=list(rows[0]) if len(agg) else KEY).to_csv(index=False)
 
 
 # -- entry points -------------------------------------------------------------------------------------

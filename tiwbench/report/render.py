@@ -76,7 +76,7 @@ def _figures(name: str, agg: pd.DataFrame, records: list[dict[str, Any]]) -> lis
     return []
 
 
-def _html(agg: pd.DataFrame, df: pd.DataFrame, records: list[dict[str, Any]], sections) -> str:
+def _html(agg: pd.DataFrame, df: pd.DataFrame, records: list[dict[str, Any]], sections, notice: str = "") -> str:
     from tiwbench.report.headline import to_html as headline_html
     from tiwbench.report.html import gallery_html, markdown_html, png_img, to_html
     from tiwbench.report.plots import panel_pngs
@@ -95,7 +95,7 @@ def _html(agg: pd.DataFrame, df: pd.DataFrame, records: list[dict[str, Any]], se
         extra.append(f'<section id="{name}">{pairs}</section>')
     extra.append(gallery_html(records))
     figures = dict(enumerate(panel_pngs(agg))) if len(agg) else {}
-    return to_html(agg, figures, "\n".join(extra), top=headline_html(agg, df))
+    return to_html(agg, figures, "\n".join(extra), top=headline_html(agg, df), notice=notice)
 
 
 def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any]] | None = None,
@@ -104,7 +104,12 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
     """The report in ``fmt``; ``df``: the per-seed rows ``agg`` came from (default: from ``records``)."""
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    from tiwbench.report.flags import add_flags, flag_summary
+
     records = records or []
+    if "cell_flags" not in agg:  # every format carries the flags the records raise (tiwbench.report.flags)
+        agg = add_flags(agg, records)
+    notice = flag_summary(agg)
     if fmt not in ("markdown", "html"):
         if vs is not None:
             raise ReportError(f"--vs works with --format markdown or html, not {fmt}")
@@ -112,10 +117,11 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
     df = records_frame(records) if df is None else df
     sections = _sections(agg, records, vs, win_map, budget_check, gap, gap_ceiling)
     if fmt == "html":
-        return _html(agg, df, records, sections)
+        return _html(agg, df, records, sections, notice)
     from tiwbench.report.headline import to_markdown as headline_markdown
 
-    return headline_markdown(agg, df) + to_markdown(agg) + "".join("\n" + text for _, text in sections)
+    head = f"**⚑ {notice}**\n\n" if notice else ""
+    return head + headline_markdown(agg, df) + to_markdown(agg) + "".join("\n" + text for _, text in sections)
 
 
 def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None,

@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 from tiwbench.records import atomic_write_bytes  # noqa: E402
 from tiwbench.report.intervals import ReportError  # noqa: E402
 
-FLOORS = ("bias_floor", "bias_ref", "fd_floor")
+REF_LEVELS = ("bias_ref_level", "bias_ref", "fd_ref_level")
 
 
 def winners(agg: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -50,7 +50,7 @@ def _label(r: Any) -> str:
 
 
 def figure(agg: pd.DataFrame, metrics: list[str] | None = None):
-    metrics = metrics or [m for m in sorted(agg.metric.unique()) if m not in FLOORS]
+    metrics = metrics or [m for m in sorted(agg.metric.unique()) if m not in REF_LEVELS]
     panels = []
     for metric in metrics:
         table = winners(agg, metric)
@@ -88,7 +88,7 @@ def figure(agg: pd.DataFrame, metrics: list[str] | None = None):
 def to_markdown(agg: pd.DataFrame, metrics: list[str] | None = None) -> str:
     """The map as tables: per (suite, dataset, metric), rows the swept value, columns ref_frac; a cell names
     its winner in bold, or the tied methods (best mean first) after ≈."""
-    metrics = metrics or [m for m in sorted(agg.metric.unique()) if m not in FLOORS]
+    metrics = metrics or [m for m in sorted(agg.metric.unique()) if m not in REF_LEVELS]
     parts = ["", "### Who wins where",
              "_A winner only where the leaderboard marks it best (separated from every other method: paired "
              "tests where the cells share seeds, Holm-corrected; else non-overlapping intervals); ≈: the tied "

@@ -44,8 +44,8 @@ from tiwbench.training.loop import CellTimeout, NonFiniteLoss, load_network, sav
 from tiwbench.training.network_cache import cached, network_key
 from tiwbench.training.selection import select_checkpoint
 
-# recorded beside the suite's metrics wherever they apply (tiwbench.metrics.floors)
-FLOOR_METRICS = ("bias_floor", "bias_ref", "fd_floor")
+# recorded beside the suite's metrics wherever they apply (tiwbench.metrics.ref_levels)
+REF_LEVEL_METRICS = ("bias_ref_level", "bias_ref", "fd_ref_level")
 
 
 @dataclass
@@ -513,7 +513,7 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
     timing["sample"] = time.monotonic() - t0
 
     t0 = time.monotonic()
-    metrics = evaluate(cell, group, samples, x, cell.metrics, floors=True)
+    metrics = evaluate(cell, group, samples, x, cell.metrics, ref_levels=True)
     timing["metrics"] = time.monotonic() - t0
     picture = sample_picture(group.dataset, samples) if distributed.is_main() else None
     return {"metrics": metrics, "timing": timing, "train": train_info, "_picture": picture}
@@ -577,14 +577,14 @@ def draw_samples(cell: Cell, group: Group, method, family, denoiser, kernel, sam
 
 
 def evaluate(cell: Cell, group: Group, samples: torch.Tensor, train_data: torch.Tensor, names: list[str],
-             floors: bool = False) -> list[dict[str, Any]]:
-    """The metrics ``names`` of ``samples``; with ``floors``, also every floor that applies (labels known,
-    exact moments), asked for or not."""
+             ref_levels: bool = False) -> list[dict[str, Any]]:
+    """The metrics ``names`` of ``samples``; with ``ref_levels``, also every reference level that applies
+    (labels known, exact moments), asked for or not."""
     ctx = EvalContext(samples=samples, evaluator=group.evaluator, dataset=group.dataset,
                       options=dataclasses.asdict(cell.budget.eval),
                       cache_dir=str(group.cache_dir) if group.cache_dir is not None else None,
                       split=group.split, train_data=train_data)
-    extra = [n for n in FLOOR_METRICS if n not in names and METRICS.get(n).applies(ctx)] if floors else []
+    extra = [n for n in REF_LEVEL_METRICS if n not in names and METRICS.get(n).applies(ctx)] if ref_levels else []
     metrics = []
     for name in [*names, *extra]:
         m = METRICS.get(name)

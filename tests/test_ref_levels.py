@@ -1,5 +1,5 @@
-"""The floors (bias_floor, bias_ref, fd_floor), the memorization metric, the exact_empirical ratio and the
-runner's π, each against an independent computation."""
+"""The reference levels (bias_ref_level, bias_ref, fd_ref_level), the memorization metric, the exact_empirical
+ratio and the runner's π, each against an independent computation."""
 
 from __future__ import annotations
 
@@ -39,23 +39,70 @@ def test_memorized_on_a_planted_copy_set_and_on_fresh_samples():
     assert memorized_share(train[:50], train) == 1.0  # the training set itself is all copies
 
 
-def test_bias_floor_is_what_reproducing_d_ref_scores():
+def test_bias_ref_level_is_what_reproducing_d_ref_scores():
+    """A method that reproduces D_ref exactly: n_gen samples of the mixture whose labels are drawn in
+    D_ref's proportions. Its rms ``bias`` (through the real evaluator), over many such draws, is the level;
+    D_ref's label bias alone (the old "floor") leaves out the n_gen samples' noise and is too low."""
     toy = Toy2D()
     split = toy.split(0.05, seed=3)
     ev = toy.evaluator()
-    ctx = EvalContext(samples=split.ref, evaluator=ev, split=split, train_data=split.ref)
-    props = np.bincount(split.ref_labels.numpy(), minlength=8) / len(split.ref_labels)
-    floor = float(np.linalg.norm(props - np.full(8, 1 / 8)))
-    assert _metric("bias_floor", ctx) == pytest.approx(floor, rel=1e-12)
-    # samples that are D_ref itself: bias is the floor, and bias against D_ref's proportions is 0
+    n_gen = 200  # few samples: their noise is comparable to D_ref's own label bias
+    ctx = EvalContext(samples=torch.zeros(n_gen, 2), evaluator=ev, split=split, train_data=split.ref)
+    res = METRICS.get("bias_ref_level")()(ctx)
+    p_ref = np.bincount(split.ref_labels.numpy(), minlength=8) / len(split.ref_labels)
+    label_bias = float(np.linalg.norm(p_ref - np.full(8, 1 / 8)))
+    assert res["label_bias"] == pytest.approx(label_bias, rel=1e-12) and res["n"] == n_gen
+    g = torch.Generator().manual_seed(11)
+    biases = []
+    for _ in range(400):
+        labels = torch.multinomial(torch.as_tensor(p_ref), n_gen, replacement=True, generator=g)
+        mix = toy.data_mixture
+        x = mix.means[labels] + mix.stds[labels, None] * torch.randn(n_gen, 2, generator=g, dtype=torch.float64)
+        ctx.samples = x.float()
+        biases.append(_metric("bias", ctx))
+    rms = float(np.sqrt(np.mean(np.square(biases))))
+    # 400 draws: the rms is known to about 3 %; the few points the posterior labels otherwise add a little
+    assert res["value"] == pytest.approx(rms, rel=0.06)
+    assert res["value"] > 1.15 * label_bias and rms > 1.15 * label_bias  # the noise is not negligible here
+    # the closed form against a direct Monte-Carlo of multinomial proportions (no classifier)
+    draws = np.random.default_rng(0).multinomial(n_gen, p_ref, size=200_000) / n_gen
+    norms = np.linalg.norm(draws - 1 / 8, axis=1)
+    assert res["value"] == pytest.approx(float(np.sqrt(np.mean(norms ** 2))), rel=2e-3)
+    assert float(norms.mean()) < res["value"]  # Jensen: the mean norm lies a little below the rms
+    # samples that are D_ref itself: bias is D_ref's label bias, and bias against D_ref's proportions is 0
     # (up to the few points the exact posterior labels otherwise than their draw)
-    assert _metric("bias", ctx) == pytest.approx(floor, abs=0.02)
+    ctx.samples = split.ref
+    assert _metric("bias", ctx) == pytest.approx(label_bias, abs=0.02)
     assert _metric("bias_ref", ctx) < 0.02
     assert _metric("memorized", ctx) == 1.0
-    assert METRICS.get("bias_floor").applies(ctx) and METRICS.get("fd_floor").applies(ctx)
+    assert METRICS.get("bias_ref_level").applies(ctx) and METRICS.get("fd_ref_level").applies(ctx)
 
 
-def test_fd_floor_matches_the_unit_gaussian_formula():
+def test_older_records_read_as_reference_levels():
+    """bias_floor (no sampling noise) and fd_floor of records written before the rename."""
+    from tiwbench.report.leaderboard import REF_LEVEL_METHOD, aggregate, records_frame
+
+    props = [0.5, 0.3, 0.2]
+    label_bias = float(np.linalg.norm(np.array(props) - 1 / 3))
+
+    def rec(seed, n=None):
+        cfg = {"method": "a", "seed": seed, **({"sample": {"n": n}} if n else {})}
+        return {"suite": "s", "dataset": "toy2d", "method": "a", "ref_frac": 0.05, "seed": seed, "status": "ok",
+                "config": cfg, "metrics": [
+                    {"name": "bias", "value": 0.1, "higher_is_better": False},
+                    {"name": "bias_floor", "value": label_bias, "proportions": props},
+                    {"name": "fd_floor", "value": 0.02 + seed, "n": 100} if n is None else
+                    {"name": "fd", "value": 0.5, "higher_is_better": False}]}
+
+    agg = aggregate(records_frame([rec(0), rec(1, n=400)]))
+    level = agg[agg.method == REF_LEVEL_METHOD].set_index("metric")
+    want = [math.sqrt(label_bias ** 2 + (1 - sum(p * p for p in props)) / n) for n in (100, 400)]
+    assert float(level.loc["bias", "mean"]) == pytest.approx(np.mean(want), rel=1e-12)
+    assert float(level.loc["fd", "mean"]) == pytest.approx(0.02) and int(level.loc["fd", "n"]) == 1
+    assert not {"bias_floor", "fd_floor"} & set(agg.metric)
+
+
+def test_fd_ref_level_matches_the_unit_gaussian_formula():
     """fd of n fresh N(0, I_d) samples ≈ d/n + d²/(4n) (METHOD.md §5a: 0.11 at d = 64, n = 10,000)."""
     d, n = 64, 10_000
     unit = GaussianMixture(torch.zeros(1, d), 1.0, torch.ones(1))
@@ -64,7 +111,7 @@ def test_fd_floor_matches_the_unit_gaussian_formula():
     for seed in range(3):
         split = Toy2D().split(0.05, seed)  # only its hashes seed the fresh draw
         ctx = EvalContext(samples=torch.zeros(n, d), evaluator=ev, split=split)
-        values.append(_metric("fd_floor", ctx))
+        values.append(_metric("fd_ref_level", ctx))
     assert np.mean(values) == pytest.approx(d / n + d * d / (4 * n), rel=0.1)
 
 
@@ -133,11 +180,11 @@ def test_runner_pi_is_the_share_of_d_ref(tmp_path, monkeypatch, one_thread):
     assert seen["dg_obs"] == pytest.approx(40 / 440) and seen["ir_obs"] == pytest.approx(40 / 440)
     records = {r["method"]: r for r in load_records(tmp_path / "runs")}
     assert records["dg_obs"]["train"]["sampling"]["ref_share"] == pytest.approx(40 / 440)
-    # every record carries the floors and the memorization share; the floor is one number per group
+    # every record carries the reference levels and the memorization share; a level is one number per group
     for r in records.values():
         names = {m["name"]: m["value"] for m in r["metrics"]}
-        assert {"bias_floor", "bias_ref", "fd_floor", "memorized"} <= set(names)
-    floors = {next(m["value"] for m in r["metrics"] if m["name"] == "bias_floor") for r in records.values()}
-    assert len(floors) == 1
+        assert {"bias_ref_level", "bias_ref", "fd_ref_level", "memorized"} <= set(names)
+    levels = {next(m["value"] for m in r["metrics"] if m["name"] == "bias_ref_level") for r in records.values()}
+    assert len(levels) == 1
     info = records["tiw_dsm@exact_empirical"]["ratio"]["time@exact_empirical"]
     assert sum(info["ref_proportions"]) == pytest.approx(1.0)
