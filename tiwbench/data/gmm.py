@@ -195,6 +195,11 @@ class GMM(ExactMixtureDataset):
         self.num_classes = p["modes"]
         self.sigma_data = float(self.data_mixture.cov().diagonal().mean().sqrt())
 
+    family_has_tilt = True  # a fitted ceiling estimates the tilt vector b = βu as well as the mode weights
+
+    def family_truth(self) -> dict[str, Any]:
+        return {**super().family_truth(), "tilt": float(self.params["tilt"]) * self.tilt_direction}
+
     def evaluator(self, cache_dir=None, device="cpu") -> Evaluator:
         return GMMEvaluator(self.data_mixture, self.tilt_direction)
 

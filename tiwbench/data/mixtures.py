@@ -186,6 +186,27 @@ class ExactMixtureDataset(BiasedDataset):
     def exact_ratio(self, time_dependent: bool = True) -> ExactRatio:
         return ExactRatio(self.data_mixture, self.bias_mixture, time_dependent)
 
+    # The family of biases a fitted ceiling estimates (ratios/fitted.py): per-mode weights of both
+    # distributions over the truth's components, and, where set, a tilt b inside every mode
+    # (each component N(μ_k + Σ_k b, Σ_k), its weight kept; METHOD.md §5a).
+    family_has_tilt: bool = False
+
+    def family_components(self):
+        """The truth's components with equal weights: the mode posteriors a fitted ceiling uses."""
+        return self.data_mixture.with_weights(torch.ones(len(self.data_mixture.weights)))
+
+    def family_truth(self) -> dict[str, Any]:
+        """The family's parameters of this dataset: what a fitted ceiling's estimates are compared with."""
+        return {"data_weights": self.data_mixture.weights, "bias_weights": self.bias_mixture.weights, "tilt": None}
+
+    def family_ratio(self, data_weights, bias_weights, tilt=None, time_dependent: bool = True) -> ExactRatio:
+        """Closed-form w_σ between the truth's components weighted by ``data_weights`` and by
+        ``bias_weights``, the latter tilted inside every mode by ``tilt`` (a vector b) where given."""
+        bias = self.data_mixture.with_weights(bias_weights)
+        if tilt is not None:
+            bias = bias.tilted_within(tilt)
+        return ExactRatio(self.data_mixture.with_weights(data_weights), bias, time_dependent)
+
     def empirical_ratio(self, proportions: torch.Tensor, time_dependent: bool = True) -> ExactRatio:
         """w_σ between the truth re-weighted to ``proportions`` (D_ref's) and p_bias."""
         return ExactRatio(self.data_mixture.with_weights(proportions), self.bias_mixture, time_dependent)

@@ -82,7 +82,7 @@ class RatioEstimator(ABC):
 
 class Exact(RatioEstimator):
     name = "exact"
-    description = "closed-form w_σ and ∇log w_σ of the dataset's mixtures (toy2d): no estimation error"
+    description = "closed-form w_σ and ∇log w_σ of the true mixtures: knows every parameter of the bias (a ceiling)"
     learned = False
     ceiling = True
 
@@ -97,11 +97,13 @@ class Exact(RatioEstimator):
 
 
 class ExactEmpirical(RatioEstimator):
-    """The fair exact ratio for a method that knows only D_ref (METHOD.md §5a): the closed-form w_σ
-    between the truth re-weighted to D_ref's empirical component proportions and p_bias."""
+    """The closed-form w_σ between the truth re-weighted to D_ref's empirical component proportions and
+    the true p_bias (METHOD.md §5a). Fair under label bias only: it keeps p_bias exactly, so under a tilt
+    it knows β and u; `fitted_family` (ratios/fitted.py) is the fair ceiling there."""
 
     name = "exact_empirical"
-    description = "closed-form w_σ of the mixture re-weighted to D_ref's empirical proportions over p_bias"
+    description = ("closed-form w_σ of the truth re-weighted to D_ref's proportions over the true p_bias: "
+                   "fair under label bias only")
     learned = False
     ceiling = True  # D_ref's true mode labels, the exact mode shapes and the exact p_bias
 
