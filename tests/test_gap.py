@@ -22,7 +22,7 @@ FITTED = [0.4, 0.5, 0.4, 0.5]  # the tilt's fitted ceiling
 def _records(dataset="gmm"):
     recs = []
     for m, vals in (("dsm_ref", REF), ("tiw_dsm@exact_empirical", CEIL), ("tiw_dsm@trunk", LEARNED),
-                    ("tiw_dsm@fitted", FITTED)):
+                    ("tiw_dsm@fitted_family", FITTED)):
         recs += [record(m, 0.01, s, v, dataset=dataset) for s, v in enumerate(vals)]
     return recs
 
@@ -45,13 +45,13 @@ def test_gap_rows_match_hand_computation():
     assert r.share == pytest.approx(0.45)
     assert r.share_lo <= 0.45 <= r.share_hi and r.share_hi - r.share_lo > 0
     # the fitted ceiling is one more method under label bias
-    assert _row(t, "tiw_dsm@fitted").share == pytest.approx(0.6 / 0.5)  # beyond the ceiling: above 1
+    assert _row(t, "tiw_dsm@fitted_family").share == pytest.approx(0.6 / 0.5)  # beyond the ceiling: above 1
 
 
 def test_the_tilt_uses_the_fitted_ceiling_and_a_named_one_overrides():
     t = gap_table(records_frame(_records("gmm_tilt")))
     r = _row(t, "tiw_dsm@trunk")
-    assert r.ceiling == "tiw_dsm@fitted"
+    assert r.ceiling == "tiw_dsm@fitted_family"
     assert r.share == pytest.approx(0.225 / (1.05 - 0.45))  # ref mean 1.05, fitted mean 0.45
     forced = gap_table(records_frame(_records("gmm_tilt")), ceiling="tiw_dsm@exact_empirical")
     assert _row(forced, "tiw_dsm@trunk").share == pytest.approx(0.45)

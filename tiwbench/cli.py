@@ -212,7 +212,8 @@ def report(
                                                     "ceiling, the share of its gain recovered, per-σ ratio errors "
                                                     "(markdown)")] = False,
     gap_ceiling: Annotated[Optional[str], typer.Option(help="the ceiling method of --gap (default: "
-                                                            "tiw_dsm@exact_empirical; tiw_dsm@fitted on gmm_tilt)")]
+                                                            "tiw_dsm@exact_empirical; "
+                                                            "tiw_dsm@fitted_family on gmm_tilt)")]
     = None,
 ):
     """Leaderboard from the records under --runs: mean ± std, 95% CI and seed count per cell.

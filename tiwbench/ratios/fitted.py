@@ -134,6 +134,7 @@ class FittedFamily(RatioEstimator):
                    "dataset has one) with its parameters fitted from D_ref against D_bias: the fair ceiling")
     # its parameters carry estimation error: the runner diagnoses it against `exact` per σ band
     learned = True
+    ceiling = True  # it knows the true component shapes and the family of the bias: a reference row, never ranked
 
     @classmethod
     def check(cls, dataset) -> None:

@@ -29,7 +29,7 @@ from tiwbench.report.paired import paired_interval
 BASELINE = "dsm_ref"
 # the fair ceiling per dataset (a dataset not named here: DEFAULT_CEILING); the tilt has no label proportions
 # to re-weight, so its ceiling is the ratio fitted within the tilted family
-CEILINGS = {"gmm_tilt": "tiw_dsm@fitted"}
+CEILINGS = {"gmm_tilt": "tiw_dsm@fitted_family"}
 DEFAULT_CEILING = "tiw_dsm@exact_empirical"
 BOOTSTRAP = 2000
 COLUMNS = ["dataset", "ref_frac", "x_name", "x", "metric", "method", "ceiling", "n", "vs_ref", "vs_ref_half",
