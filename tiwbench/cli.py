@@ -341,13 +341,15 @@ def check(
     runs: Annotated[Path, typer.Option(help="directory of fresh records")] = Path("results/runs"),
     allow_missing: Annotated[bool, typer.Option(help="do not fail on baseline cells absent from --runs")] = False,
     show_ok: Annotated[bool, typer.Option("--all", help="list cells within tolerance too")] = False,
-    strict: Annotated[bool, typer.Option(help="fail on the report's flags (all, or --strict-on's)")] = False,
+    strict: Annotated[bool, typer.Option(
+        help="fail on the flags that make a ranking untrustworthy: unconverged, budget_moved")] = False,
     strict_on: Annotated[Optional[str], typer.Option(
         help="fail on these flags only (implies --strict): comma-separated among unconverged, peak_not_reached, "
              "n_lt_3, at_reference_level, budget_moved, or all")] = None,
 ):
     """Compare fresh records with a baseline, by each metric's direction; with --strict, also fail on the
-    flags the report raises (a table whose oracle is beaten, a peak not reached, ...). Exit 1 on a
+    flags that make a table's ranking untrustworthy (its oracle beaten, a mean moved by twice the budget), with
+    --strict-on on the flags named (all: every flag, cell flags such as peak_not_reached included). Exit 1 on a
     regression beyond tolerance, a cell that failed, a missing cell or a chosen flag; improvements are
     reported and pass.
 
