@@ -24,7 +24,7 @@ RUN_REF_FRACS ?= 0.01,0.05,0.25
 run: $(STAMP)
 	$(BIN)/tiwbench run --suite ref_size --dataset gmm --methods $(RUN_METHODS) --ref-fracs $(RUN_REF_FRACS) \
 		--executor local --threads 1
-	$(BIN)/tiwbench report --format html --output results/runs/report.html
+	$(BIN)/tiwbench report --format html --vs dsm_ref --output results/runs/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
