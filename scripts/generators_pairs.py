@@ -27,7 +27,7 @@ for (ds, frac), g in ok.groupby(["dataset", "ref_frac"]):
     print(f"\n#### {ds}, ref_frac {frac:g}: mean [95 % t-interval] over seeds (n)\n")
     print("| method | fd ↓ | bias ↓ | memorized ↓ |")
     print("|---|---|---|---|")
-    levels = g[g.method == "(floor)"].groupby("metric").value.mean()  # fd_floor and bias_floor
+    levels = g[g.method == "(reference level)"].groupby("metric").value.mean()  # fd_ref_level and bias_ref_level
     for method in [m for m in ORDER if m in set(g.method)]:
         cells = []
         for metric in ("fd", "bias", "memorized"):

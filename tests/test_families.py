@@ -74,7 +74,7 @@ def test_gan_cell_record_has_the_score_cells_schema(tmp_path, one_thread):
         assert keys == {k for k in score if not k.startswith(("train.", "timing.", "ratio."))}, other
         names = [m["name"] for m in recs[other]["metrics"]]
         assert names == [m["name"] for m in recs["dsm_ref"]["metrics"]]
-    assert {"fd", "bias", "memorized", "bias_floor", "bias_ref", "fd_floor"} <= set(names)
+    assert {"fd", "bias", "memorized", "bias_ref_level", "bias_ref", "fd_ref_level"} <= set(names)
     assert recs["gan_ref"]["train"]["selection"]["step"] in (20, 40)  # checkpoint selection works for a GAN too
     assert "collapsed" in recs["gan_ref"]["train"] and "ratio" in recs["tiw_gan"]
     assert recs["tiw_gan"]["train"]["ess"] < 1.0  # its weights were used
@@ -174,7 +174,7 @@ def test_third_party_family_arrives_through_the_entry_point_group(install_plugin
         # fd compares two moments, which a Gaussian fitted to D_ref's moments matches: at its reference level
         # (an untrained one, N(0, I), is ~0.17 away from the ring's covariance)
         values = {m["name"]: m["value"] for m in recs["moment_ref"]["metrics"]}
-        assert values["fd"] < 3 * values["fd_floor"], values
+        assert values["fd"] < 3 * values["fd_ref_level"], values
     finally:
         sys.modules.pop("gaussian_family_plugin", None)
         sys.modules.pop("moment_ref_plugin", None)

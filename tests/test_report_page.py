@@ -195,7 +195,7 @@ def test_a_panel_spanning_decades_has_a_log_axis():
 
     from tiwbench.report.plots import figure
 
-    floor = {"name": "fd_floor", "value": 0.003, "higher_is_better": False}
+    floor = {"name": "fd_ref_level", "value": 0.003, "higher_is_better": False}
     wide = [_rec(m, s, v + 0.001 * s, extra=[floor]) for m, v in {"a": 0.2, "b": 0.1}.items() for s in range(3)]
     narrow = [_rec(m, s, v + 0.001 * s) for m, v in {"a": 0.2, "b": 0.1}.items() for s in range(3)]
     for recs, scale in ((wide, "log"), (narrow, "linear")):
