@@ -123,7 +123,7 @@ def test_a_trunk_file_of_another_resolution_or_architecture_is_refused(tmp_path,
 
 
 def test_a_trunk_file_on_vector_data_is_refused(unet_file):
-    from tiwbench.data.toy2d import Toy2D
+    from tiwbench.data.mixtures import Toy2D
 
     _refused(dataclasses.replace(CFG, trunk=str(unet_file[0])), "serves image datasets", Toy2D())
 

@@ -33,9 +33,8 @@ def _sections(agg: pd.DataFrame, records: list[dict[str, Any]], vs: str | None, 
     """The sections after the leaderboards: (name, markdown, figures as (alt, PNG)), in report order;
     figures are made only for the HTML page (``_figures``)."""
     from tiwbench.report.curves import to_markdown as curves_markdown
-    from tiwbench.report.ratio_study import to_markdown as ratio_markdown
-
     from tiwbench.report.labels import LABEL_NOTE, any_marked
+    from tiwbench.report.ratio_study import to_markdown as ratio_markdown
 
     out = [("labels", "\n" + LABEL_NOTE + "\n")] if any_marked(records) else []
     if vs is not None:  # per-seed differences to one method
