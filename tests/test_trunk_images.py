@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from test_images_data import cifar  # noqa: F401  (fixture: the small real-format CIFAR-10 archive)
 
 from tiwbench.config import ConfigError, RatioConfig
 from tiwbench.diffusion.unet import UNet
@@ -194,3 +195,22 @@ def test_reports_mark_the_cells_whose_trunk_knows_the_labels(tmp_path):
     plain = [_record("tiw_dsm@trunk", seed=s) for s in range(2)]
     text = render(aggregate(records_frame(plain)), "markdown", plain)
     assert LABEL_MARK not in text and "knows the labels" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["digits_lt", "cifar10_lt"])
+def test_the_trunk_smoke_cell_on_images(tmp_path, dataset, request):
+    from test_image_smoke import _check, _run
+
+    args = ["--dataset", dataset]
+    if dataset == "cifar10_lt":
+        args += ["--data-root", str(request.getfixturevalue("cifar")[0] / "tar_root")]
+    proc = _run(tmp_path, *args, method="tiw_dsm@trunk")
+    if dataset == "cifar10_lt":
+        rec = _check(tmp_path, dataset, proc, method="tiw_dsm@trunk")
+    else:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rec = json.loads((tmp_path / "runs" / "smoke" / dataset / "tiw_dsm@trunk" / "ref0.05_seed0" /
+                          "record.json").read_text())
+    assert rec["status"] == "ok"
+    assert rec["ratio"]["time@trunk"]["trunk"]["features"].startswith("observed-data denoiser")
