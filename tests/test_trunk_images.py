@@ -191,6 +191,8 @@ def test_reports_mark_the_cells_whose_trunk_knows_the_labels(tmp_path):
     agg = aggregate(records_frame(mark_label_trunks(records)))
     text = render(agg, "markdown", records)
     assert f"tiw_dsm@trunk{LABEL_MARK}" in text and "knows the labels the bias metric counts" in text
+    # never ranked: a reference row, as the ceilings are
+    assert f"tiw_dsm@trunk{LABEL_MARK} (ceiling)" in text and "tiw_dsm@discriminator (ceiling)" not in text
     # unmarked records: no marker, no legend line
     plain = [_record("tiw_dsm@trunk", seed=s) for s in range(2)]
     text = render(aggregate(records_frame(plain)), "markdown", plain)

@@ -1,6 +1,7 @@
 """Cells whose ratio trunk is the evaluator's classifier (the opt-in ``ratio.trunk_knows_labels``): that trunk
 was trained on the labels the bias metric counts, so such a cell measures what label knowledge is worth, not a
-practitioner's method. Every report shows their method with :data:`LABEL_MARK` and says why in its legend."""
+practitioner's method. Every report shows their method with :data:`LABEL_MARK` and says why in its legend;
+leaderboards keep them as reference rows (with the ceilings), never ranked."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 LABEL_MARK = "†"
 LABEL_NOTE = (f"{LABEL_MARK}: the ratio estimator's trunk is the evaluator's classifier (ratio.trunk_knows_labels), "
               "so it knows the labels the bias metric counts: a measure of what that knowledge is worth, not a "
-              "method a practitioner can run.")
+              "method a practitioner can run (a reference row, never ranked).")
 
 
 def knows_labels(record: dict[str, Any]) -> bool:
