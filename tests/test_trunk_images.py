@@ -90,6 +90,9 @@ def test_a_trunk_file_is_the_trunk_and_stays_frozen(unet_file):
     for k, v in net.state_dict().items():
         assert torch.equal(trunk.state_dict()[k], v), k  # the file's weights, unchanged by the head's training
     assert info["trunk"]["file"] == str(path) and info["trunk"]["knows_labels"] is False
+    import hashlib
+
+    assert info["trunk"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     assert "final_obs_dsm" not in info  # no observed-data denoiser trained
 
 

@@ -39,7 +39,7 @@ from tiwbench.ratios.estimators import (
     loss_weight,
     observed_denoiser,
 )
-from tiwbench.ratios.trunk_file import check_trunk_file, load_trunk
+from tiwbench.ratios.trunk_file import check_trunk_file, file_sha256, load_trunk
 
 
 def _vector_only(cls, dataset) -> None:
@@ -106,7 +106,8 @@ class Trunk(RatioEstimator):
         if self.cfg.trunk:  # a pretrained trunk file (images)
             trunk, knows = load_trunk(self.cfg, self.dataset)
             d_obs, obs_info = None, {}
-            source = {"features": "trunk file (frozen)", "file": self.cfg.trunk, "knows_labels": knows}
+            source = {"features": "trunk file (frozen)", "file": self.cfg.trunk, "knows_labels": knows,
+                      "sha256": file_sha256(self.cfg.trunk)}  # the config names a path; this, its contents
             model = self.build_head(None, trunk).to(device)
         else:
             d_obs, obs_info = observed_denoiser(self, bias, ref, generator, device, progress)

@@ -10,6 +10,7 @@ runner's preflight (:func:`check_trunk_file`), before any training.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -93,6 +94,10 @@ def load_trunk(cfg, dataset) -> tuple[nn.Module, bool]:
     if cfg.trunk_knows_labels and not knows:
         raise ConfigError(f"{OPT_IN} is set but ratio.trunk {path} is not the evaluator's classifier; drop the opt-in")
     return net.eval().requires_grad_(False), knows
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def check_trunk_file(cfg, dataset) -> None:
