@@ -213,16 +213,17 @@ def test_gated_estimator_in_a_group_differs_from_its_base_by_the_gate_alone(one_
                            base.log_ratio_and_grad(x, sig)[1] * (1.0 if kept else 0.0))
 
 
-def test_estimators_on_the_trunk_refuse_images():
+def test_estimators_on_the_vector_trunk_refuse_images():
     from tiwbench.data.base import DataError
     from tiwbench.registry import RATIOS
 
     class Images:
         kind, name = "image", "digits_lt"
 
-    for name in ("trunk", "dlsm_trunk", "trunk_gated", "discriminator_gated"):
+    for name in ("dlsm", "dlsm_trunk", "trunk_gated", "discriminator_gated"):
         with pytest.raises(DataError, match="vector data only"):
             RATIOS.get(name).check(Images())
+    RATIOS.get("trunk").check(Images())  # `trunk` runs on images (tests/test_trunk_images.py)
 
 
 def test_the_observed_denoiser_is_an_edm_denoiser(data):

@@ -72,6 +72,11 @@ class RatioConfig:
     p_std: float = 1.2
     sigma_min: float = 0.002
     sigma_max: float = 80.0
+    # `trunk` estimators on images: a pretrained trunk file (a U-Net state_dict + its PATH.json sidecar; "" = the
+    # observed-data denoiser). An evaluator classifier (EvalCNN) is refused unless `trunk_knows_labels` is set:
+    # it was trained on the labels the bias metric counts, and reports mark the cells that use it
+    trunk: str = ""
+    trunk_knows_labels: bool = False
 
 
 @dataclass

@@ -42,6 +42,10 @@ class MLP(nn.Module):
         self.out = nn.Linear(widths[-1], dim if out_dim is None else out_dim)
         self.same_shape = out_dim is None  # a denoiser returns the input's shape
 
+    @property
+    def feature_dim(self) -> int:
+        return self.layers[-1].out_features
+
     def features(self, x: torch.Tensor, c_noise: torch.Tensor | None = None) -> torch.Tensor:
         """The last hidden layer's activations at (x, c_noise): what a frozen trunk hands a ratio head."""
         h = x.flatten(1)

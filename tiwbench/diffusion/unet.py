@@ -189,9 +189,13 @@ class UNet(nn.Module):
                 self.dec.append(Level(cur, cur, emb_dim, dropout, False, up=True))
                 res *= 2
         assert not skips
+        self.feature_dim = channels * channel_mult[-1]  # the bottleneck's width: what `features` returns
+        self.kwargs = {"in_channels": in_channels, "resolution": resolution, "channels": channels,
+                       "channel_mult": list(channel_mult), "dropout": dropout, "num_blocks": num_blocks,
+                       "attn_resolutions": list(attn_resolutions)}
         self.out = nn.Sequential(group_norm(cur), nn.SiLU(), zero_init(nn.Conv2d(cur, in_channels, 3, padding=1)))
 
-    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+    def _encode(self, x_in: torch.Tensor, c_noise: torch.Tensor):
         emb = self.emb(c_noise, len(x_in))
         h = self.stem(x_in)
         skips = [h]
@@ -200,6 +204,16 @@ class UNet(nn.Module):
             skips.append(h)
         for layer in self.mid:
             h = layer(h, emb)
+        return h, skips, emb
+
+    def features(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        """The bottleneck's activations at (x_in, c_noise), pooled over pixels ([B, feature_dim]): what a frozen
+        trunk hands a ratio head (the Discriminator Guidance recipe reads a noise-conditional encoder's)."""
+        h, _, _ = self._encode(x_in, c_noise)
+        return F.silu(h).mean(dim=(2, 3))
+
+    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        h, skips, emb = self._encode(x_in, c_noise)
         for layer in self.dec:
             if not (layer.block.up):
                 h = torch.cat([h, skips.pop()], dim=1)

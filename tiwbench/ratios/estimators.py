@@ -70,6 +70,12 @@ class RatioEstimator(ABC):
         Default: every dataset (a learned estimator needs only samples)."""
         return None
 
+    @classmethod
+    def check_config(cls, dataset, cfg: RatioConfig) -> None:
+        """Raise before any cell runs if ``cfg`` (the ratio budget) cannot serve ``dataset`` with this estimator
+        (a trunk file of another resolution). Default: every config."""
+        return None
+
     @abstractmethod
     def fit(self, bias: torch.Tensor, ref: torch.Tensor, generator: torch.Generator, device="cpu",
             progress=None) -> tuple[Any, dict]:
@@ -328,11 +334,20 @@ class DLSM(Discriminator):
     name = "dlsm"
     description = "discriminator trained by BCE + denoising likelihood score matching of its x-gradient"
 
+    @classmethod
+    def check(cls, dataset) -> None:
+        if dataset.kind != "vector":
+            raise DataError(f"ratio estimator {cls.name!r} works on vector data only; for {dataset.name!r} use "
+                            "'discriminator', 'denoiser_diff' or 'trunk'")
+
     def fit(self, bias, ref, generator, device="cpu", progress=None):
         model = self.build()
         cfg = self.train_config()
         if not self.time_dependent:  # a clean classifier has no score to match
             return model, train_ratio(model, bias, ref, cfg, generator, device, progress)
+        if self.dataset.kind != "vector":  # the DLSM term's double backward through a U-Net is out of budget
+            raise ConfigError(f"ratio estimator {self.name!r} works on vector data only; for {self.dataset.name!r} "
+                              "use 'discriminator', 'denoiser_diff' or 'trunk'")
         d_obs, obs_info = observed_denoiser(self, bias, ref, generator, device, progress)
         term, log_prior_odds = dlsm_regulariser(d_obs, len(ref), len(bias), cfg.batch_size, device)
         info = {**obs_info, **train_ratio(model, bias, ref, cfg, generator, device, progress, regulariser=term,
@@ -354,23 +369,30 @@ def dlsm_regulariser(d_obs: EDMPrecond, n_ref: int, n_bias: int, b: int, device)
     return term, log_prior_odds
 
 
+def observed_network(dataset, cfg: RatioConfig) -> nn.Module:
+    """The observed-data denoiser's raw network: an MLP of the ratio models' size (vectors), the U-Net of
+    `denoiser_diff`'s width (images)."""
+    if dataset.kind == "vector":
+        return MLP(math.prod(dataset.shape), hidden=cfg.hidden, depth=cfg.depth)
+    from tiwbench.diffusion.unet import UNet
+
+    c, h, _ = dataset.shape
+    return UNet(in_channels=c, resolution=h, channels=cfg.channels)
+
+
 def observed_denoiser(est: RatioEstimator, bias: torch.Tensor, ref: torch.Tensor, generator: torch.Generator,
                       device="cpu", progress=None) -> tuple[EDMPrecond, dict]:
     """The observed-data denoiser (plain DSM on D_obs, the ratio models' network size and noise levels), fixed
     once trained: dlsm adds its class posterior to it and `trunk` reads its hidden features. Trained once per
     group (``est.shared``) from its own seed (``est.shared_seed``; without one, ``generator``'s), its init under
     a forked RNG: the same network whichever estimator asks first, and the asker's own draws untouched."""
-    if est.dataset.kind != "vector":
-        raise ConfigError(f"ratio estimator {est.name!r} works on vector data only (its observed-data denoiser is "
-                          f"an MLP); for {est.dataset.name!r} use 'discriminator' or 'denoiser_diff'")
     cache = est.shared if est.shared is not None else {}
     key = ("observed_denoiser", getattr(est.kernel, "name", "edm"))
     if key not in cache:
         seed = est.shared_seed if est.shared_seed is not None else generator.initial_seed()
-        dim = math.prod(est.dataset.shape)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = MLP(dim, hidden=est.cfg.hidden, depth=est.cfg.depth)
+            net = observed_network(est.dataset, est.cfg)
         d_obs = EDMPrecond(net, est.dataset.sigma_data, est.kernel).to(device)
         g = torch.Generator().manual_seed(seed ^ 0x0B5D)
         cache[key] = (d_obs, train_obs_denoiser(d_obs, torch.cat([ref, bias]), est.train_config(), g, device,

@@ -39,6 +39,7 @@ from tiwbench.ratios.estimators import (
     loss_weight,
     observed_denoiser,
 )
+from tiwbench.ratios.trunk_file import check_trunk_file, file_sha256, load_trunk
 
 
 def _vector_only(cls, dataset) -> None:
@@ -60,9 +61,14 @@ class TrunkNet(nn.Module):
     """net(x_in, c_noise) = head(trunk.features(x_in, c_noise), c_noise). The trunk is frozen: its parameters
     never require grad, so the ratio models' optimiser leaves them out, and ∇ₓ still flows through it."""
 
-    def __init__(self, trunk: MLP, head: nn.Module):
+    def __init__(self, trunk: nn.Module, head: nn.Module):
         super().__init__()
         self.trunk, self.head = trunk.requires_grad_(False), head
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.trunk.eval()  # frozen: its norm/dropout layers stay in inference mode
+        return self
 
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk.features(x_in, c_noise), c_noise)
@@ -81,19 +87,32 @@ class Trunk(RatioEstimator):
 
     @classmethod
     def check(cls, dataset) -> None:
-        _vector_only(cls, dataset)
+        if cls.dlsm:  # the DLSM term's double backward through a U-Net is out of budget
+            _vector_only(cls, dataset)
 
-    def build_head(self, d_obs: EDMPrecond) -> LearnedRatio:
-        trunk = d_obs.model
-        head = MLP(trunk.layers[-1].out_features, out_dim=1, hidden=self.cfg.hidden, depth=2, time=True)
+    @classmethod
+    def check_config(cls, dataset, cfg) -> None:
+        check_trunk_file(cfg, dataset)
+
+    def build_head(self, d_obs: EDMPrecond | None, trunk: nn.Module | None = None) -> LearnedRatio:
+        trunk = d_obs.model if trunk is None else trunk
+        head = MLP(trunk.feature_dim, out_dim=1, hidden=self.cfg.hidden, depth=2, time=True)
         model = LearnedRatio(TrunkNet(trunk, head), self.dataset.sigma_data, self.time_dependent,
                              self.cfg.logit_max, precond=False, kernel=self.kernel)
         model.clean_sigma = self.cfg.sigma_min  # a clean classifier: the trunk at the least noise it has seen
         return model
 
     def fit(self, bias, ref, generator, device="cpu", progress=None):
-        d_obs, obs_info = observed_denoiser(self, bias, ref, generator, device, progress)
-        model = self.build_head(d_obs).to(device)
+        if self.cfg.trunk:  # a pretrained trunk file (images)
+            trunk, knows = load_trunk(self.cfg, self.dataset)
+            d_obs, obs_info = None, {}
+            source = {"features": "trunk file (frozen)", "file": self.cfg.trunk, "knows_labels": knows,
+                      "sha256": file_sha256(self.cfg.trunk)}  # the config names a path; this, its contents
+            model = self.build_head(None, trunk).to(device)
+        else:
+            d_obs, obs_info = observed_denoiser(self, bias, ref, generator, device, progress)
+            source = {"features": "observed-data denoiser (DSM on D_bias ∪ D_ref), frozen"}
+            model = self.build_head(d_obs).to(device)
         cfg = _with_selection(self.train_config())
         term, odds = None, None
         if self.dlsm and self.time_dependent:
@@ -113,8 +132,7 @@ class Trunk(RatioEstimator):
         plain = dataclasses.replace(cfg, weight_decay=l2, steps=sel.best, select_every=0, select_patience=0)
         info = train_ratio(model, bias, ref, plain, generator, device, progress, term)
         info.update(obs_info)
-        info["trunk"] = {"features": "observed-data denoiser (DSM on D_bias ∪ D_ref), frozen",
-                         "l2": l2, "steps": sel.best,
+        info["trunk"] = {**source, "l2": l2, "steps": sel.best,
                          "held_out_bce": {f"{k:g}": v.best_value for k, v in tried.items()},
                          "steps_by_l2": {f"{k:g}": v.best for k, v in tried.items()}}
         if odds is not None:

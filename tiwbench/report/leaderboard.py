@@ -21,6 +21,7 @@ from tiwbench.records import load_records
 from tiwbench.registry import METRICS, RegistryError
 from tiwbench.report.ceilings import CEILING_LABEL, record_is_ceiling
 from tiwbench.report.intervals import CONFIDENCE, ReportError, ci_halfwidth, holm, paired_t, panel_key
+from tiwbench.report.labels import knows_labels
 
 FORMATS = ("markdown", "csv", "latex", "html", "json")
 # x: where a cell sits on the x-axis, the value of x_name (ref_frac, or the suite's swept dataset parameter)
@@ -78,7 +79,9 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         key = {"suite": r.get("suite") or "", "dataset": r["dataset"], "method": r["method"],
                "ref_frac": float(r["ref_frac"]), "seed": r.get("seed"), "status": r.get("status", "ok"),
                "profile": r.get("profile"), "config_hash": r.get("config_hash"), "ref_size": r.get("ref_size"),
-               "config_key": config_key(r), "ceiling": record_is_ceiling(r)}
+               "config_key": config_key(r),
+               # a trunk that knows the labels the bias metric counts: a reference row, never a winner
+               "ceiling": record_is_ceiling(r) or knows_labels(r)}
         key["x_name"], key["x"] = x_axis(r)
         if key["status"] != "ok":
             for name in (r.get("config") or {}).get("metrics") or [None]:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from tiwbench.records import atomic_write_text
 from tiwbench.report.intervals import ReportError
+from tiwbench.report.labels import mark_label_trunks
 from tiwbench.report.leaderboard import (
     FORMATS,
     aggregate,
@@ -32,9 +33,10 @@ def _sections(agg: pd.DataFrame, records: list[dict[str, Any]], vs: str | None, 
     """The sections after the leaderboards: (name, markdown, figures as (alt, PNG)), in report order;
     figures are made only for the HTML page (``_figures``)."""
     from tiwbench.report.curves import to_markdown as curves_markdown
+    from tiwbench.report.labels import LABEL_NOTE, any_marked
     from tiwbench.report.ratio_study import to_markdown as ratio_markdown
 
-    out = []
+    out = [("labels", "\n" + LABEL_NOTE + "\n")] if any_marked(records) else []
     if vs is not None:  # per-seed differences to one method
         from tiwbench.report.paired import paired_section
 
@@ -106,7 +108,7 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
         raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     from tiwbench.report.flags import add_flags, flag_summary
 
-    records = records or []
+    records = mark_label_trunks(records or [])
     if "cell_flags" not in agg:  # every format carries the flags the records raise (tiwbench.report.flags)
         agg = add_flags(agg, records)
     notice = flag_summary(agg)
@@ -130,7 +132,7 @@ def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: 
     """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given; with
     ``vs``, the paired differences of every method to that one; with ``gap``, the gap report (each method
     against dsm_ref and the fair ceiling, ``gap_ceiling`` naming another ceiling method)."""
-    records = load_runs(runs)
+    records = mark_label_trunks(load_runs(runs))
     df = records_frame(records)
     agg = aggregate(df)
     text = render(agg, fmt, records, vs, win_map=win_map is not None, budget_check=budget_check, df=df, gap=gap,

@@ -76,6 +76,9 @@ class Cell:
                 del budget["ratio"][key]
         elif not budget["ratio"]["select_patience"]:  # configs as before patience
             del budget["ratio"]["select_patience"]
+        for key in ("trunk", "trunk_knows_labels"):  # no trunk file: configs as before trunk files
+            if not budget["ratio"][key]:
+                del budget["ratio"][key]
         return {
             "suite": self.suite, "dataset": self.dataset, "dataset_params": self.dataset_params,
             "method": self.method, "method_options": self.method_options, "ref_frac": self.ref_frac,
@@ -839,6 +842,7 @@ def preflight(cells: list[Cell]) -> None:
                                                   for o in cells}:
             for name in spec.split("+"):
                 RATIOS.get(name).check(ds)  # e.g. `exact` on a dataset without a closed form
+                RATIOS.get(name).check_config(ds, c.budget.ratio)  # e.g. a trunk file of another resolution
 
 
 def missing_extra(metrics: list[str], dataset) -> None:
