@@ -146,7 +146,7 @@ class MixtureEvaluator(Evaluator):
         return self.data.mean(), self.data.cov()
 
     def truth_sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Fresh samples of the target, for the finite-sample fd floor."""
+        """Fresh samples of the target, for the finite-sample fd reference level (fd_ref_level)."""
         return self.data.sample(n, generator)[0]
 
 

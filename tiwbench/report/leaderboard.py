@@ -4,7 +4,7 @@ Per (suite, dataset, metric): rows are methods, columns ref_frac; each cell is t
 a Student-t confidence interval and the seed count. A method is marked best in a column only when every
 other ranked method is separated from it (paired tests where cells share seeds, Holm-corrected; else
 non-overlapping intervals); otherwise the leader and every method not separated from it are tied ("≈").
-Ceilings and floors are reference rows, never ranked. Failed cells are shown as failed, with counts.
+Ceilings and reference levels are reference rows, never ranked. Failed cells are shown as failed, with counts.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def column_verdicts(col: pd.DataFrame, values: dict[Any, dict] | None = None) ->
     """Index -> (mark, test) for the ranked cells of one column (methods at one ref_frac): mark "best",
     "tie" or ""; test how the cell was compared with the leader ("lead" for the leader itself).
 
-    Floors and ceilings are references, never ranked. The leader (best mean) is best only when every other
+    Reference levels and ceilings are references, never ranked. The leader (best mean) is best only when every other
     method is separated from it; otherwise it and every method not separated from it are tied. Paired
     tests (``values``: index -> {seed: value}) are Holm-corrected over the column's paired comparisons at
     the report's confidence level.
@@ -255,7 +255,7 @@ def _column_label(f: float, sub: pd.DataFrame) -> str:
 
 
 def row_order(sub: pd.DataFrame) -> list[str]:
-    """The rows of a table: the ranked methods, then the ceilings, then the floor (references last)."""
+    """The rows of a table: the ranked methods, then the ceilings, then the reference level (references last)."""
     ceilings = set(sub.method[sub.ceiling.astype(bool)]) if "ceiling" in sub else set()
     methods = sorted(set(sub.method) - ceilings - {REF_LEVEL_METHOD})
     return methods + sorted(ceilings) + ([REF_LEVEL_METHOD] if REF_LEVEL_METHOD in set(sub.method) else [])

@@ -21,7 +21,7 @@ DECADE = 10.0  # means spanning more than this factor in a panel are drawn on a 
 
 
 def log_y(sub: pd.DataFrame) -> bool:
-    """Whether a panel's y-axis is logarithmic: every finished mean (methods, ceilings and floors alike)
+    """Whether a panel's y-axis is logarithmic: every finished mean (methods, ceilings and reference levels alike)
     positive and the largest over DECADE times the smallest, so that near-zero rows stay apart."""
     means = sub.loc[sub.n > 0, "mean"].dropna()
     return len(means) > 1 and bool((means > 0).all()) and float(means.max()) > DECADE * float(means.min())

@@ -3,7 +3,7 @@
 A cell names its winner only where the leaderboard marks one best (every other method separated from it:
 paired tests where the cells share seeds, see :func:`tiwbench.report.leaderboard.column_verdicts`);
 otherwise it lists the tied methods, drawn grey. Ceilings (the oracle, exact ratios: whatever a method's or
-ratio estimator's registry entry declares a ceiling) are no competitors and never named, nor are the floors.
+ratio estimator's registry entry declares a ceiling) are no competitors and never named, nor are the reference levels.
 """
 
 from __future__ import annotations
