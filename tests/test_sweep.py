@@ -137,8 +137,8 @@ def test_a_profile_may_run_a_smaller_grid(tmp_path):
     the paper profile runs the suite's grid."""
     suite = load_suite("regime")
     smoke, default, paper = expand(suite, "smoke"), expand(suite, "default"), expand(suite, "paper")
-    assert len(smoke) == 2 * 2 * 2 * 1 * 12 and len(default) == 2 * 2 * 4 * 8 * 12
-    assert len(paper) == 2 * 3 * 4 * 8 * 12 and {c.sweep["dim"] for c in default} == {4, 16}
+    assert len(smoke) == 2 * 2 * 2 * 1 * 14 and len(default) == 2 * 2 * 4 * 8 * 14
+    assert len(paper) == 2 * 3 * 4 * 8 * 14 and {c.sweep["dim"] for c in default} == {4, 16}
     assert {c.ref_frac for c in smoke} == {0.01, 0.25} and {c.sweep["dim"] for c in smoke} == {4, 16}
     bad = SWEEP.replace("  default:\n    toy2d:\n", "  default:\n    toy2d:\n      sweep: {rho: [0.1]}\n")
     with pytest.raises(ConfigError, match="swept parameter"):
