@@ -99,6 +99,33 @@ class LearnedRatio(nn.Module):
         return float(self.clipped) / max(int(self.seen), 1)
 
 
+class ClipCountsOf:
+    """For a ratio model whose weight is another model's (``counts_from`` names the attribute holding it): the
+    clip counters a cell resets and reads (``clipped``, ``seen``, ``clip_rate``) are that model's."""
+
+    counts_from: str = "weight"
+
+    @property
+    def clipped(self):
+        return getattr(self, self.counts_from).clipped
+
+    @clipped.setter
+    def clipped(self, value):
+        getattr(self, self.counts_from).clipped = value
+
+    @property
+    def seen(self):
+        return getattr(self, self.counts_from).seen
+
+    @seen.setter
+    def seen(self, value):
+        getattr(self, self.counts_from).seen = value
+
+    @property
+    def clip_rate(self) -> float:
+        return getattr(self, self.counts_from).clip_rate
+
+
 @dataclass
 class RatioTrainConfig:
     steps: int = 1500  # optimiser steps

@@ -24,6 +24,7 @@ from tiwbench.data.base import DataError
 from tiwbench.diffusion.mlp import MLP
 from tiwbench.diffusion.precond import EDMPrecond, expand_like
 from tiwbench.ratios.discriminator import (
+    ClipCountsOf,
     HeldOut,
     LearnedRatio,
     choose_ratio_steps,
@@ -225,11 +226,12 @@ class DiscriminatorEnsemble(Discriminator):
 # -- the correction gated at σ* ---------------------------------------------------------------------------------
 
 
-class GatedRatio(nn.Module):
+class GatedRatio(ClipCountsOf, nn.Module):
     """A ratio model whose weight is the base model's everywhere and whose correction ∇ₓ log w_σ is the base
     model's below σ* and 0 from σ* up (TIW-DSM then regresses on y there, weighted: tiw_dsm_nocorr's target)."""
 
     kind = "gated"
+    counts_from = "base"
 
     def __init__(self, base, sigma_star: float):
         super().__init__()
@@ -246,26 +248,6 @@ class GatedRatio(nn.Module):
         log_w, grad = self.base.log_ratio_and_grad(x, sigma, count=count)
         sigma = torch.as_tensor(sigma, device=x.device).expand(len(x))
         return log_w, grad * expand_like((sigma < self.sigma_star).to(grad.dtype), grad)
-
-    @property
-    def clipped(self):
-        return self.base.clipped
-
-    @clipped.setter
-    def clipped(self, value):
-        self.base.clipped = value
-
-    @property
-    def seen(self):
-        return self.base.seen
-
-    @seen.setter
-    def seen(self, value):
-        self.base.seen = value
-
-    @property
-    def clip_rate(self) -> float:
-        return self.base.clip_rate
 
 
 def correction_gain(model, d_obs, held: HeldOut, log_prior_odds: float, edges: list[float],

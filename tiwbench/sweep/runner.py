@@ -24,6 +24,7 @@ from tiwbench.diffusion.sampler import per_sample_latents
 from tiwbench.metrics.base import EvalContext
 from tiwbench.progress import PlainReporter, RichReporter  # noqa: F401  (where callers found them)
 from tiwbench.ratios.diagnostics import ratio_diagnostics
+from tiwbench.ratios.discriminator import ClipCountsOf
 from tiwbench.records import (
     RECORD_NAME,
     SCHEMA_VERSION,
@@ -343,7 +344,7 @@ def attainable_ratio(dataset, split, time_dependent: bool):
     return dataset.empirical_ratio(props, time_dependent)
 
 
-class SplitRatio:
+class SplitRatio(ClipCountsOf):
     """The weight w_σ of one ratio model with the correction ∇log w_σ of another (``tiw_dsm@A+B``), so
     that a study can say which of the two carries an estimator's loss."""
 
@@ -359,26 +360,6 @@ class SplitRatio:
 
     def log_ratio_and_grad(self, x, sigma, count=None):
         return self.weight.log_ratio(x, sigma, count=count), self.correction.log_ratio_and_grad(x, sigma)[1]
-
-    @property
-    def clipped(self):
-        return self.weight.clipped
-
-    @clipped.setter
-    def clipped(self, value):
-        self.weight.clipped = value
-
-    @property
-    def seen(self):
-        return self.weight.seen
-
-    @seen.setter
-    def seen(self, value):
-        self.weight.seen = value
-
-    @property
-    def clip_rate(self) -> float:
-        return self.weight.clip_rate
 
 
 def method_and_ratio(name: str) -> tuple[str, str | None]:
