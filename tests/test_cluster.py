@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 
 from tiwbench.config import load_suite
 from tiwbench.records import load_records
@@ -47,14 +48,6 @@ def _metrics(rec: dict) -> dict[str, float]:
     return {m["name"]: m["value"] for m in rec["metrics"]}
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = predicate()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_preempted_job_is_requeued_and_resumes_from_the_signal_checkpoint(tmp_path):
@@ -73,7 +66,7 @@ def test_preempted_job_is_requeued_and_resumes_from_the_signal_checkpoint(tmp_pa
     sweep.start()
     # the job's own pid is in the claim of the cell it is running; deliver the preemption signal to it
     lock = out / "long/toy2d/dsm_obs/ref0.1_seed0" / LOCK_NAME
-    owner = _wait_for(lambda: lock.exists() and lock.read_text() and json.loads(lock.read_text()), 120, "a claim")
+    owner = wait_for(lambda: lock.exists() and lock.read_text() and json.loads(lock.read_text()), 120, "a claim")
     os.kill(owner["pid"], signal.SIGUSR2)
     sweep.join(timeout=240)
     assert not sweep.is_alive()
@@ -184,7 +177,7 @@ def test_heartbeat_refreshes_the_lock(tmp_path):
     held = locks.claim(path, heartbeat_s=0.05)
     old = time.time() - 1000
     os.utime(path, (old, old))
-    _wait_for(lambda: time.time() - path.stat().st_mtime < 10, 10, "a heartbeat")
+    wait_for(lambda: time.time() - path.stat().st_mtime < 10, 10, "a heartbeat")
     held.release()
 
 
@@ -203,7 +196,7 @@ def test_held_signal_waits_for_release_or_the_grace_period():
 
         preemption.hold(signal.SIGUSR1, grace_s=0.2)  # outside training nobody releases: the timer does
         os.kill(os.getpid(), signal.SIGUSR1)
-        _wait_for(lambda: len(calls) == 2, 10, "the grace period to hand the signal on")
+        wait_for(lambda: len(calls) == 2, 10, "the grace period to hand the signal on")
         assert not preemption.pending()
     finally:
         signal.signal(signal.SIGUSR1, previous)

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from polling import wait_for
 from typer.testing import CliRunner
 
 from tiwbench.cli import app
@@ -49,15 +50,6 @@ def _path(out: Path, cell) -> Path:
     return cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed) / RECORD_NAME
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _sweep_in_thread(cells, out: Path):
     lines: list[str] = []
     result: dict = {}
@@ -75,7 +67,7 @@ def test_sweep_waits_for_the_cell_another_sweep_holds_and_counts_its_record(tmp_
     out = tmp_path / "runs"
     lock = locks.claim(_path(out, held_cell).parent / LOCK_NAME)  # the other sweep holds the cell
     thread, result, lines = _sweep_in_thread(cells, out)
-    _wait_for(lambda: any(line.startswith("waiting for 1 cell run") for line in lines), 120, "the wait")
+    wait_for(lambda: any(line.startswith("waiting for 1 cell run") for line in lines), 120, "the wait")
     time.sleep(0.3)
     assert thread.is_alive()  # neither returned nor trained the held cell itself
     assert not _path(out, held_cell).exists()
@@ -101,7 +93,7 @@ def test_a_failed_record_of_the_other_sweep_ends_the_wait_as_failed(tmp_path, on
     out = tmp_path / "runs"
     lock = locks.claim(_path(out, held_cell).parent / LOCK_NAME)
     thread, result, lines = _sweep_in_thread(cells, out)
-    _wait_for(lambda: any(line.startswith("waiting for 1 cell run") for line in lines), 120, "the wait")
+    wait_for(lambda: any(line.startswith("waiting for 1 cell run") for line in lines), 120, "the wait")
     failed = {"status": "failed", "config_hash": held_cell.hash, "error": {"type": "NonFiniteLoss",
                                                                           "message": "loss is nan", "step": 3}}
     _path(out, held_cell).write_text(json.dumps(failed))
@@ -131,7 +123,7 @@ def test_claim_of_a_sweep_that_dies_while_waited_for_is_taken_over(tmp_path, one
     try:
         assert other.stdout.readline().strip() == "held"
         thread, result, lines = _sweep_in_thread(cells, out)
-        _wait_for(lambda: any(line.startswith("waiting for 1 cell run") for line in lines), 120, "the wait")
+        wait_for(lambda: any(line.startswith("waiting for 1 cell run") for line in lines), 120, "the wait")
         assert thread.is_alive()
     finally:
         other.send_signal(signal.SIGKILL)  # it dies holding the claim: nobody releases it

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 
 from tiwbench.config import load_suite
 from tiwbench.records import RECORD_NAME
@@ -40,14 +41,6 @@ profiles:
 """
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = predicate()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _alive(pid: int) -> bool:
@@ -82,7 +75,7 @@ def test_signal_stops_the_local_sweep_and_its_jobs_and_the_next_run_completes(tm
                              start_new_session=True)
     try:
         # both jobs are in a cell (their claims name the job and its pid): stop the sweep (or its whole group)
-        claims = _wait_for(lambda: len(c := _claims(out)) == 2 and c, 180, "both jobs to claim a cell")
+        claims = wait_for(lambda: len(c := _claims(out)) == 2 and c, 180, "both jobs to claim a cell")
         if group:
             os.killpg(sweep.pid, signum)
         else:
@@ -115,7 +108,7 @@ def test_sigterm_stops_an_inline_sweep_with_its_claim_released(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     sweep = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
-        _wait_for(lambda: _claims(out), 120, "the cell's claim")
+        wait_for(lambda: _claims(out), 120, "the cell's claim")
         sweep.send_signal(signal.SIGTERM)  # Python's default would end it at once, leaving the claim
         err = sweep.communicate(timeout=60)[1]
     finally:
@@ -153,7 +146,7 @@ def test_slurm_stop_scancels_the_sweeps_own_jobs(tmp_path, monkeypatch):
     mine = ex.submit(GroupJob(), cells[:1], str(out), "cpu", None)
     others = ex.submit(GroupJob(), cells[1:], str(out), "cpu", None)  # another sweep's job: not to be touched
     try:
-        claims = _wait_for(lambda: len(c := _claims(out)) == 2 and c, 180, "both jobs to claim a cell")
+        claims = wait_for(lambda: len(c := _claims(out)) == 2 and c, 180, "both jobs to claim a cell")
         assert not stop_jobs([mine], "slurm", timeout_s=60)
         assert log.read_text().split() == [str(mine.job_id)]  # one scancel, of this sweep's job only
         dirs = [p.parent for p in out.rglob(LOCK_NAME)] + [d.parent for d in out.rglob("checkpoint-*")]
@@ -163,7 +156,7 @@ def test_slurm_stop_scancels_the_sweeps_own_jobs(tmp_path, monkeypatch):
         assert not others.done() and [c["job"] for c in _claims(out)] == [str(others.job_id)]
     finally:
         others.cancel(check=False)
-        _wait_for(lambda: others.done(), 60, "the other job to end")
+        wait_for(lambda: others.done(), 60, "the other job to end")
 
 
 def test_a_stop_during_a_submission_waits_for_its_end_and_a_second_signal_is_only_noted():
