@@ -49,6 +49,8 @@ bench-gpu:
 wheels: $(STAMP)
 	$(BIN)/pip download -q --disable-pip-version-check -c constraints.txt -d .whl --only-binary=:all: \
 		setuptools pyyaml typer rich
+	$(BIN)/pip download -q --disable-pip-version-check --no-deps -d .whl --only-binary=:all: \
+		torch-fidelity clean-fid submitit
 
 # Chromium for the HTML report's browser test (tests/test_browser.py skips without it). Kept out of `make test`:
 # a fresh `apt-get install -y chromium` took 98 s here and needs root; where apt is absent it only says so.

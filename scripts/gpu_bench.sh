@@ -5,17 +5,21 @@
 # without an index; dependencies it lacks come from the wheels in $WHEELS (default .whl/, filled here by
 # `make wheels` and carried with the tree). Without CUDA it says so in one line and exits 2 at once.
 #
-# Each stage runs under its own time limit ($STAGE_S seconds, default 240) and writes as it goes: the
+# Each stage runs under its own time limit (seconds: BENCH_S 170, E2E_S 130, CHECKS_S 110, COMPILED_S 150;
+# the four fit a 10-minute device call with its set-up) and writes as it goes: the
 # bench rewrites its JSON after every row ("complete": false until the end), so a stage cut short keeps
 # what it measured. Under $OUT: gpu.csv, bench_gpu.json (eager), bench_gpu_compiled.json (train.compile),
-# checks.json (compiled vs eager losses, bf16 vs float32 sampler), stages.tsv (stage, exit status,
-# seconds) and the printed tables in bench.txt. Exit status: 0 if every stage passed, else 1.
+# checks.json (compiled vs eager losses, bf16 vs float32 sampler), e2e.json and e2e_records.tar.gz (a
+# cifar10_lt cell through every phase on the device, killed and resumed: scripts/gpu_e2e.sh), stages.tsv
+# (stage, exit status, seconds) and the printed tables in bench.txt. The compiled bench times
+# $COMPILED_METHODS only (default dsm_obs,tiw_dsm): each method is a separate compilation of the paper U-Net. Exit status: 0 if every stage passed, else 1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu}
 PY=${PY:-python}
 WHEELS=${WHEELS:-.whl}
-STAGE_S=${STAGE_S:-240}
+BENCH_S=${BENCH_S:-170}; E2E_S=${E2E_S:-130}; CHECKS_S=${CHECKS_S:-110}; COMPILED_S=${COMPILED_S:-150}
+COMPILED_METHODS=${COMPILED_METHODS:-dsm_obs,tiw_dsm}
 
 # 1. A CUDA device, or one line and exit 2 (before anything is installed or written).
 why=$(timeout 60 "$PY" -c '
@@ -52,21 +56,22 @@ fi
 # 3. The stages, each bounded.
 status=0
 stage() {
-    local name=$1; shift
+    local name=$1 limit=$2; shift 2
     echo "+ [$name] $*" | tee -a "$OUT/bench.txt"
     local t0=$SECONDS
-    timeout --kill-after=15 "$STAGE_S" "$@" 2>&1 | tee -a "$OUT/bench.txt"
+    timeout --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$OUT/bench.txt"
     local rc=${PIPESTATUS[0]}
-    [ "$rc" -eq 124 ] && echo "[$name] stopped at its ${STAGE_S} s limit; its JSON keeps the rows measured" \
+    [ "$rc" -eq 124 ] && echo "[$name] stopped at its ${limit} s limit; its JSON keeps the rows measured" \
         | tee -a "$OUT/bench.txt"
     printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" >> "$OUT/stages.tsv"
     [ "$rc" -eq 0 ] || status=1
 }
-stage gpu timeout 30 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit,memory.total --format=csv \
+stage gpu 30 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit,memory.total,driver_version --format=csv \
     -f "$OUT/gpu.csv"
-stage bench "$PY" -m tiwbench bench --dataset cifar10_lt --device cuda --profile paper \
+stage bench "$BENCH_S" "$PY" -m tiwbench bench --dataset cifar10_lt --device cuda --profile paper \
     --json "$OUT/bench_gpu.json"
-stage bench_compiled "$PY" -m tiwbench bench --dataset cifar10_lt --device cuda --profile paper --compile \
-    --json "$OUT/bench_gpu_compiled.json"
-stage checks "$PY" scripts/gpu_checks.py --device cuda --out "$OUT/checks.json"
+stage e2e "$E2E_S" env OUT="$OUT" PY="$PY" DEVICE=cuda bash scripts/gpu_e2e.sh
+stage checks "$CHECKS_S" "$PY" scripts/gpu_checks.py --device cuda --out "$OUT/checks.json"
+stage bench_compiled "$COMPILED_S" "$PY" -m tiwbench bench --dataset cifar10_lt --device cuda --profile paper \
+    --compile --methods "$COMPILED_METHODS" --json "$OUT/bench_gpu_compiled.json"
 exit $status

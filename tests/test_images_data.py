@@ -6,12 +6,12 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import tarfile
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+from cifar_format import cifar_batches, write_cifar_archive, write_cifar_folder
 
 from tiwbench.data.base import DataError
 from tiwbench.data.cifar10 import CIFAR10LT
@@ -22,34 +22,13 @@ from tiwbench.registry import DATASETS
 PER_BATCH = 300  # 5 batches: 1,500 images, 150 a class
 
 
-def _cifar_batches(seed=0):
-    rng = np.random.default_rng(seed)
-    batches = {}
-    for i in range(1, 6):
-        labels = rng.permutation(np.arange(PER_BATCH) % 10)
-        batches[f"data_batch_{i}"] = {
-            b"batch_label": f"training batch {i} of 5".encode(),
-            b"labels": [int(v) for v in labels],
-            b"data": rng.integers(0, 256, size=(PER_BATCH, 3072), dtype=np.uint8),
-            b"filenames": [f"img_{i}_{j}.png".encode() for j in range(PER_BATCH)],
-        }
-    batches["test_batch"] = batches["data_batch_1"]
-    batches["batches.meta"] = {b"label_names": [b"airplane"] * 10}
-    return batches
-
-
 @pytest.fixture(scope="module")
 def cifar(tmp_path_factory):
     """Both layouts: ``tar_root/cifar-10-python.tar.gz`` and ``dir_root/cifar-10-batches-py/``."""
     base = tmp_path_factory.mktemp("cifar")
-    batches = _cifar_batches()
-    folder = base / "dir_root" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for name, d in batches.items():
-        (folder / name).write_bytes(pickle.dumps(d, protocol=2))
-    (base / "tar_root").mkdir()
-    with tarfile.open(base / "tar_root" / "cifar-10-python.tar.gz", "w:gz") as tar:
-        tar.add(folder, arcname="cifar-10-batches-py")
+    batches = cifar_batches(PER_BATCH)
+    write_cifar_folder(base / "dir_root" / "cifar-10-batches-py", batches)
+    write_cifar_archive(base / "tar_root", batches)
     return base, batches
 
 

@@ -148,3 +148,22 @@ def test_bench_driven_from_python_is_the_command_without_its_parsing(tmp_path):
         run_request(BenchRequest(methods=("dsm_ob",)))
     res = run_request(BenchRequest(steps=1, methods=("dsm_obs",), repeats=1))
     assert res["dataset"] == "toy2d" and [r["method"] for r in res["rows"] if r["method"] == "dsm_obs"] == ["dsm_obs"]
+
+
+def test_paper_metric_row_times_fid_inception_at_its_published_cost():
+    """A paper cell's metrics are its profile's (fd, bias, fid), not the suite's: the projection pays FID's
+    Inception pass. torchvision's model table gives Inception-v3 5.71 G multiply-adds an image at 299×299,
+    i.e. 11.42 GFLOP; the row counts that (and the evaluator's passes) per sample."""
+    from tiwbench.config import profile_metrics, resolve_budget
+    from tiwbench.training.step_bench import dataset_shape, metric_row
+
+    suite = load_suite("ref_size")
+    budget, _ = resolve_budget(suite, "paper", "cifar10_lt")
+    metrics = profile_metrics(suite, "paper", "cifar10_lt")
+    assert "fid" in metrics
+    ds = dataset_shape("cifar10_lt")
+    fid_only = metric_row("cifar10_lt", ds, budget, ["fid"], "cpu", None, batch=2)
+    assert fid_only["flops_per_step"] / 2 == pytest.approx(11.42e9, rel=0.005)
+    row = metric_row("cifar10_lt", ds, budget, metrics, "cpu", None, batch=2)
+    assert row["method"] == "metrics (fd, bias, fid)"
+    assert row["flops_per_step"] > fid_only["flops_per_step"]

@@ -141,11 +141,15 @@ class _Skeleton(InceptionFeatures):
         return None
 
 
-def _skeleton() -> FeatureExtractorInceptionV3:
+def untrained_inception() -> FeatureExtractorInceptionV3:
+    """The FID Inception's layout with untrained weights: its cost, not its features (benchmarks)."""
     with tempfile.TemporaryDirectory() as d:
         empty = Path(d) / "empty.pth"
         torch.save({}, empty)
         return _Skeleton("skeleton", [INCEPTION_FEATURES], feature_extractor_weights_path=str(empty))
+
+
+_skeleton = untrained_inception
 
 
 def convert_torchscript(jit_path: str | Path) -> dict[str, torch.Tensor]:

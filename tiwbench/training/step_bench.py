@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from tiwbench.config import load_suite, resolve_budget
+from tiwbench.config import load_suite, profile_metrics, resolve_budget
 from tiwbench.diffusion.sampler import edm_sampler
 from tiwbench.ratios.discriminator import make_ratio
 from tiwbench.registry import DATASETS, METHODS, RATIOS
@@ -183,8 +183,9 @@ def metric_row(dataset: str, ds, budget, metrics: list[str], device, peak: float
     """What a cell's metrics cost per generated sample: the evaluator's passes over the samples that
     fd (features) and bias (class predictions) make. Vector data: the dataset's own evaluator. Images:
     an untrained ``EvalCNN`` of the evaluator's width (training it needs the dataset's images; its speed
-    does not). Reference statistics are computed once per run and cached, so a cell does not pay them;
-    metrics other than fd and bias are not timed."""
+    does not), and for fid the FID Inception with untrained weights (the same cost: no download). Reference
+    statistics are computed once per run and cached, so a cell does not pay them; metrics other than fd,
+    bias and fid (memorized: a nearest-neighbour search) are not timed."""
     from tiwbench.data.evaluator import EvalCNN, batched
 
     x = synthetic_data(ds.shape, batch, seed=1)[0]
@@ -200,6 +201,11 @@ def metric_row(dataset: str, ds, budget, metrics: list[str], device, peak: float
         torch.manual_seed(0)
         net = EvalCNN(in_channels=c, resolution=h, num_classes=classes, width=width).to(device).eval()
         calls = {"fd": net.features, "bias": net}
+        if "fid" in metrics:
+            from tiwbench.metrics.inception import inception_input, untrained_inception
+
+            inception = untrained_inception().to(device).eval()
+            calls["fid"] = lambda v: inception(inception_input(v).to(v.device))[0]
         warm = net
     passes = [calls[m] for m in metrics if m in calls]
     flops = 0
@@ -208,7 +214,8 @@ def metric_row(dataset: str, ds, budget, metrics: list[str], device, peak: float
             for f in passes:
                 f(x[:2].to(device))
         flops = int(counter.get_total_flops()) * batch // 2
-        batched(warm, x[:64], str(device))  # warm-up
+        for f in passes:  # warm-up
+            batched(f, x[:64], str(device))
     _sync(device)
     t0 = time.perf_counter()
     for f in passes:
@@ -269,7 +276,7 @@ def run_bench(dataset: str, device: str = "cpu", profile: str = "smoke", suite: 
         add(sampler_row(ds, budget, device, d, sample_batch or s.batch_size, peak))
     profile_sampler = next(r for r in rows if r["method"] == f"sampler ({s.dtype})")
     sample_seconds = s.n / profile_sampler["images_per_s"]
-    metrics = metric_row(dataset, ds, budget, list(suite_cfg.metrics), device, peak)
+    metrics = metric_row(dataset, ds, budget, profile_metrics(suite_cfg, profile, dataset), device, peak)
     add(metrics)
     metric_seconds = s.n / metrics["images_per_s"]
     ratios, ratio_seconds = {}, {}
