@@ -149,8 +149,6 @@ def untrained_inception() -> FeatureExtractorInceptionV3:
         return _Skeleton("skeleton", [INCEPTION_FEATURES], feature_extractor_weights_path=str(empty))
 
 
-_skeleton = untrained_inception
-
 
 def convert_torchscript(jit_path: str | Path) -> dict[str, torch.Tensor]:
     """Map the TorchScript FID Inception's 94 conv+BN layers onto an ``inception-v3-compat`` state_dict.
@@ -161,7 +159,7 @@ def convert_torchscript(jit_path: str | Path) -> dict[str, torch.Tensor]:
     jit = torch.jit.load(str(jit_path), map_location="cpu")
     src = jit.state_dict()
     src_convs = [k[: -len(".weight")] for k in src if k.endswith(".weight")]
-    skeleton = _skeleton().state_dict()
+    skeleton = untrained_inception().state_dict()
     dst_convs = [k[: -len(".conv.weight")] for k in skeleton if k.endswith(".conv.weight")]
     if len(src_convs) != len(dst_convs):
         raise MetricError(f"{jit_path}: {len(src_convs)} conv layers, expected {len(dst_convs)}; "
