@@ -67,7 +67,7 @@ EOF
 run group_norm_bf16; restore
 echo "== f) CPU attention formula removed"
 python3 - <<'EOF'
-import pathlib; p=pathlib.Path("tiwbench/training/step_bench.py"); s=p.read_text()
+import pathlib; p=pathlib.Path("tiwbench/sweep/step_bench.py"); s=p.read_text()
 old="    return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)"
 assert old in s; p.write_text(s.replace(old,"    return FlopCounterMode(display=False)"))
 EOF

@@ -35,9 +35,9 @@ from tiwbench.ratios.diagnostics import ratio_diagnostics
 from tiwbench.ratios.discriminator import RatioTrainConfig, make_ratio, train_ratio
 from tiwbench.records import atomic_write_json
 from tiwbench.registry import METHODS
+from tiwbench.sweep.step_bench import dataset_shape, flop_counter, synthetic_data, train_step_flops
 from tiwbench.training.denoiser import make_denoiser
 from tiwbench.training.loop import train_score
-from tiwbench.training.step_bench import dataset_shape, flop_counter, synthetic_data, train_step_flops
 
 
 def write_archive(folder: Path, per_batch: int, seed: int = 0) -> None:

@@ -19,9 +19,9 @@ from tiwbench.diffusion.sampler import edm_sampler
 from tiwbench.ratios.discriminator import make_ratio
 from tiwbench.records import atomic_write_json
 from tiwbench.registry import METHODS
+from tiwbench.sweep.step_bench import dataset_shape, synthetic_data
 from tiwbench.training.denoiser import make_denoiser
 from tiwbench.training.loop import train_score
-from tiwbench.training.step_bench import dataset_shape, synthetic_data
 
 
 def train_tiw(budget, ds, x, is_ref, device, compile_: bool) -> tuple[float, float]:

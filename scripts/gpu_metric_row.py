@@ -11,7 +11,7 @@ import torch
 
 from tiwbench.config import load_suite, profile_metrics, resolve_budget
 from tiwbench.records import atomic_write_json
-from tiwbench.training.step_bench import dataset_shape, known_peak, metric_row
+from tiwbench.sweep.step_bench import dataset_shape, known_peak, metric_row
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--dataset", default="cifar10_lt")

@@ -159,7 +159,7 @@ def test_cpu_fused_attention_flops_are_counted_by_the_formula():
     """The flop counter's own table counts the CPU's fused kernel as 0; the bench's counter fills in
     4·B·heads·L²·d forward (QKᵀ and AV, 2·B·heads·L²·d each) and five such matmuls backward (QKᵀ
     recomputed, dV, dP, dQ, dK), the formulas torch uses for its CUDA kernels."""
-    from tiwbench.training.step_bench import flop_counter
+    from tiwbench.sweep.step_bench import flop_counter
 
     b, heads, tokens, d = 2, 2, 16, 64
     q = torch.randn(b, heads, tokens, d, requires_grad=True)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tiwbench.cli import app
 from tiwbench.config import load_suite
-from tiwbench.training.step_bench import known_peak
+from tiwbench.sweep.step_bench import known_peak
 
 # the bench times the metrics of the suite it reads (ref_size)
 METRIC_ROW = f"metrics ({', '.join(load_suite('ref_size').metrics)})"
@@ -117,7 +117,7 @@ def test_bad_bench_input_is_one_line():
 
 def test_rows_reach_the_caller_one_by_one():
     """A bench cut short (a stage's timeout) keeps the rows measured so far: each is handed over as it comes."""
-    from tiwbench.training.step_bench import run_bench
+    from tiwbench.sweep.step_bench import run_bench
 
     seen = []
     res = run_bench("toy2d", methods=("dsm_obs", "tiw_dsm"), steps=1, warmup=1, repeats=1,
@@ -140,7 +140,7 @@ def test_gpu_bench_without_cuda_is_one_line_and_exit_2(tmp_path):
 def test_bench_driven_from_python_is_the_command_without_its_parsing(tmp_path):
     from tiwbench.config import ConfigError
     from tiwbench.registry import RegistryError
-    from tiwbench.training.step_bench import BenchRequest, run_request
+    from tiwbench.sweep.step_bench import BenchRequest, run_request
 
     with pytest.raises(ConfigError, match="--peak-tflops"):
         run_request(BenchRequest(peak_tflops=-1))
@@ -155,7 +155,7 @@ def test_paper_metric_row_times_fid_inception_at_its_published_cost():
     Inception pass. torchvision's model table gives Inception-v3 5.71 G multiply-adds an image at 299×299,
     i.e. 11.42 GFLOP; the row counts that (and the evaluator's passes) per sample."""
     from tiwbench.config import profile_metrics, resolve_budget
-    from tiwbench.training.step_bench import dataset_shape, metric_row
+    from tiwbench.sweep.step_bench import dataset_shape, metric_row
 
     suite = load_suite("ref_size")
     budget, _ = resolve_budget(suite, "paper", "cifar10_lt")

@@ -414,7 +414,7 @@ def bench(
     """
     try:
         from tiwbench.records import atomic_write_json as write_json
-        from tiwbench.training.step_bench import METHOD_NAMES, BenchRequest, format_table, run_request
+        from tiwbench.sweep.step_bench import METHOD_NAMES, BenchRequest, format_table, run_request
 
         _check_device(device)
         request = BenchRequest(dataset=dataset, device=device, profile=profile, suite=suite, peak_tflops=peak_tflops,
