@@ -89,11 +89,13 @@ def test_signal_stops_the_local_sweep_and_its_jobs_and_the_next_run_completes(tm
     assert "stopped: 2 jobs ended" in err and "run the same command again to resume" in err, err[-3000:]
     job_ids = re.search(r"cancelling 2 running jobs \(([\d, ]+)\)", err).group(1).split(", ")
     assert sorted(job_ids) == sorted(c["job"] for c in claims)  # the jobs it cancelled are the ones it ran
-    for pid in [int(j) for j in job_ids] + [c["pid"] for c in claims]:  # job controllers, and the cells' processes
-        assert not _alive(pid), pid
+    # job controllers and the cells' processes end; one may still be exiting when the sweep returns (its
+    # interpreter's teardown, slow on a loaded machine), so the check waits a little, and a process that
+    # outlived the stop would instead have finished its cell and written a record (checked below)
+    pids = [int(j) for j in job_ids] + [c["pid"] for c in claims]
+    wait_for(lambda: not [p for p in pids if _alive(p)], 20, f"the stopped processes {pids} to exit")
     assert not list(out.rglob(LOCK_NAME))
-    for rec in out.rglob(RECORD_NAME):  # nothing half-written (none finished: the cells were mid-training)
-        json.loads(rec.read_text())
+    assert not list(out.rglob(RECORD_NAME))  # none finished: the cells were mid-training when stopped
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "0 of 2 cells missing" in again.stderr, again.stderr[-3000:]
@@ -152,7 +154,8 @@ def test_slurm_stop_scancels_the_sweeps_own_jobs(tmp_path, monkeypatch):
         dirs = [p.parent for p in out.rglob(LOCK_NAME)] + [d.parent for d in out.rglob("checkpoint-*")]
         clear_claims(dirs, {str(mine.job_id)})
         mine_claim = next(c for c in claims if c["job"] == str(mine.job_id))
-        assert not _alive(int(mine.job_id)) and not _alive(mine_claim["pid"])
+        wait_for(lambda: not _alive(int(mine.job_id)) and not _alive(mine_claim["pid"]), 20,
+                 "the cancelled job's processes to exit")  # exiting, not orphaned: see the local test
         assert not others.done() and [c["job"] for c in _claims(out)] == [str(others.job_id)]
     finally:
         others.cancel(check=False)
