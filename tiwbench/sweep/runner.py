@@ -38,6 +38,7 @@ from tiwbench.registry import DATASETS, KERNELS, METHODS, METRICS, RATIOS
 from tiwbench.report.cell_picture import GRID_NAME, sample_picture
 from tiwbench.sweep.locks import LOCK_NAME, claim, is_stale
 from tiwbench.sweep.locks import owner as lock_owner
+from tiwbench.sweep.stopping import signals_deferred
 from tiwbench.sweep.threads import apply_threads
 from tiwbench.training import distributed
 from tiwbench.training.families import family_of
@@ -787,12 +788,14 @@ def claim_cell(cell: Cell, out: Path, device: str, held: list) -> bool:
     lock = None
     if distributed.is_main():
         path = cell_dir(out, cell.suite, cell.dataset, cell.method, cell.ref_frac, cell.seed, cell.sweep)
-        lock = claim(path / LOCK_NAME)
-        if lock is not None and existing_record(cell, out) is not None:  # finished while we looked
-            lock.release()
-            lock = None
-        if lock is not None:
-            held.append(lock)
+        # a stop between the lock file appearing and its claim reaching `held` would leave the lock behind
+        with signals_deferred():
+            lock = claim(path / LOCK_NAME)
+            if lock is not None and existing_record(cell, out) is not None:  # finished while we looked
+                lock.release()
+                lock = None
+            if lock is not None:
+                held.append(lock)
     return distributed.any_rank(lock is not None, device)
 
 
