@@ -17,6 +17,7 @@ PAIRS = [("tiw_gan", "iw_gan_noise"), ("tiw_gan@exact_empirical", "iw_gan_noise@
          ("tiw_gan@fitted_family", "iw_gan_noise@fitted_family"),
          ("tiw_gan", "gan_ref"), ("tiw_gan@exact_empirical", "gan_ref"), ("tiw_gan@fitted_family", "gan_ref"),
          ("iw_gan_noise", "gan_ref"), ("iw_gan", "gan_ref"), ("gan_noise_obs", "gan_ref"), ("iw_gan", "iw_gan_noise"),
+         ("iw_gan@exact_empirical", "iw_gan_noise@exact_empirical"), ("iw_gan@exact_empirical", "gan_ref"),
          ("tiw_dsm", "dsm_ref"), ("tiw_dsm@exact_empirical", "dsm_ref"), ("tiw_dsm@fitted_family", "dsm_ref"),
          ("gan_ref", "dsm_ref"), ("tiw_gan", "tiw_dsm"), ("tiw_gan@exact_empirical", "tiw_dsm@exact_empirical"),
          ("tiw_gan@fitted_family", "tiw_dsm@fitted_family"),
@@ -40,7 +41,8 @@ for frac in sorted(set(tilt.ref_frac)):
 if borrowed:
     print("gmm_tilt rows taken from gmm's records (reference-only, the same computation): " + ", ".join(borrowed))
 ORDER = ["oracle", "dsm_ref", "tiw_dsm", "tiw_dsm@exact_empirical", "tiw_dsm@fitted_family", "gan_ref", "gan_obs",
-         "iw_gan", "gan_noise_obs", "iw_gan_noise", "iw_gan_noise@exact_empirical", "iw_gan_noise@fitted_family",
+         "iw_gan", "iw_gan@exact_empirical", "gan_noise_obs", "iw_gan_noise", "iw_gan_noise@exact_empirical",
+         "iw_gan_noise@fitted_family",
          "tiw_gan", "tiw_gan@exact_empirical", "tiw_gan@fitted_family", "vae_ref", "vae_obs", "iw_vae",
          "iw_vae@exact_empirical"]
 for (ds, frac), g in ok.groupby(["dataset", "ref_frac"]):
