@@ -8,30 +8,30 @@ in RUNS that has those seeds (e.g. gan_ref at a small batch against the weighted
 """
 import sys
 
+import pandas as pd
+
 from tiwbench.records import load_records
-from tiwbench.report.leaderboard import records_frame
-from tiwbench.report.paired import paired_interval
+from tiwbench.report.leaderboard import REF_LEVEL_METHOD, records_frame
+from tiwbench.report.paired import paired_table
 
 
 def frame(path, metric):
     df = records_frame(load_records(path))
-    return df[(df.status == "ok") & (df.metric == metric)]
+    # one suite name for both sides: paired_table pairs within a suite, and the probe's is its own
+    return df[(df.metric == metric) & (df.method != REF_LEVEL_METHOD)].assign(suite="")
 
 
 metric = sys.argv[3] if len(sys.argv) > 3 else "fd"
 base, probe = frame(sys.argv[1], metric), frame(sys.argv[2], metric)
 print(f"| dataset | ref | probe method − suite method | {metric} a − b | n |")
 print("|---|---|---|---|---|")
-for (ds, frac, pm), g in probe.groupby(["dataset", "ref_frac", "method"]):
-    if pm == "(reference level)":
-        continue
-    a = g.set_index("seed").value
+for (ds, frac, pm), g in probe[probe.status == "ok"].groupby(["dataset", "ref_frac", "method"]):
+    tag = f"{pm} (probe)"
     mine = base[(base.dataset == ds) & (base.ref_frac == frac)]
-    for bm in [pm] + sorted(set(mine.method) - {pm, "(reference level)"}):
-        b = mine[mine.method == bm].set_index("seed").value
-        seeds = sorted(set(a.index) & set(b.index))
-        if len(seeds) < 2:
-            continue
-        m, h = paired_interval([float(a[s] - b[s]) for s in seeds])
-        print(f"| {ds} | {frac:g} | {pm} (probe) − {bm} | {m:+.3g} [{m - h:+.3g}, {m + h:+.3g}] | {len(seeds)} |")
-    print(f"| {ds} | {frac:g} | {pm} (probe), mean | {a.mean():.3g} | {len(a)} |")
+    table = paired_table(pd.concat([mine, g.assign(method=tag)], ignore_index=True), vs=tag)
+    table = table[table.n >= 2].set_index("method")
+    for bm in [m for m in [pm] + sorted(set(table.index) - {pm}) if m in table.index]:
+        r = table.loc[bm]
+        m, h = -r["diff"], r.paired_half  # paired_table gives method − vs; the probe is a here
+        print(f"| {ds} | {frac:g} | {tag} − {bm} | {m:+.3g} [{m - h:+.3g}, {m + h:+.3g}] | {r.n} |")
+    print(f"| {ds} | {frac:g} | {tag}, mean | {g.value.mean():.3g} | {len(g)} |")
