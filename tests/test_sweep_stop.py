@@ -196,6 +196,8 @@ def test_a_stop_landing_as_the_claim_is_taken_still_releases_it(tmp_path, monkey
     cells = expand(load_suite(str(suite)))[:1]
     out = tmp_path / "runs"
 
+    runner_claim = runner.claim
+
     def claim_then_signal(path, *a, **k):
         taken = runner_claim(path, *a, **k)
         assert taken is not None and path.exists()
@@ -203,7 +205,6 @@ def test_a_stop_landing_as_the_claim_is_taken_still_releases_it(tmp_path, monkey
         time.sleep(0.05)  # the handler runs here, between the lock's creation and the return
         return taken
 
-    runner_claim = runner.claim
     monkeypatch.setattr(runner, "claim", claim_then_signal)
     with pytest.raises(Stopped), stop_on_signals():
         runner.run_cells(cells, out)
