@@ -14,7 +14,7 @@ from tiwbench.report.leaderboard import REF_LEVEL_METHOD, aggregate, records_fra
 from tiwbench.report.render import render
 
 
-def _rec(method, seed, fd, bias=None, suite="s", frac=0.05, chosen=None, level=None):
+def _rec(method, seed, fd, bias=None, suite="s", frac=0.05, chosen=None, level=None, source="d_ref_holdout"):
     metrics = [{"name": "fd", "value": fd, "higher_is_better": False}]
     if bias is not None:
         metrics.append({"name": "bias", "value": bias, "higher_is_better": False})
@@ -23,7 +23,8 @@ def _rec(method, seed, fd, bias=None, suite="s", frac=0.05, chosen=None, level=N
     rec = {"suite": suite, "dataset": "gmm", "method": method, "ref_frac": frac, "seed": seed, "status": "ok",
            "config": {"method": method, "seed": seed}, "metrics": metrics}
     if chosen is not None:  # checkpoint selection over snapshots at steps 100, 200, 300
-        rec["train"] = {"selection": {"by": "fd", "step": chosen, "values": {"100": 1.0, "200": 0.9, "300": 0.8}}}
+        rec["train"] = {"selection": {"source": source, "by": "fd", "step": chosen,
+                                      "values": {"100": 1.0, "200": 0.9, "300": 0.8}}}
     return rec
 
 
@@ -147,3 +148,45 @@ def test_check_strict_fails_on_a_planted_unconverged_table(tmp_path):
 def test_strict_check_lists_each_flag_once_per_table():
     passed, text = strict_check(_flags(_planted_unconverged()), ["unconverged"])
     assert not passed and text.count("FLAG unconverged") == 1
+
+
+def test_truth_selected_cells_are_flagged_and_never_ranked_beside_a_practitioner_rule(tmp_path):
+    """A cell whose checkpoint the truth chose says so in every format; beside cells chosen otherwise it is
+    not ranked (here it would have won), and the table is flagged mixed_selection, which --strict fails on."""
+    recs = []
+    for s in range(3):
+        j = 0.01 * s
+        recs += [_rec("oracle", s, 0.10 + j, chosen=300), _rec("dsm_ref", s, 0.50 + j, chosen=200),
+                 _rec("tiw_dsm", s, 0.40 + 2 * j, chosen=200),
+                 _rec("iw_dsm", s, 0.20 + j, chosen=100, source="truth")]  # best of all, by the truth's choice
+    agg = _flags(recs)
+    assert "selected_by_truth" in _cell(agg, "iw_dsm").cell_flags
+    assert "selected_by_truth" not in _cell(agg, "tiw_dsm").cell_flags
+    assert _cell(agg, "iw_dsm").table_flags == ["mixed_selection"]
+    assert _cell(agg, "iw_dsm").mark == ""  # not ranked, though its mean leads
+    assert _cell(agg, "tiw_dsm").mark == "best"  # tiw_dsm below dsm_ref on every seed
+    md = render(aggregate(records_frame(recs)), "markdown", recs)
+    assert "selected_by_truth" in md and "mixed_selection" in md and "checkpoints: d_ref_holdout/truth" in md
+    html = render(aggregate(records_frame(recs)), "html", recs)
+    assert 'data-flags="mixed_selection"' in html and "selected_by_truth" in html
+    doc = json.loads(render(aggregate(records_frame(recs)), "json", recs))
+    assert {t["suite"]: t["flags"] for t in doc["tables"]} == {"s": ["mixed_selection"]}
+    assert {c["method"]: c["selection"] for c in doc["cells"] if c["metric"] == "fd"}["iw_dsm"] == "truth"
+    import io
+
+    csv = pd.read_csv(io.StringIO(render(aggregate(records_frame(recs)), "csv", recs)), keep_default_na=False)
+    assert "selected_by_truth" in set(csv[csv.method == "iw_dsm"].cell_flags.str.split(";").sum())
+    runner = CliRunner()
+    _write(recs, tmp_path / "mixed")
+    res = runner.invoke(app, ["check", "--strict", "--runs", str(tmp_path / "mixed")])
+    assert res.exit_code == 1 and "FLAG mixed_selection: table s · gmm · fd" in res.output
+    # the truth's rule alone: ranked among its own, flagged per cell, and --strict passes (a reference table)
+    alone = [{**r, "train": {"selection": {**r["train"]["selection"], "source": "truth"}}} for r in recs]
+    agg = _flags(alone)
+    assert _cell(agg, "iw_dsm").mark == "best" and _cell(agg, "iw_dsm").table_flags == []
+    assert all("selected_by_truth" in f for f in agg[agg.metric == "fd"].cell_flags)
+    _write(alone, tmp_path / "truth")
+    assert runner.invoke(app, ["check", "--strict", "--runs", str(tmp_path / "truth")]).exit_code == 0
+    # a record from before sources were named chose against the truth
+    old = {**recs[0], "train": {"selection": {"by": "fd", "step": 300, "values": {"300": 0.1}}}}
+    assert "selected_by_truth" in _flags([old]).iloc[0].cell_flags

@@ -47,8 +47,10 @@ def test_oracle_trains_once_across_reference_sizes_with_the_same_records(tmp_pat
     cached, fresh = _by_cell(tmp_path / "cached"), _by_cell(tmp_path / "fresh")
     hits = sorted(cached[("oracle", f)]["train"]["network_cache"]["hit"] for f in (0.1, 0.2))
     assert hits == [False, True]  # trained at one reference size, reused at the other
-    assert len(list((cache / "networks").glob("*.pt"))) == 1
-    assert "network_cache" not in cached[("dsm_ref", 0.1)]["train"]  # D_ref's training depends on the size
+    # with selection every network is kept (a rule changes nothing in training), D_ref's once per size
+    assert len(list((cache / "networks").glob("*.pt"))) == (3 if select else 1)
+    dsm_ref = [cached[("dsm_ref", f)]["train"].get("network_cache") for f in (0.1, 0.2)]
+    assert dsm_ref == [None, None] if not select else [c["hit"] for c in dsm_ref] == [False, False]
     for key, rec in fresh.items():
         assert "network_cache" not in rec["train"]
         assert rec["metrics"] == cached[key]["metrics"], key  # bit for bit: the reuse changes no number
@@ -77,3 +79,27 @@ def test_a_changed_dependency_misses_the_cache(tmp_path, one_thread):
         assert network_key(base) not in keys
     finally:
         network_cache.code_digest = real
+
+
+def test_rules_that_differ_only_in_their_score_share_one_training(tmp_path, one_thread):
+    """Cells that differ only in how a snapshot is chosen train once: the second rule takes the first's
+    network and snapshots, and its records are bit for bit those of training afresh."""
+    from tiwbench.sweep.runner import override_selection
+
+    cache = tmp_path / "cache"
+    text = ORACLE.replace("methods: [oracle, dsm_ref]", "methods: [oracle, dsm_ref, tiw_dsm]")
+    run_cells(_cells(tmp_path, text), tmp_path / "loss", cache_dir=cache)  # d_ref_holdout by its default score
+    fd_rule = override_selection(_cells(tmp_path, text), by="fd")
+    run_cells(fd_rule, tmp_path / "fd", cache_dir=cache)
+    run_cells(override_selection(_cells(tmp_path, text), by="fd"), tmp_path / "fresh", cache_dir=None)
+    shared, fresh = _by_cell(tmp_path / "fd"), _by_cell(tmp_path / "fresh")
+    assert all(r["train"]["network_cache"]["hit"] for r in shared.values())  # nothing trained twice
+    for key, rec in fresh.items():
+        assert rec["train"]["selection"]["by"] == "fd" and rec["train"]["selection"]["source"] == "d_ref_holdout"
+        assert rec["metrics"] == shared[key]["metrics"], key
+        assert rec["train"]["selection"] == shared[key]["train"]["selection"], key
+    # another ratio model is another training: a changed ratio budget misses for tiw_dsm only
+    other = override_selection(_cells(tmp_path, text.replace("ratio: {steps: 20,", "ratio: {steps: 21,")), by="fd")
+    run_cells(other, tmp_path / "other", cache_dir=cache)
+    hits = {k[0]: r["train"]["network_cache"]["hit"] for k, r in _by_cell(tmp_path / "other").items()}
+    assert hits == {"oracle": True, "dsm_ref": True, "tiw_dsm": False}

@@ -127,21 +127,23 @@ def _values(rec):
 
 def test_selection_in_a_sweep(tmp_path):
     plain = _records(tmp_path, "plain", 120)
-    last = _records(tmp_path, "last", 120, ", select_every: 120")  # one snapshot, the last: the same samples
+    # the truth's rule on all of D_ref: one snapshot, the last, gives the same samples as no selection
+    last = _records(tmp_path, "last", 120, ", select_every: 120, select_source: truth")
     for method in plain:
         assert _values(last[method]) == _values(plain[method])
         assert last[method]["train"]["selection"]["step"] == 120
         assert "select_every" not in plain[method]["config"]["train"]  # configs as before when selection is off
-    picked = _records(tmp_path, "picked", 120, ", select_every: 30")
+        assert plain[method]["train"]["selection"] == {"source": "none", "step": 120}  # the last step, named
+    picked = _records(tmp_path, "picked", 120, ", select_every: 30, select_source: truth")
     for rec in picked.values():
         sel = rec["train"]["selection"]
-        assert sel["by"] == "fd" and sorted(map(int, sel["values"])) == [30, 60, 90, 120]
+        assert sel["source"] == "truth" and sel["by"] == "fd" and sorted(map(int, sel["values"])) == [30, 60, 90, 120]
         assert sel["step"] == int(min(sel["values"], key=lambda k: (sel["values"][k], int(k))))
     # dg_obs reuses dsm_obs's snapshots but chooses with its own (guided) sampler
     assert picked["dg_obs"]["train"]["shared_with"] == "dsm_obs"
     assert picked["dg_obs"]["train"]["selection"]["values"] != picked["dsm_obs"]["train"]["selection"]["values"]
     # twice the budget: the first four snapshots score exactly as before (dsm_ref uses no ratio model)
-    doubled = _records(tmp_path, "doubled", 120, ", select_every: 30", scale=2.0)
+    doubled = _records(tmp_path, "doubled", 120, ", select_every: 30, select_source: truth", scale=2.0)
     sel1, sel2 = picked["dsm_ref"]["train"]["selection"], doubled["dsm_ref"]["train"]["selection"]
     assert sorted(map(int, sel2["values"])) == [30, 60, 90, 120, 150, 180, 210, 240]
     assert {k: sel2["values"][k] for k in sel1["values"]} == sel1["values"]
@@ -151,10 +153,10 @@ def test_selection_in_a_sweep(tmp_path):
 
 def test_select_by_must_be_a_ranked_metric(tmp_path):
     p = tmp_path / "bad.yaml"
-    p.write_text(SUITE % {"steps": 10, "select": ", select_every: 5, select_by: fid_typo"})
+    p.write_text(SUITE % {"steps": 10, "select": ", select_every: 5, select_source: truth, select_by: fid_typo"})
     with pytest.raises(ConfigError, match="select_by"):
         expand(load_suite(str(p)))
-    p.write_text(SUITE % {"steps": 10, "select": ", select_every: 5, select_by: bias_ref"})
+    p.write_text(SUITE % {"steps": 10, "select": ", select_every: 5, select_source: truth, select_by: bias_ref"})
     with pytest.raises(ConfigError, match="diagnostic"):
         expand(load_suite(str(p)))
 
@@ -174,7 +176,7 @@ def test_validation_curves_summary_and_figure(tmp_path):
     summary = peak_summary(frame).set_index("method")
     assert summary.loc["a", "mean_step"] == 25 and summary.loc["a", "at_end"] == 1  # seed 1 peaked at the end
     assert summary.loc["b", "at_end"] == 1 and summary.loc["b", "seeds"] == 1
-    assert "| s | gmm | – | 0.05 | a | 2 | 25 | 1 |" in to_markdown(recs)
+    assert "| s | gmm | – | 0.05 | a | truth: fd | 2 | 25 | 1 |" in to_markdown(recs)  # no source: the truth's
     path = save_curves(recs, tmp_path / "plot.png")
     assert path == tmp_path / "plot_curves.png" and path.read_bytes()[:4] == b"\x89PNG"
     assert to_markdown([{"status": "ok"}]) == "" and save_curves([], tmp_path / "x.png") is None

@@ -115,6 +115,13 @@ def run(
         help="seconds between progress lines of a phase when output is not a terminal (default 30)")] = None,
     budget_scale: Annotated[float, typer.Option(
         help="multiply training and ratio steps (2: the budget-doubling check; records under <suite>_x2)")] = 1.0,
+    select: Annotated[Optional[str], typer.Option(
+        help="checkpoint rule instead of the profile's: d_ref_holdout, truth (a reference) or none (records "
+             "under <suite>_sel-...)")] = None,
+    select_by: Annotated[Optional[str], typer.Option(help="the rule's score: loss or fd (d_ref_holdout), a "
+                                                          "ranked metric (truth)")] = None,
+    ref_holdout: Annotated[Optional[float], typer.Option(
+        help="share of D_ref held out of every fit (0: none; e.g. truth on the same reduced D_ref)")] = None,
 ):
     """Run a suite: every (dataset, method, ref_frac, seed) cell, skipping cells already recorded.
 
@@ -156,7 +163,8 @@ def run(
                    "time_min": slurm_time, "cpus_per_job": slurm_cpus, "mem_gb": slurm_mem} if executor != "inline"
             else {},
             threads=threads, data_root=data_root, data_params=data_param or [], ratio=ratio,
-            budget_scale=budget_scale, sweep=_sweep_option(sweep or []))
+            budget_scale=budget_scale, sweep=_sweep_option(sweep or []), select=select, select_by=select_by,
+            ref_holdout=ref_holdout)
         if launcher == "torchrun" and not distributed.launched():
             import subprocess
 
@@ -215,6 +223,9 @@ def report(
                                                             "tiw_dsm@exact_empirical; "
                                                             "tiw_dsm@fitted_family on gmm_tilt)")]
     = None,
+    compare_suites: Annotated[Optional[str], typer.Option(
+        help="also A,B: the same cells under two suites (e.g. a rule run with --select), paired by seed, "
+             "and the winners each gives (markdown, html)")] = None,
 ):
     """Leaderboard from the records under --runs: mean ± std, 95% CI and seed count per cell.
 
@@ -223,7 +234,8 @@ def report(
       tiwbench report --format html --output report.html\n
       tiwbench report --format latex --output tables.tex --plot ref_size.png\n
       tiwbench report --vs dsm_obs\n
-      tiwbench report --gap
+      tiwbench report --gap\n
+      tiwbench report --compare-suites regime,regime_sel-truth
     """
     try:
         from tiwbench.report.intervals import ReportError
@@ -236,7 +248,8 @@ def report(
             if gap and format != "markdown":
                 raise UserError("--gap works with --format markdown")
             text = make_report(runs, format, output=output, plot=plot, vs=vs, win_map=win_map,
-                               budget_check=budget_check, gap=gap, gap_ceiling=gap_ceiling)
+                               budget_check=budget_check, gap=gap, gap_ceiling=gap_ceiling,
+                               compare_suites=compare_suites)
         except ReportError as e:
             raise UserError(str(e)) from None
     except _user_errors() as e:

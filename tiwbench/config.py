@@ -39,14 +39,24 @@ class TrainConfig:
     amp: bool = False  # CUDA only: bf16 autocast of the training forward pass (ignored on CPU)
     channels_last: bool = False  # CUDA only: channels-last image nets (ignored on CPU and for MLPs)
     compile: bool = False  # torch.compile the score and ratio networks (same numbers, faster steps on a GPU)
-    # The checkpoint a cell reports: every `select_every` steps an EMA snapshot is kept, and the one whose
-    # `select_n` validation samples (seeds disjoint from the evaluation's) score best on `select_by` is sampled.
-    # Training curves peak early and then degrade (as the paper's do), so a fixed step count rewards whichever
-    # method happens to peak near it; 0 = the last step, as before. Snapshots live in CPU memory and in
+    # The checkpoint a cell reports: every `select_every` steps an EMA snapshot is kept, and the one that scores
+    # best is sampled. Training curves peak early and then degrade (as the paper's do), so a fixed step count
+    # rewards whichever method happens to peak near it; 0 = the last step. Snapshots live in CPU memory and in
     # training checkpoints: for a large network keep them few (e.g. every tenth of the steps).
     select_every: int = 0
-    select_by: str = "fd"
-    select_n: int = 1000
+    # Where a snapshot's score comes from (SELECT_SOURCES): "d_ref_holdout" (a share of D_ref no network or
+    # ratio model trains on: what a practitioner has), "truth" (the evaluator's unbiased target: a reference
+    # rule, flagged in reports), "none" (the last step). "" = "none" without select_every, else "d_ref_holdout".
+    select_source: str = ""
+    # The score: under d_ref_holdout "loss" (the unweighted denoising loss on the held-out points; families
+    # without one use "fd") or "fd" (samples against the held-out points); under truth a ranked metric.
+    # "" = the source's default (SELECT_BY_DEFAULT).
+    select_by: str = ""
+    select_n: int = 1000  # samples per snapshot for a sample-based score (seeds disjoint from the evaluation's)
+    # Share of D_ref (and of the oracle's set) held out of every network's and ratio model's training; the
+    # held-out points score snapshots under d_ref_holdout. -1 = the source's default (REF_HOLDOUT_DEFAULT);
+    # set it under truth or none to measure what the holdout costs apart from the rule.
+    ref_holdout: float = -1.0
 
 
 @dataclass
@@ -131,6 +141,10 @@ class Budget:
 
 
 PROFILES = ("smoke", "default", "paper")
+SELECT_SOURCES = ("none", "d_ref_holdout", "truth")
+SELECT_BY_DEFAULT = {"d_ref_holdout": "loss", "truth": "fd", "none": ""}
+HOLDOUT_SCORES = ("loss", "fd")  # what d_ref_holdout can score: the held-out points are all it has
+REF_HOLDOUT_DEFAULT = {"d_ref_holdout": 0.2, "truth": 0.0, "none": 0.0}
 
 
 @dataclass
@@ -333,15 +347,53 @@ def resolve_budget(suite: Suite, profile: str, dataset: str) -> tuple[Budget, li
         raise ConfigError(f"{suite.source}: ratio: {RATIOS.unknown_message(budget.ratio.provider)}")
     if not 0 < budget.ratio.select_holdout < 1:
         raise ConfigError(f"{where}: ratio.select_holdout = {budget.ratio.select_holdout} must be in (0, 1)")
-    if budget.train.select_every:
+    resolve_selection(budget.train, where)
+    return budget, seeds
+
+
+def selection_rule(tc: TrainConfig) -> TrainConfig:
+    """A copy of ``tc`` with its selection keys resolved (a budget built in code, not through a suite)."""
+    tc = dataclasses.replace(tc)
+    resolve_selection(tc, "train")
+    return tc
+
+
+def resolve_selection(tc: TrainConfig, where: str) -> None:
+    """Fill the selection keys' defaults in place (``select_source``, ``select_by``, ``ref_holdout``) and
+    check that they make one rule: a source needs snapshots, and "none" has none."""
+    tc.select_source = tc.select_source or ("d_ref_holdout" if tc.select_every else "none")
+    source = tc.select_source
+    if source not in SELECT_SOURCES:
+        raise ConfigError(f"{where}: train.select_source = {source!r}; use one of {', '.join(SELECT_SOURCES)}")
+    if source == "none" and tc.select_every:
+        raise ConfigError(f"{where}: train.select_source = 'none' reports the last step; drop train.select_every "
+                          f"(or set it to 0), or choose the source of the score (d_ref_holdout)")
+    if source != "none" and not tc.select_every:
+        raise ConfigError(f"{where}: train.select_source = {source!r} chooses among snapshots; set "
+                          f"train.select_every (e.g. a tenth of train.steps)")
+    tc.select_by = tc.select_by or SELECT_BY_DEFAULT[source]
+    if tc.ref_holdout < 0:
+        tc.ref_holdout = REF_HOLDOUT_DEFAULT[source]
+    if not 0 <= tc.ref_holdout < 1:
+        raise ConfigError(f"{where}: train.ref_holdout = {tc.ref_holdout} must be in [0, 1)")
+    if source == "d_ref_holdout":
+        if tc.select_by not in HOLDOUT_SCORES:
+            raise ConfigError(f"{where}: train.select_by = {tc.select_by!r} under d_ref_holdout; use one of "
+                              f"{', '.join(HOLDOUT_SCORES)} (the held-out references are all it scores against)")
+        if tc.ref_holdout == 0:
+            raise ConfigError(f"{where}: train.select_source = 'd_ref_holdout' needs held-out references; set "
+                              f"train.ref_holdout in (0, 1) (default {REF_HOLDOUT_DEFAULT['d_ref_holdout']})")
+    elif source == "truth":
         from tiwbench.registry import METRICS
 
-        if budget.train.select_by not in METRICS:
-            raise ConfigError(f"{where}: train.select_by: {METRICS.unknown_message(budget.train.select_by)}")
-        if not METRICS.get(budget.train.select_by).ranked:
-            raise ConfigError(f"{where}: train.select_by = {budget.train.select_by!r} is a diagnostic, not a "
+        if tc.select_by not in METRICS:
+            raise ConfigError(f"{where}: train.select_by: {METRICS.unknown_message(tc.select_by)}")
+        if not METRICS.get(tc.select_by).ranked:
+            raise ConfigError(f"{where}: train.select_by = {tc.select_by!r} is a diagnostic, not a "
                               f"score; choose a ranked metric such as 'fd'")
-    return budget, seeds
+    elif tc.select_by:
+        raise ConfigError(f"{where}: train.select_by = {tc.select_by!r} scores snapshots, but the source is "
+                          f"'none' (the last step); drop it or set train.select_every")
 
 
 def profile_metrics(suite: Suite, profile: str, dataset: str) -> list[str]:

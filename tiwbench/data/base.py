@@ -49,6 +49,10 @@ class Split:
     ref_labels: torch.Tensor
     oracle: torch.Tensor  # a large unbiased set: what the `oracle` ceiling trains on
     hashes: dict[str, str] = field(default_factory=dict)
+    # held out of every network's and ratio model's training (train.ref_holdout): what checkpoint selection
+    # scores against when it may not look at the truth; None without a holdout
+    held_ref: torch.Tensor | None = None
+    held_oracle: torch.Tensor | None = None
 
     def __post_init__(self):
         if not self.hashes:
@@ -57,6 +61,30 @@ class Split:
                 "ref": content_hash(self.ref, self.ref_labels),
                 "oracle": content_hash(self.oracle),
             }
+            if self.held_ref is not None:
+                self.hashes["held_ref"] = content_hash(self.held_ref)
+                self.hashes["held_oracle"] = content_hash(self.held_oracle)
+
+    def hold_out(self, share: float, seed: int) -> Split:
+        """This split with ``share`` of D_ref (and of the oracle's set) moved, at random from ``seed``'s own
+        stream, out of ``ref`` (``oracle``) into ``held_ref`` (``held_oracle``): at least one point held out
+        and one kept. Everything that reads ``ref`` (training, ratio fits, D_ref's proportions, the reference
+        levels) then sees the training part only."""
+        if not 0 < share < 1:
+            raise DataError(f"a held-out share of D_ref must be in (0, 1), got {share}")
+        if len(self.ref) < 2:
+            raise DataError(f"D_ref has {len(self.ref)} point(s): nothing can be held out for checkpoint "
+                            f"selection; raise ref_frac or use train.select_source: none")
+
+        def parts(n: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(seed, name)))
+            k = min(n - 1, max(1, round(share * n)))
+            return order[k:].sort().values, order[:k].sort().values
+
+        keep, held = parts(len(self.ref), "ref-holdout")
+        keep_o, held_o = parts(len(self.oracle), "oracle-holdout")
+        return Split(self.bias, self.bias_labels, self.ref[keep], self.ref_labels[keep], self.oracle[keep_o],
+                     held_ref=self.ref[held], held_oracle=self.oracle[held_o])
 
     def observed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """D_obs = D_bias ∪ D_ref with the is_ref flag per sample."""

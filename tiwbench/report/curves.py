@@ -21,12 +21,13 @@ def curves_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in records:
         sel = (r.get("train") or {}).get("selection")
-        if r.get("status") != "ok" or not sel:
+        if r.get("status") != "ok" or not sel or not sel.get("values"):  # "none": the last step, no curve
             continue
         point = " ".join(f"{k}={v}" for k, v in sorted((r.get("sweep") or {}).items()))
         for step, value in sel["values"].items():
             rows.append({"suite": r["suite"], "dataset": r["dataset"], "point": point, "ref_frac": r["ref_frac"],
                          "method": r["method"], "seed": r["seed"], "by": sel["by"], "step": int(step),
+                         "rule": f"{sel.get('source', 'truth')}: {sel['by']}",
                          "value": value, "chosen": int(step) == int(sel["step"])})
     return pd.DataFrame(rows)
 
@@ -36,7 +37,7 @@ def peak_summary(frame: pd.DataFrame) -> pd.DataFrame:
     chose the last snapshot (a peak at or beyond the budget's end)."""
     if frame.empty:
         return frame
-    keys = ["suite", "dataset", "point", "ref_frac", "method"]
+    keys = ["suite", "dataset", "point", "ref_frac", "method", "rule"]
     last = frame.groupby([*keys, "seed"]).step.transform("max")
     chosen = frame[frame.chosen].assign(at_end=frame.step[frame.chosen] == last[frame.chosen])
     return chosen.groupby(keys).agg(seeds=("seed", "nunique"), mean_step=("step", "mean"),
@@ -125,9 +126,10 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
     if summary.empty:
         return ""
     lines = ["", "### Checkpoint selection (train.select_every)", "",
-             "| suite | dataset | point | ref_frac | method | seeds | mean chosen step | seeds at the last snapshot |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| suite | dataset | point | ref_frac | method | rule: score | seeds | mean chosen step | seeds at the "
+             "last snapshot |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
-        lines.append(f"| {r.suite} | {r.dataset} | {r.point or '–'} | {r.ref_frac:g} | {r.method} | {r.seeds} | "
-                     f"{r.mean_step:.0f} | {r.at_end} |")
+        lines.append(f"| {r.suite} | {r.dataset} | {r.point or '–'} | {r.ref_frac:g} | {r.method} | {r.rule} | "
+                     f"{r.seeds} | {r.mean_step:.0f} | {r.at_end} |")
     return "\n".join(lines) + "\n"

@@ -7,7 +7,11 @@ Per table (suite, dataset, metric, panel):
   not ``memorized``), the oracle (trained on the unbiased data every method lacks) is not best or tied in
   some column: some method's interval lies wholly better than the oracle's, or, where a
   cell has no interval (n < 2), some method's mean is better. The table is unconverged or misconfigured.
+- ``mixed_selection``: its cells chose their checkpoints by different rules (``train.selection.source``):
+  their numbers answer different questions (a truth-chosen cell is never ranked beside the others).
 Per cell (method × column):
+- ``selected_by_truth``: the checkpoint was chosen against the unbiased target (``select_source: truth``),
+  which no practitioner has: a reference, as a published number chosen on the test set is;
 - ``peak_not_reached``: most seeds chose the last checkpoint snapshot (train.selection): the validation
   curve may still be improving where the budget ends;
 - ``n_lt_3``: fewer than 3 seeds finished (no interval, or one too wide to read);
@@ -26,9 +30,10 @@ import pandas as pd
 
 from tiwbench.registry import METRICS, RegistryError
 from tiwbench.report.intervals import panel_key
-from tiwbench.report.leaderboard import REF_LEVEL_METHOD, TABLE_FLAGS, ranked, x_axis
+from tiwbench.report.leaderboard import REF_LEVEL_METHOD, TABLE_FLAGS, TRUTH, ranked, x_axis
 
 CELL_FLAGS = {
+    "selected_by_truth": "checkpoint chosen against the unbiased target (test-set selection)",
     "peak_not_reached": "most seeds chose the last checkpoint snapshot",
     "n_lt_3": "fewer than 3 seeds (no interval)",
     "at_reference_level": "mean inside the reference level's interval",
@@ -38,7 +43,7 @@ FLAGS = {**TABLE_FLAGS, **CELL_FLAGS}
 # what `check --strict` fails on: the flags that say a table's ranking cannot be trusted (the oracle beaten, a
 # mean that moved with twice the budget); the others describe cells (a ceiling's peak not reached, few seeds,
 # a mean at the reference level) and fail only when asked for with --strict-on
-STRICT = ("unconverged", "budget_moved")
+STRICT = ("unconverged", "mixed_selection", "budget_moved")
 ORACLES = ("oracle",)  # methods trained on the unbiased data: every converged table has them best or tied
 MIN_SEEDS = 3
 COLUMN = ["suite", "dataset", "metric", "x_name", "x", "ref_frac"]
@@ -112,6 +117,8 @@ def _cell_flags(r: pd.Series, level: pd.Series | None, peaks: dict, moved: set) 
     if r.method == REF_LEVEL_METHOD:
         return []
     flags = []
+    if TRUTH in str(r.get("selection") or "").split(","):
+        flags.append("selected_by_truth")
     if peaks.get((r.suite, r.dataset, r.method, float(r.ref_frac), r.x_name, float(r.x))):
         flags.append("peak_not_reached")
     if r.n < MIN_SEEDS:
@@ -130,8 +137,13 @@ def add_flags(agg: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
         return agg.assign(cell_flags=[], table_flags=[])
     peaks, moved = peaks_at_end(records), budget_moves(agg)
     cell_flags = pd.Series([[] for _ in range(len(agg))], index=agg.index, dtype=object)
-    unconverged = set()
+    unconverged, mixed = set(), set()
     for key, col in agg.groupby(COLUMN, sort=False):
+        if "selection" in col:
+            rules = {x for xs in col.selection[col.method != REF_LEVEL_METHOD].dropna() for x in str(xs).split(",")
+                     if x}
+            if len(rules) > 1:
+                mixed.add(key)
         levels = col[col.method == REF_LEVEL_METHOD]
         level = levels.iloc[0] if len(levels) else None
         for i, r in col.iterrows():
@@ -141,10 +153,11 @@ def add_flags(agg: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
     agg["cell_flags"] = cell_flags
     columns = agg[COLUMN].apply(tuple, axis=1)
     panels = panel_key(agg)
-    bad_tables = {tuple(agg.loc[i, ["suite", "dataset", "metric"]]) + (panels[i],)
-                  for i in agg.index if columns[i] in unconverged}
+    tables = {name: {tuple(agg.loc[i, ["suite", "dataset", "metric"]]) + (panels[i],)
+                     for i in agg.index if columns[i] in keys}
+              for name, keys in (("unconverged", unconverged), ("mixed_selection", mixed))}
     table_keys = pd.Series(list(zip(agg.suite, agg.dataset, agg.metric, panels, strict=True)), index=agg.index)
-    agg["table_flags"] = table_keys.map(lambda k: ["unconverged"] if k in bad_tables else [])
+    agg["table_flags"] = table_keys.map(lambda k: [name for name, bad in tables.items() if k in bad])
     return agg
 
 

@@ -33,7 +33,18 @@ REF_LEVELS = {"bias_ref_level": ("bias", "n_gen samples labelled as D_ref"),
 REF_LEVEL_METHOD = "(reference level)"
 LEGACY_LEVELS = {"bias_floor": "bias_ref_level", "fd_floor": "fd_ref_level"}  # names in older records
 # what a flagged table says (tiwbench.report.flags computes the flags; the cells' are listed there)
-TABLE_FLAGS = {"unconverged": "unconverged or misconfigured: the oracle is not best or tied"}
+TABLE_FLAGS = {"unconverged": "unconverged or misconfigured: the oracle is not best or tied",
+               "mixed_selection": "its cells chose their checkpoints by different rules (train.selection.source)"}
+TRUTH = "truth"  # the selection source that looked at the unbiased target: never ranked beside the others
+
+
+def selection_source(record: dict[str, Any]) -> str:
+    """Where a record's checkpoint was chosen: its ``train.selection.source``; "none" without a selection,
+    and "truth" for records from before sources were named (they scored against the evaluator's target)."""
+    sel = (record.get("train") or {}).get("selection")
+    if not sel:
+        return "none"
+    return str(sel.get("source", TRUTH))
 
 
 # -- statistics -------------------------------------------------------------------------------------
@@ -79,7 +90,8 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         key = {"suite": r.get("suite") or "", "dataset": r["dataset"], "method": r["method"],
                "ref_frac": float(r["ref_frac"]), "seed": r.get("seed"), "status": r.get("status", "ok"),
                "profile": r.get("profile"), "config_hash": r.get("config_hash"), "ref_size": r.get("ref_size"),
-               "config_key": config_key(r),
+               "config_key": config_key(r), "selection": selection_source(r),
+               "ref_held_out": r.get("ref_held_out"),
                # a trunk that knows the labels the bias metric counts: a reference row, never a winner
                "ceiling": record_is_ceiling(r) or knows_labels(r)}
         key["x_name"], key["x"] = x_axis(r)
@@ -103,7 +115,8 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             rows.append({**key, "status": "ok" if math.isfinite(v) else "failed", "metric": m["name"],
                          "value": v, "higher_is_better": m.get("higher_is_better")})
     cols = ["suite", "dataset", "method", "ref_frac", "seed", "status", "profile", "config_hash", "ref_size",
-            "config_key", "ceiling", "metric", "value", "higher_is_better", "x_name", "x"]
+            "config_key", "selection", "ref_held_out", "ceiling", "metric", "value", "higher_is_better", "x_name",
+            "x"]
     df = pd.DataFrame(rows, columns=cols)
     level = df.method == REF_LEVEL_METHOD  # every method's record of a seed holds the same level: keep one
     if level.any():
@@ -124,7 +137,7 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Per (suite, dataset, metric, method, ref_frac): n ok seeds, failed seeds, mean, std, interval, direction
     and the best/tie mark of the cell within its ref_frac column."""
     cols = KEY + ["higher_is_better", "n", "failed", "mean", "std", "ci_half", "ci_low", "ci_high", "mark",
-                  "test", "ceiling", "profiles", "ref_size", "configs"]
+                  "test", "ceiling", "profiles", "ref_size", "ref_held_out", "selection", "configs"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     out, values = [], {}
@@ -138,6 +151,8 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
         half = ci_halfwidth(std, n, confidence)
         recorded = g.higher_is_better.dropna()
         sizes = g.ref_size.dropna().unique()
+        held = g.ref_held_out.dropna().unique() if "ref_held_out" in g else []
+        sources = g.selection.dropna().unique() if "selection" in g else []
         out.append({**dict(zip(KEY, key, strict=True)),
                     "higher_is_better": False if key[2] == ANY_METRIC else
                     direction(key[2], recorded.iloc[0] if len(recorded) else None),
@@ -146,6 +161,8 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
                     "ceiling": bool(g.ceiling.fillna(False).astype(bool).any()) if "ceiling" in g else False,
                     "profiles": ",".join(sorted(str(p) for p in g.profile.dropna().unique())),
                     "ref_size": int(sizes[0]) if len(sizes) == 1 else None,
+                    "ref_held_out": int(held[0]) if len(held) == 1 else None,
+                    "selection": ",".join(sorted(str(x) for x in sources)),
                     "configs": int(g.config_key.dropna().nunique())})
     agg = pd.DataFrame(out, columns=cols)
     columns = agg.groupby(["suite", "dataset", "metric", "ref_frac", "x_name", "x"]).groups
@@ -188,6 +205,10 @@ def column_verdicts(col: pd.DataFrame, values: dict[Any, dict] | None = None) ->
     the report's confidence level.
     """
     valid = col[(col.n > 0) & (col.method != REF_LEVEL_METHOD) & ~col.get("ceiling", False)]  # references
+    if "selection" in valid:  # checkpoints the truth chose compete only with others the truth chose
+        by_truth = valid.selection.fillna("").str.split(",").map(lambda s: TRUTH in s)
+        if by_truth.any() and not by_truth.all():
+            valid = valid[~by_truth]
     if len(valid) < 2:
         return {}
     hib = bool(valid.higher_is_better.iloc[0])
@@ -249,9 +270,14 @@ def table_flag_note(t: dict[str, Any]) -> str:
 
 
 def _column_label(f: float, sub: pd.DataFrame) -> str:
-    sizes = sub.loc[sub.x == f, "ref_size"].dropna().unique()
+    at = sub[(sub.x == f) & (sub.method != REF_LEVEL_METHOD)]
+    sizes = at.ref_size.dropna().unique()
+    held = at.ref_held_out.dropna().unique() if "ref_held_out" in at else []
     name = "" if sub.x_name.iloc[0] == "ref_frac" else f"{sub.x_name.iloc[0]}="
-    return f"{name}{f:g} (N_ref={int(sizes[0])})" if len(sizes) == 1 else f"{name}{f:g}"
+    if len(sizes) != 1:
+        return f"{name}{f:g}"
+    # D_ref's points held out for checkpoint selection: trained on N_ref, held out the rest
+    return f"{name}{f:g} (N_ref={int(sizes[0])}" + (f"+{int(held[0])} held out)" if len(held) == 1 else ")")
 
 
 def row_order(sub: pd.DataFrame) -> list[str]:
@@ -284,6 +310,8 @@ def tables(agg: pd.DataFrame) -> list[dict[str, Any]]:
                     "higher_is_better": bool(sub.higher_is_better.iloc[0]), "fracs": fracs,
                     "labels": [_column_label(f, sub) for f in fracs], "methods": row_order(sub),
                     "ceilings": ceilings,
+                    "selection": sorted({x for xs in sub.selection[sub.method != REF_LEVEL_METHOD].dropna()
+                                         for x in str(xs).split(",") if x}) if "selection" in sub else [],
                     "profiles": sorted({p for ps in sub.profiles for p in ps.split(",") if p}),
                     "flags": list(sub.table_flags.iloc[0]) if "table_flags" in sub else [],
                     "cells": {(r.method, r.x): r for _, r in sub.iterrows()}})
@@ -295,7 +323,8 @@ def table_title(t: dict[str, Any]) -> str:
     prof = f", profile {'/'.join(t['profiles'])}" if t["profiles"] else ""
     mixed = " (mixed profiles!)" if len(t["profiles"]) > 1 else ""
     swept = f", {t['panel']}" if t.get("panel", "ref_frac") != "ref_frac" else ""
-    return f"{t['dataset']} · {t['metric']} {arrow}  (suite {t['suite']}{swept}{prof}{mixed})"
+    rule = f", checkpoints: {'/'.join(t['selection'])}" if t.get("selection") else ""
+    return f"{t['dataset']} · {t['metric']} {arrow}  (suite {t['suite']}{swept}{prof}{mixed}{rule})"
 
 
 LEGEND = (f"Rows: method; columns: ref_frac (or the suite's swept parameter). "
@@ -311,7 +340,11 @@ LEGEND = (f"Rows: method; columns: ref_frac (or the suite's swept parameter). "
           "labelled in D_ref's own proportions (what reproducing D_ref exactly would score), and the fd of as many "
           "fresh samples of the truth; levels to read against, not bounds (a method can land below by chance or "
           "by smoothing). bias_ref, never ranked: bias against D_ref's proportions. "
+          "Checkpoints: the rule that chose each cell's snapshot (train.selection.source): d_ref_holdout (scored "
+          "on D_ref's held-out points, N_ref+k: k held out of every fit), none (the last step), truth (scored "
+          "against the unbiased target, which no practitioner has: flagged, and never ranked beside other rules). "
           "⚑ flags (tiwbench.report.flags): unconverged (table: the oracle's interval worse than another method's), "
+          "mixed_selection (table: rules mixed), selected_by_truth, "
           "peak_not_reached (most seeds chose the last snapshot), n_lt_3, at_reference_level, budget_moved.")
 
 
@@ -398,7 +431,8 @@ def tidy(agg: pd.DataFrame, joined: bool = False) -> list[dict[str, Any]]:
     """Aggregated cells as plain dicts (NaN -> None): the csv and json formats; with the report's flags
     (lists, or ";"-joined strings for csv with ``joined``) where they were computed."""
     cols = KEY + ["higher_is_better", "n", "failed", "mean", "std", "ci_low", "ci_high", "ci_half", "mark",
-                  "test", "ceiling", "profiles", "ref_size"] + [c for c in ("cell_flags", "table_flags") if c in agg]
+                  "test", "ceiling", "profiles", "ref_size", "ref_held_out", "selection"]
+    cols = [c for c in cols if c in agg] + [c for c in ("cell_flags", "table_flags") if c in agg]
     out = [{c: _clean(r[c]) for c in cols} for _, r in agg.iterrows()]
     for row in out:
         for c in ("cell_flags", "table_flags"):
@@ -411,7 +445,8 @@ def to_json(agg: pd.DataFrame) -> str:
     doc = {"confidence": CONFIDENCE, "cells": tidy(agg)}
     if "table_flags" in agg:  # one entry per table, so a reader need not collect them from the cells
         tabs = tables(agg)
-        doc["tables"] = [{k: t[k] for k in ("suite", "dataset", "metric", "panel", "flags")} for t in tabs]
+        doc["tables"] = [{k: t[k] for k in ("suite", "dataset", "metric", "panel", "selection", "flags")}
+                         for t in tabs]
     return json.dumps(doc, indent=2) + "\n"
 
 

@@ -28,8 +28,8 @@ OUTCOME = "\n### bias minus iw_dsm"  # where the ratio study's outcome table beg
 
 
 def _sections(agg: pd.DataFrame, records: list[dict[str, Any]], vs: str | None, win_map: bool,
-              budget_check: str | None, gap: bool = False,
-              gap_ceiling: str | None = None) -> list[tuple[str, str, list[tuple[str, bytes]]]]:
+              budget_check: str | None, gap: bool = False, gap_ceiling: str | None = None,
+              compare_suites: str | None = None) -> list[tuple[str, str, list[tuple[str, bytes]]]]:
     """The sections after the leaderboards: (name, markdown, figures as (alt, PNG)), in report order;
     figures are made only for the HTML page (``_figures``)."""
     from tiwbench.report.curves import to_markdown as curves_markdown
@@ -51,6 +51,11 @@ def _sections(agg: pd.DataFrame, records: list[dict[str, Any]], vs: str | None, 
         from tiwbench.report.budget_check import to_markdown as budget_markdown
 
         out.append(("budget", "\n" + budget_markdown(agg, budget_check)))
+    if compare_suites is not None:  # the same cells under another rule or budget, paired by seed
+        from tiwbench.report.suite_compare import parse_pair
+        from tiwbench.report.suite_compare import to_markdown as compare_markdown
+
+        out.append(("compare", "\n" + compare_markdown(records_frame(records), agg, *parse_pair(compare_suites))))
     if gap:  # each learned estimator against dsm_ref and the fair ceiling
         from tiwbench.report.gap import to_markdown as gap_markdown
 
@@ -102,7 +107,8 @@ def _html(agg: pd.DataFrame, df: pd.DataFrame, records: list[dict[str, Any]], se
 
 def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any]] | None = None,
            vs: str | None = None, win_map: bool = False, budget_check: str | None = None,
-           df: pd.DataFrame | None = None, gap: bool = False, gap_ceiling: str | None = None) -> str:
+           df: pd.DataFrame | None = None, gap: bool = False, gap_ceiling: str | None = None,
+           compare_suites: str | None = None) -> str:
     """The report in ``fmt``; ``df``: the per-seed rows ``agg`` came from (default: from ``records``)."""
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -117,7 +123,7 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
             raise ReportError(f"--vs works with --format markdown or html, not {fmt}")
         return {"csv": to_csv, "latex": to_latex, "json": to_json}[fmt](agg)
     df = records_frame(records) if df is None else df
-    sections = _sections(agg, records, vs, win_map, budget_check, gap, gap_ceiling)
+    sections = _sections(agg, records, vs, win_map, budget_check, gap, gap_ceiling, compare_suites)
     if fmt == "html":
         return _html(agg, df, records, sections, notice)
     from tiwbench.report.headline import to_markdown as headline_markdown
@@ -128,7 +134,7 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
 
 def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None,
            vs: str | None = None, win_map: Path | None = None, budget_check: str | None = None, gap: bool = False,
-           gap_ceiling: str | None = None) -> str:
+           gap_ceiling: str | None = None, compare_suites: str | None = None) -> str:
     """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given; with
     ``vs``, the paired differences of every method to that one; with ``gap``, the gap report (each method
     against dsm_ref and the fair ceiling, ``gap_ceiling`` naming another ceiling method)."""
@@ -136,7 +142,7 @@ def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: 
     df = records_frame(records)
     agg = aggregate(df)
     text = render(agg, fmt, records, vs, win_map=win_map is not None, budget_check=budget_check, df=df, gap=gap,
-                  gap_ceiling=gap_ceiling)
+                  gap_ceiling=gap_ceiling, compare_suites=compare_suites)
     if output is not None:
         atomic_write_text(Path(output), text)
     if plot is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tiwbench.config import ConfigError, Suite, load_suite
-from tiwbench.sweep.runner import Cell, existing_record, expand, run_cells, scale_budget
+from tiwbench.sweep.runner import Cell, existing_record, expand, override_selection, run_cells, scale_budget
 
 SLURM_OPTIONS = ("partition", "gpus_per_job", "tasks_per_job", "time_min", "cpus_per_job", "mem_gb")
 
@@ -44,6 +44,11 @@ class SweepRequest:
     ratio: str | None = None
     budget_scale: float = 1.0
     sweep: dict[str, list] | None = None  # points of the suite's sweep to run, {KEY: [V1, V2]}
+    # another checkpoint rule than the profile's (records under <suite>_sel-...): train.select_source,
+    # train.select_by, train.ref_holdout
+    select: str | None = None
+    select_by: str | None = None
+    ref_holdout: float | None = None
 
 
 @dataclass
@@ -102,6 +107,7 @@ def make_cells(req: SweepRequest) -> tuple[Suite, list[Cell]]:
     s = load_suite(req.suite)
     cells = expand(s, req.profile, req.datasets, req.methods, req.ref_fracs, req.seeds, req.sweep)
     cells = scale_budget(cells, req.budget_scale)
+    cells = override_selection(cells, req.select, req.select_by, req.ref_holdout)
     apply_data_options(cells, req.data_root, req.data_params)
     if req.ratio is not None:
         from tiwbench.registry import RATIOS

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -17,11 +18,21 @@ from typing import Any
 import torch
 
 from tiwbench import integrity, progress
-from tiwbench.config import Budget, ConfigError, Suite, config_hash, profile_grid, profile_metrics, resolve_budget
+from tiwbench.config import (
+    Budget,
+    ConfigError,
+    Suite,
+    config_hash,
+    profile_grid,
+    profile_metrics,
+    resolve_budget,
+    resolve_selection,
+    selection_rule,
+)
 from tiwbench.data.base import DataError
 from tiwbench.diffusion.kernels import is_edm, make_kernel
 from tiwbench.diffusion.sampler import per_sample_latents
-from tiwbench.metrics.base import EvalContext
+from tiwbench.metrics.base import EvalContext, frechet_distance, mean_cov
 from tiwbench.progress import PlainReporter, RichReporter  # noqa: F401  (where callers found them)
 from tiwbench.ratios.diagnostics import ratio_diagnostics
 from tiwbench.ratios.discriminator import ClipCountsOf
@@ -44,7 +55,7 @@ from tiwbench.training import distributed
 from tiwbench.training.families import family_of
 from tiwbench.training.loop import CellTimeout, NonFiniteLoss, load_network, save_network
 from tiwbench.training.network_cache import cached, network_key
-from tiwbench.training.selection import select_checkpoint
+from tiwbench.training.selection import held_out_loss, select_checkpoint, selection_sigmas
 
 # recorded beside the suite's metrics wherever they apply (tiwbench.metrics.ref_levels)
 REF_LEVEL_METRICS = ("bias_ref_level", "bias_ref", "fd_ref_level")
@@ -70,9 +81,14 @@ class Cell:
         budget = dataclasses.asdict(self.budget)
         if not budget["kernel"]:  # no schedule parameters set: configs (and hashes) as before kernels
             del budget["kernel"]
-        if not budget["train"]["select_every"]:  # the last step reported: configs as before selection
-            for key in ("select_every", "select_by", "select_n"):
+        rule = selection_rule(self.budget.train)
+        budget["train"].update(select_source=rule.select_source, select_by=rule.select_by,
+                               ref_holdout=rule.ref_holdout)
+        if not rule.select_every:  # the last step reported: configs as before selection
+            for key in ("select_every", "select_by", "select_n", "select_source"):
                 del budget["train"][key]
+            if not rule.ref_holdout:  # and all of D_ref trained on
+                del budget["train"]["ref_holdout"]
         if not budget["ratio"]["select_every"]:
             for key in ("select_every", "select_holdout", "select_patience"):
                 del budget["ratio"][key]
@@ -96,6 +112,7 @@ class Cell:
     @property
     def group(self) -> tuple:
         return (self.dataset, json.dumps(self.dataset_params, sort_keys=True), self.ref_frac, self.seed,
+                selection_rule(self.budget.train).ref_holdout,  # the split's training part differs with it
                 json.dumps(dataclasses.asdict(self.budget.ratio), sort_keys=True),
                 json.dumps(self.budget.evaluator.overrides(), sort_keys=True),
                 json.dumps(self.budget.kernel, sort_keys=True), self.threads)
@@ -162,6 +179,34 @@ def scale_budget(cells: list[Cell], factor: float) -> list[Cell]:
         c.budget.train.steps = max(1, round(c.budget.train.steps * factor))
         c.budget.ratio.steps = max(1, round(c.budget.ratio.steps * factor))
         c.suite = f"{c.suite}_x{factor:g}"
+    return cells
+
+
+def override_selection(cells: list[Cell], source: str | None = None, by: str | None = None,
+                       holdout: float | None = None) -> list[Cell]:
+    """Another checkpoint rule for every cell (``--select``, ``--select-by``, ``--ref-holdout``), recorded under
+    the suite ``<suite>_sel-<what changed>`` beside the suite's own rule, so that both sit side by side
+    (``tiwbench report --compare-suites``). An option left None keeps the profile's value; a source without
+    snapshots in the profile gets them every tenth of the training steps."""
+    if source is None and by is None and holdout is None:
+        return cells
+    for c in cells:
+        c.budget = copy.deepcopy(c.budget)
+        tc = c.budget.train
+        if source is not None:
+            if source != "none" and not tc.select_every:
+                tc.select_every = max(1, tc.steps // 10)
+            tc.select_every = 0 if source == "none" else tc.select_every
+            tc.select_source, tc.select_by = source, ""  # the new source's default score unless --select-by
+            tc.ref_holdout = -1.0 if holdout is None else tc.ref_holdout
+        if by is not None:
+            tc.select_by = by
+        if holdout is not None:
+            tc.ref_holdout = holdout
+        resolve_selection(tc, "--select/--select-by/--ref-holdout")
+        label = "-".join([*([source] if source is not None else []), *([by] if by is not None else []),
+                          *([f"h{holdout:g}"] if holdout is not None else [])])
+        c.suite = f"{c.suite}_sel-{label}"
     return cells
 
 
@@ -252,6 +297,9 @@ class Group:
         self.dataset = DATASETS.get(cell.dataset)(**cell.dataset_params)
         apply_threads(cell)  # the thread count recorded in the cell's config
         self.split = self.dataset.split(cell.ref_frac, cell.seed)
+        holdout = selection_rule(cell.budget.train).ref_holdout
+        if holdout:  # no network, ratio model or reference level of the group sees the held-out points
+            self.split = self.split.hold_out(holdout, cell.seed)
         t1 = time.monotonic()
         if cell.budget.evaluator.overrides() and hasattr(self.dataset, "evaluator_config"):
             # the profile's evaluator budget: on this instance, so it enters the evaluator's cache key
@@ -460,22 +508,25 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
                              device)
 
     if restored is None:
-        if snapshots:  # the reported checkpoint: the best snapshot on validation samples (the saved network is it)
+        rule = selection_rule(cell.budget.train)
+        if snapshots:  # the reported checkpoint: the best snapshot on its rule's score (the saved network is it)
             t0 = time.monotonic()
-            tc = cell.budget.train
-            metric = METRICS.get(tc.select_by)
-            validation = [VALIDATION_SEED + cell.seed * 1_000_003 + i for i in range(tc.select_n)]
             task, done = reporter.phase("select", len(snapshots)), []
+            value_of, by, higher, info = snapshot_score(cell, group, method, family, ema, kernel, draw, x, rule)
 
             def score() -> float:
-                value = evaluate(cell, group, draw(validation, "select-finish"), x, [tc.select_by])[0]["value"]
+                value = value_of()
                 done.append(value)
                 task(len(done), len(snapshots))
                 return value
 
-            chosen = select_checkpoint(ema, snapshots, score, metric.higher_is_better)
-            train_info["selection"] = {"by": tc.select_by, "every": tc.select_every, "n": tc.select_n, **chosen}
+            chosen = select_checkpoint(ema, snapshots, score, higher)
+            train_info["selection"] = {"source": rule.select_source, "by": by, "every": rule.select_every,
+                                       **({"n": rule.select_n} if by != "loss" else {}), **info, **chosen}
             timing["select"] = time.monotonic() - t0
+        elif "selection" not in train_info:  # the last step, named in the record as every other rule is
+            train_info["selection"] = {"source": "none", "step": rule.steps,
+                                       **({"holdout": holdout_info(group, method, rule)} if rule.ref_holdout else {})}
         if ratio is not None:
             train_info["clip_rate"] = ratio.clip_rate
         gw = torch.Generator().manual_seed(derived_seed(cell.seed, "ess", cell.method))
@@ -506,8 +557,11 @@ def run_cell(cell: Cell, group: Group, device: str, reporter, checkpoint: Path |
 
 def train_network(cell: Cell, group: Group, method, family, trains_as: str, kernel, x, is_ref, ratio, device: str,
                   reporter, checkpoint: Path | None, snapshots: dict) -> tuple[torch.nn.Module, dict]:
-    """Train the cell's network; a method that trains on the oracle set, whose training is the same at every
-    reference size, is trained once and taken from the cache after (tiwbench.training.network_cache)."""
+    """Train the cell's network, or take it from the cache (tiwbench.training.network_cache) where the same
+    training ran before: a method that trains on the oracle set, whose training is the same at every
+    reference size; and, with checkpoint selection, any method, since how a snapshot is chosen
+    (``select_source``, ``select_by``, ``select_n``) changes nothing in training: cells that differ only in
+    their rule share one network and its snapshots, so rules compare on the same trained networks."""
     def train() -> tuple[torch.nn.Module, dict]:
         torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
         net = family.make_model(group.dataset, cell.budget.train, kernel, method)
@@ -517,13 +571,20 @@ def train_network(cell: Cell, group: Group, method, family, trains_as: str, kern
         return family.train(method, net, x, is_ref, ratio, cell.budget.train, g, device, task,
                             checkpoint=checkpoint, snapshots=snapshots)
 
-    if method.train_on != "oracle" or group.cache_dir is None or distributed.active():
+    oracle = method.train_on == "oracle"
+    if (not oracle and not cell.budget.train.select_every) or group.cache_dir is None or distributed.active():
         return train()
-    key = network_key({
-        "data": group.split.hashes["oracle"], "dataset": cell.dataset, "dataset_params": cell.dataset_params,
-        "method": trains_as, "method_options": cell.method_options, "train": dataclasses.asdict(cell.budget.train),
-        "kernel": [method_kernel(cell.method), cell.budget.kernel], "seed": cell.seed, "threads": cell.threads,
-        "device": device})
+    training = {k: v for k, v in dataclasses.asdict(cell.budget.train).items()
+                if k not in ("select_source", "select_by", "select_n")}
+    depends = {"data": group.split.hashes["oracle"], "dataset": cell.dataset, "dataset_params": cell.dataset_params,
+               "method": trains_as, "method_options": cell.method_options, "train": training,
+               "kernel": [method_kernel(cell.method), cell.budget.kernel], "seed": cell.seed, "threads": cell.threads,
+               "device": device}
+    if not oracle:  # what else its training read: D_bias, the training part of D_ref, and the ratio model it used
+        depends.update(data=[group.split.hashes["bias"], group.split.hashes["ref"]], family=family.name,
+                       ratio=ratio_identity(group, method.ratio, method_and_ratio(cell.method)[1],
+                                            method_kernel(cell.method)))
+    key = network_key(depends)
     with cached(group.cache_dir, key) as entry:
         torch.manual_seed(derived_seed(cell.seed, "init", trains_as))
         ema = family.make_model(group.dataset, cell.budget.train, kernel, method).to(device).eval()
@@ -538,8 +599,65 @@ def train_network(cell: Cell, group: Group, method, family, trains_as: str, kern
         return ema, {**info, "network_cache": {"key": key[:16], "hit": False, "waited_s": entry.waited_s}}
 
 
+def ratio_identity(group: Group, kind: str | None, provider: str | None, kernel: str) -> list[Any]:
+    """What identifies the ratio model(s) a cell's training read (``tiw_dsm@A+B``: both): each one's recorded
+    info without its timings (a learned model's weights hash, a fitted one's parameters)."""
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k not in ("seconds", "timing", "waited_s", "hit")}
+        return v
+
+    if kind is None:
+        return []
+    names = (provider or group.cell.budget.ratio.provider).split("+")
+    return [strip(group.ratio_info[group.keys[(kind, RATIOS.get(n).name, kernel)]]) for n in names]
+
+
 # validation draws for checkpoint selection: seeds far from every evaluation seed (seed · 1,000,003 + i)
 VALIDATION_SEED = 2**40
+
+
+def holdout_info(group: Group, method, rule) -> dict[str, Any]:
+    """What a cell held out of its training: the share and count, of D_ref or (the oracle) of its own set."""
+    of = "oracle" if method.train_on == "oracle" else "d_ref"
+    held = group.split.held_oracle if of == "oracle" else group.split.held_ref
+    return {"of": of, "share": rule.ref_holdout, "n": len(held)}
+
+
+def snapshot_score(cell: Cell, group: Group, method, family, net, kernel, draw, train_data,
+                   rule) -> tuple[Any, str, bool, dict[str, Any]]:
+    """(score of the snapshot loaded in ``net``, what it is, higher_is_better, what to record) under the
+    cell's selection rule (train.select_source):
+    - truth: ``select_by`` of 1,000 validation samples against the evaluator's unbiased target (a reference);
+    - d_ref_holdout: against the points the group held out of every fit (D_ref's, or the oracle set's for the
+      oracle): "loss", the unweighted denoising loss of the network there, on noise fixed per seed (a family
+      without a denoising loss falls back to "fd"), or "fd" of validation samples against them in the
+      evaluator's features."""
+    validation = [VALIDATION_SEED + cell.seed * 1_000_003 + i for i in range(rule.select_n)]
+    if rule.select_source == "truth":
+        def truth() -> float:
+            return evaluate(cell, group, draw(validation, "select-finish"), train_data, [rule.select_by])[0]["value"]
+
+        return truth, rule.select_by, METRICS.get(rule.select_by).higher_is_better, {}
+    info = {"holdout": holdout_info(group, method, rule)}
+    held = group.split.held_oracle if info["holdout"]["of"] == "oracle" else group.split.held_ref
+    if rule.select_by == "loss" and getattr(family, "denoising_loss", False):
+        sigmas = selection_sigmas(cell.budget.sample, kernel)
+        g = torch.Generator().manual_seed(derived_seed(cell.seed, "select-noise", info["holdout"]["of"]))
+        noise = torch.randn((len(sigmas), *held.shape), generator=g)  # one draw per seed: snapshots and methods paired
+        return (lambda: held_out_loss(net, held, sigmas, noise, cell.budget.sample.batch_size, group.device)), "loss", \
+            False, info
+    if rule.select_by == "loss":
+        info["fallback"] = f"the {family.name} family has no denoising loss"
+    target = mean_cov(group.evaluator.features(held).to(torch.float64).numpy())
+
+    def held_fd() -> float:
+        f = group.evaluator.features(draw(validation, "select-finish")).to(torch.float64)
+        if not torch.isfinite(f).all():
+            return math.inf  # a diverged snapshot is never chosen
+        return frechet_distance(*mean_cov(f.numpy()), *target)
+
+    return held_fd, "fd", False, info
 
 
 def draw_samples(cell: Cell, group: Group, method, family, denoiser, kernel, sampling_ratio, ref_share: float,
@@ -674,7 +792,9 @@ def _run_claimed(cell: Cell, members: list[Cell], group: list, path: Path, out: 
         g = group[0]
         rec["timing"]["group"] = g.timing
         rec["data_hashes"] = g.split.hashes
-        rec["ref_size"], rec["bias_size"] = len(g.split.ref), len(g.split.bias)
+        rec["ref_size"], rec["bias_size"] = len(g.split.ref), len(g.split.bias)  # ref_size: what trained
+        if g.split.held_ref is not None:
+            rec["ref_held_out"] = len(g.split.held_ref)  # D_ref's points kept for checkpoint selection only
         rec["ratio"] = {k: v for k, v in g.ratio_info.items()}
         rec["evaluator"] = dict(getattr(g.evaluator, "info", {}))
     failing_rank = "rank" in rec.get("error", {})

@@ -28,6 +28,8 @@ class Family(ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     uses_kernel: ClassVar[bool] = False  # trains and samples under a perturbation kernel (`method~vp`)
+    # its model is a denoiser D(x; σ) that a held-out denoising loss can score (checkpoint selection's "loss")
+    denoising_loss: ClassVar[bool] = False
 
     @abstractmethod
     def make_model(self, dataset, cfg: TrainConfig, kernel=None, method=None) -> torch.nn.Module:
@@ -69,6 +71,7 @@ class ScoreNetwork(Family):
 
     name = "score"
     uses_kernel = True
+    denoising_loss = True
     description = "score network: DSM-type losses (METHOD.md §4), probability-flow ODE sampler (Heun)"
 
     def make_model(self, dataset, cfg, kernel=None, method=None):
