@@ -180,13 +180,13 @@ def test_headline_winner_margins_ties_and_flags():
     assert "[flags: iw_dsm: unconverged]" in headline(agg, df)[0][1][0]
 
 
-def test_headline_heads_both_formats():
+def test_verdict_grid_then_headline_head_both_formats():
     recs = _with_ceilings()
     agg = aggregate(records_frame(recs))
     md = render(agg, "markdown", recs)
-    assert md.startswith("## Headline") and md.index("## Headline") < md.index("### gmm · fd")
+    assert md.startswith("## Verdicts") and md.index("## Verdicts") < md.index("## Headline") < md.index("### gmm · fd")
     page = render(agg, "html", recs)
-    assert page.index('id="headline"') < page.index("<h2>gmm · fd")
+    assert page.index('id="verdicts"') < page.index('id="headline"') < page.index('">gmm · fd')
 
 
 # -- scales -----------------------------------------------------------------------------------------

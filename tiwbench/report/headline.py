@@ -12,8 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from tiwbench.report.intervals import CONFIDENCE, paired_t
-from tiwbench.report.leaderboard import REF_LEVEL_METHOD, ranked, tables
+from tiwbench.report.intervals import CONFIDENCE
+from tiwbench.report.leaderboard import ranked, tables
+from tiwbench.report.verdicts import column_verdict, seed_values
 
 BASELINE = "dsm_ref"  # what a practitioner gets from D_ref alone: the margin every winner is read against
 
@@ -22,28 +23,14 @@ def _num(x: float) -> str:
     return "–" if not math.isfinite(x) else f"{x:.3g}"
 
 
-def seed_values(df: pd.DataFrame) -> dict[tuple, dict]:
-    """(suite, dataset, metric, ref_frac, x, method) -> {seed: value} of the finished seeds (``records_frame``
-    rows)."""
-    ok = df[df.status == "ok"]
-    return {key: dict(zip(g.seed, g.value, strict=True))
-            for key, g in ok.groupby(["suite", "dataset", "metric", "ref_frac", "x", "method"], sort=False)}
-
-
-def margin(winner: dict, other: dict, higher_is_better: bool) -> str:
-    """How far ``winner`` is ahead of ``other``, paired by seed: the mean difference with its paired
-    Student-t interval, and on how many seeds it is ahead."""
-    seeds = sorted(set(winner) & set(other) - {None}, key=str)
-    if not seeds:
+def margin_text(m: dict[str, Any], higher_is_better: bool) -> str:
+    """A paired margin (:func:`tiwbench.report.verdicts.paired_margin`) as words."""
+    if not m.get("n"):
         return "no seeds in common"
-    sign = 1.0 if higher_is_better else -1.0
-    d = [sign * (float(winner[s]) - float(other[s])) for s in seeds]  # positive: winner ahead
-    mean, half, _ = paired_t(d)
-    ahead = sum(x > 0 for x in d)
     where = "higher" if higher_is_better else "lower"
-    ci = (f"paired {CONFIDENCE:.0%} CI [{_num(mean - half)}, {_num(mean + half)}], "
-          if math.isfinite(half) else "")
-    return f"{where} by {_num(mean)} ({ci}ahead on {ahead} of {len(seeds)} seeds)"
+    ci = (f"paired {CONFIDENCE:.0%} CI [{_num(m['low'])}, {_num(m['high'])}], "
+          if math.isfinite(m["high"] - m["low"]) else "")
+    return f"{where} by {_num(m['mean'])} ({ci}ahead on {m['ahead']} of {m['n']} seeds)"
 
 
 def _flags(cells: list[pd.Series]) -> list[str]:
@@ -60,30 +47,23 @@ def _flags(cells: list[pd.Series]) -> list[str]:
 
 def column_sentence(t: dict[str, Any], f: float, label: str, values: dict[tuple, dict]) -> str | None:
     """The sentence of one column (one reference size) of a leaderboard table; None where nothing ran."""
-    cells = [t["cells"][(m, f)] for m in t["methods"] if (m, f) in t["cells"]]
-    live = [r for r in cells if r.n > 0 and r.method != REF_LEVEL_METHOD and not bool(r.get("ceiling", False))]
-    if not live:
+    v = column_verdict(t, f, values)
+    if v is None:
         return None
-    hib = t["higher_is_better"]
-    live.sort(key=lambda r: -r["mean"] if hib else r["mean"])
-    seeds = {r.method: values.get((t["suite"], t["dataset"], t["metric"], r.ref_frac, f, r.method), {})
-             for r in cells}
-    leaders = [r for r in live if r.mark in ("best", "tie")]
-    if len(live) == 1:
-        text = f"at {label}, only {live[0].method} ran ({_num(live[0]['mean'])})"
-    elif len(leaders) == 1:
-        w = leaders[0]
-        runner_up = margin(seeds[w.method], seeds[live[1].method], hib)
-        text = f"at {label}, **{w.method}** wins ({_num(w['mean'])}): {runner_up} than the runner-up {live[1].method}"
-        if w.method != BASELINE and live[1].method != BASELINE and BASELINE in seeds:
-            text += f", {margin(seeds[w.method], seeds[BASELINE], hib)} than {BASELINE}"
+    hib, means = t["higher_is_better"], v["means"]
+    if v["kind"] == "only":
+        text = f"at {label}, only {v['winner']} ran ({_num(means[v['winner']])})"
+    elif v["kind"] == "winner":
+        w = v["winner"]
+        text = (f"at {label}, **{w}** wins ({_num(means[w])}): {margin_text(v['margin'], hib)} than the runner-up "
+                f"{v['runner_up']}")
+        if "vs_dsm_ref" in v:
+            text += f", {margin_text(v['vs_dsm_ref'], hib)} than {BASELINE}"
     else:
-        tied = leaders or live
-        text = f"at {label}, no winner: " + " ≈ ".join(f"{r.method} ({_num(r['mean'])})" for r in tied)
-    refs = [r for r in cells if r.n > 0 and (bool(r.get("ceiling", False)) or r.method == REF_LEVEL_METHOD)]
-    if refs:
-        text += "; for reference " + ", ".join(f"{r.method} {_num(r['mean'])}" for r in refs)
-    flags = _flags(cells)
+        text = f"at {label}, no winner: " + " ≈ ".join(f"{m} ({_num(means[m])})" for m in v["tied"])
+    if v["references"]:
+        text += "; for reference " + ", ".join(f"{m} {_num(x)}" for m, x in v["references"].items())
+    flags = _flags([t["cells"][(m, f)] for m in t["methods"] if (m, f) in t["cells"]])
     if flags:
         text += f" [flags: {'; '.join(flags)}]"
     return text + "."

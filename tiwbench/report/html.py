@@ -22,6 +22,7 @@ from tiwbench.report.leaderboard import (
     tables,
     unpaired_note,
 )
+from tiwbench.report.verdicts import table_id
 
 GALLERY_STYLE = """
 .gallery{display:flex;flex-wrap:wrap;gap:10px;margin:0.4em 0 1.2em}
@@ -95,6 +96,11 @@ img{max-width:100%}
 .pair{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
 .pair>figure{margin:0}
 ul.headline li{margin:0.3em 0}
+table.verdicts td{text-align:left}
+table.verdicts td a{color:inherit;text-decoration:none}
+td.verdict.winner{background:#e6f4e6}
+td.verdict.tie{background:#f4f4e0}
+td.verdict.only{background:#eef}
 """
 
 
@@ -182,7 +188,7 @@ def to_html(agg: pd.DataFrame, figures: dict[int, bytes] | None = None, extra: s
         note = table_flag_note(t)
         if note:  # the table's flags, machine-readable in data-flags
             note = f'<p class="flag" data-flags="{html.escape(" ".join(t["flags"]))}">{html.escape(note)}</p>'
-        body.append(f"<h2>{html.escape(table_title(t))}</h2>{note}"
+        body.append(f'<h2 id="{table_id(t)}">{html.escape(table_title(t))}</h2>{note}'
                     f'<div class="pair"><div>{leaderboard_table(t)}</div>{side}</div>')
     if agg.empty:
         body.append("<p>no records found</p>")

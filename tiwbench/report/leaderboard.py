@@ -137,7 +137,7 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Per (suite, dataset, metric, method, ref_frac): n ok seeds, failed seeds, mean, std, interval, direction
     and the best/tie mark of the cell within its ref_frac column."""
     cols = KEY + ["higher_is_better", "n", "failed", "mean", "std", "ci_half", "ci_low", "ci_high", "mark",
-                  "test", "ceiling", "profiles", "ref_size", "ref_held_out", "selection", "configs"]
+                  "test", "ceiling", "profiles", "ref_size", "ref_held_out", "selection", "configs", "rule_reference"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     out, values = [], {}
@@ -166,13 +166,28 @@ def aggregate(df: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
                     "configs": int(g.config_key.dropna().nunique())})
     agg = pd.DataFrame(out, columns=cols)
     columns = agg.groupby(["suite", "dataset", "metric", "ref_frac", "x_name", "x"]).groups
+    agg["rule_reference"] = False
     for (_, _, metric, *_), col in columns.items():
+        agg.loc[col, "rule_reference"] = rule_references(agg.loc[col])
         if not ranked(metric):
             continue
         verdicts = column_verdicts(agg.loc[col], {i: values[i] for i in col})
         for i, (mark, test) in verdicts.items():
             agg.at[i, "mark"], agg.at[i, "test"] = mark, test
     return agg
+
+
+def rule_references(col: pd.DataFrame) -> pd.Series:
+    """The cells of a column that are references by their checkpoint rule: those the truth chose, where other
+    cells of the column were chosen otherwise (they compete only with others the truth chose)."""
+    if "selection" not in col:
+        return pd.Series(False, index=col.index)
+    by_truth = col.selection.fillna("").astype(str).str.split(",").map(lambda s: TRUTH in s).astype(bool)
+    others = col.method != REF_LEVEL_METHOD
+    if "ceiling" in col:
+        others &= ~col.ceiling.astype(bool)
+    mixed = by_truth[others].any() and not by_truth[others].all()
+    return by_truth & others if mixed else pd.Series(False, index=col.index)
 
 
 def _comparison(lead: pd.Series, other: pd.Series, values: dict[Any, dict]) -> tuple[str, float, bool | None]:
@@ -205,10 +220,7 @@ def column_verdicts(col: pd.DataFrame, values: dict[Any, dict] | None = None) ->
     the report's confidence level.
     """
     valid = col[(col.n > 0) & (col.method != REF_LEVEL_METHOD) & ~col.get("ceiling", False)]  # references
-    if "selection" in valid:  # checkpoints the truth chose compete only with others the truth chose
-        by_truth = valid.selection.fillna("").str.split(",").map(lambda s: TRUTH in s)
-        if by_truth.any() and not by_truth.all():
-            valid = valid[~by_truth]
+    valid = valid[~rule_references(valid)]
     if len(valid) < 2:
         return {}
     hib = bool(valid.higher_is_better.iloc[0])
@@ -431,7 +443,7 @@ def tidy(agg: pd.DataFrame, joined: bool = False) -> list[dict[str, Any]]:
     """Aggregated cells as plain dicts (NaN -> None): the csv and json formats; with the report's flags
     (lists, or ";"-joined strings for csv with ``joined``) where they were computed."""
     cols = KEY + ["higher_is_better", "n", "failed", "mean", "std", "ci_low", "ci_high", "ci_half", "mark",
-                  "test", "ceiling", "profiles", "ref_size", "ref_held_out", "selection"]
+                  "test", "ceiling", "profiles", "ref_size", "ref_held_out", "selection", "verdict"]
     cols = [c for c in cols if c in agg] + [c for c in ("cell_flags", "table_flags") if c in agg]
     out = [{c: _clean(r[c]) for c in cols} for _, r in agg.iterrows()]
     for row in out:

@@ -102,7 +102,10 @@ def _html(agg: pd.DataFrame, df: pd.DataFrame, records: list[dict[str, Any]], se
         extra.append(f'<section id="{name}">{pairs}</section>')
     extra.append(gallery_html(records))
     figures = dict(enumerate(panel_pngs(agg))) if len(agg) else {}
-    return to_html(agg, figures, "\n".join(extra), top=headline_html(agg, df), notice=notice)
+    from tiwbench.report.verdicts import to_html as verdicts_html
+
+    return to_html(agg, figures, "\n".join(extra), top=verdicts_html(agg, df) + headline_html(agg, df),
+                   notice=notice)
 
 
 def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any]] | None = None,
@@ -118,18 +121,42 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
     if "cell_flags" not in agg:  # every format carries the flags the records raise (tiwbench.report.flags)
         agg = add_flags(agg, records)
     notice = flag_summary(agg)
+    df = records_frame(records) if df is None else df
     if fmt not in ("markdown", "html"):
         if vs is not None:
             raise ReportError(f"--vs works with --format markdown or html, not {fmt}")
-        return {"csv": to_csv, "latex": to_latex, "json": to_json}[fmt](agg)
-    df = records_frame(records) if df is None else df
+        return _with_verdicts(fmt, agg, df)
     sections = _sections(agg, records, vs, win_map, budget_check, gap, gap_ceiling, compare_suites)
     if fmt == "html":
         return _html(agg, df, records, sections, notice)
     from tiwbench.report.headline import to_markdown as headline_markdown
+    from tiwbench.report.verdicts import to_markdown as verdicts_markdown
 
     head = f"**⚑ {notice}**\n\n" if notice else ""
-    return head + headline_markdown(agg, df) + to_markdown(agg) + "".join("\n" + text for _, text in sections)
+    return (verdicts_markdown(agg, df) + head + headline_markdown(agg, df) + to_markdown(agg)
+            + "".join("\n" + text for _, text in sections))
+
+
+def _with_verdicts(fmt: str, agg: pd.DataFrame, df: pd.DataFrame) -> str:
+    """csv, json and LaTeX: the leaderboard's cells; json also the verdict grid's cells, csv each row's column
+    verdict (LaTeX keeps to the tables)."""
+    import json
+
+    from tiwbench.report.verdicts import tidy as verdict_cells
+
+    if fmt == "latex":
+        return to_latex(agg)
+    verdicts = verdict_cells(agg, df)
+    if fmt == "json":
+        doc = json.loads(to_json(agg))
+        doc["verdicts"] = verdicts
+        return json.dumps(doc, indent=2) + "\n"
+    from tiwbench.report.intervals import panel_key
+
+    by_column = {(v["suite"], v["dataset"], v["panel"], v["metric"], v["x"]): v for v in verdicts}
+    keys = list(zip(agg.suite, agg.dataset, panel_key(agg) if len(agg) else [], agg.metric, agg.x, strict=True))
+    agg = agg.assign(verdict=[by_column.get(k, {}).get("text", "") for k in keys])
+    return to_csv(agg)
 
 
 def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None,
