@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -72,57 +73,116 @@ def _sweep_option(items: list[str]) -> dict[str, list] | None:
     return chosen or None
 
 
-@app.command()
-def run(
-    suite: Annotated[str, typer.Option(help="suite name (see `tiwbench ls suites`) or a .yaml path")] = "ref_size",
-    dataset: Annotated[Optional[str], typer.Option(help="only these datasets, comma-separated")] = None,
-    methods: Annotated[Optional[str], typer.Option(help="only these methods, comma-separated")] = None,
-    ref_fracs: Annotated[Optional[str], typer.Option(help="reference fractions, e.g. 0.05,0.25")] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="seeds, e.g. 0,1,2")] = None,
+def with_options(options_cls):
+    """A command whose options are the fields of the dataclass ``options_cls`` (each an ``Annotated`` typer
+    option with its default): the function receives one instance, so a command with many options stays a
+    short function that builds its request and hands it to its layer."""
+    import dataclasses
+    import functools
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(options_cls, include_extras=True)
+    params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+              for f in dataclasses.fields(options_cls)]
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def command(**kw):
+            return fn(options_cls(**kw))
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        del command.__wrapped__  # typer reads the signature above, not the wrapped function's
+        return command
+
+    return wrap
+
+
+@dataclass
+class RunOptions:
+    """`tiwbench run`'s options."""
+
+    suite: Annotated[str, typer.Option(help="suite name (see `tiwbench ls suites`) or a .yaml path")] = "ref_size"
+    dataset: Annotated[Optional[str], typer.Option(help="only these datasets, comma-separated")] = None
+    methods: Annotated[Optional[str], typer.Option(help="only these methods, comma-separated")] = None
+    ref_fracs: Annotated[Optional[str], typer.Option(help="reference fractions, e.g. 0.05,0.25")] = None
+    seeds: Annotated[Optional[str], typer.Option(help="seeds, e.g. 0,1,2")] = None
     sweep: Annotated[Optional[list[str]], typer.Option(
-        help="points of the suite's swept dataset parameter, KEY=V1,V2 (repeatable), e.g. dim=16")] = None,
-    profile: Annotated[str, typer.Option(help="budget profile: smoke, default or paper")] = "default",
-    out: Annotated[Path, typer.Option(help="where records go")] = Path("results/runs"),
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
-    cache_dir: Annotated[Path, typer.Option(help="cache of evaluators and reference statistics")] = Path(
-        "results/cache"),
-    report_after: Annotated[bool, typer.Option("--report/--no-report", help="print the leaderboard at the end")] = True,
+        help="points of the suite's swept dataset parameter, KEY=V1,V2 (repeatable), e.g. dim=16")] = None
+    profile: Annotated[str, typer.Option(help="budget profile: smoke, default or paper")] = "default"
+    out: Annotated[Path, typer.Option(help="where records go")] = Path("results/runs")
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu"
+    cache_dir: Annotated[Path, typer.Option(help="cache of evaluators, reference statistics and trained networks")
+                         ] = Path("results/cache")
+    report_after: Annotated[bool, typer.Option("--report/--no-report", help="print the leaderboard at the end")
+                            ] = True
     fid_backend: Annotated[Optional[str], typer.Option(
-        help="image metrics through torch-fidelity or clean-fid (default: the suite's eval.fid_backend)")] = None,
+        help="image metrics through torch-fidelity or clean-fid (default: the suite's eval.fid_backend)")] = None
     launcher: Annotated[str, typer.Option(help="none, or torchrun: data-parallel training over --nproc-per-node "
-                                               "processes (NCCL on GPUs, gloo on the CPU)")] = "none",
-    nproc_per_node: Annotated[int, typer.Option(help="torchrun processes (0 = one per visible GPU, else 2)")] = 0,
+                                               "processes (NCCL on GPUs, gloo on the CPU)")] = "none"
+    nproc_per_node: Annotated[int, typer.Option(help="torchrun processes (0 = one per visible GPU, else 2)")] = 0
     executor: Annotated[str, typer.Option(help="inline (this process), local or slurm (submitit, one job per "
-                                               "(dataset, ref_frac, seed) group)")] = "inline",
-    jobs_dir: Annotated[Optional[Path], typer.Option(help="submitit logs (default: <out>/.submitit)")] = None,
-    max_jobs: Annotated[int, typer.Option(help="local executor: concurrent jobs (0 = cores / threads)")] = 0,
-    slurm_partition: Annotated[Optional[str], typer.Option(help="Slurm partition (default: suite's slurm)")] = None,
-    slurm_gpus: Annotated[Optional[int], typer.Option(help="GPUs per Slurm job (one DDP process per GPU)")] = None,
+                                               "(dataset, ref_frac, seed) group)")] = "inline"
+    jobs_dir: Annotated[Optional[Path], typer.Option(help="submitit logs (default: <out>/.submitit)")] = None
+    max_jobs: Annotated[int, typer.Option(help="local executor: concurrent jobs (0 = cores / threads)")] = 0
+    slurm_partition: Annotated[Optional[str], typer.Option(help="Slurm partition (default: suite's slurm)")] = None
+    slurm_gpus: Annotated[Optional[int], typer.Option(help="GPUs per Slurm job (one DDP process per GPU)")] = None
     slurm_tasks: Annotated[Optional[int], typer.Option(
-        help="processes per job, data-parallel among them (default: one per GPU)")] = None,
-    slurm_time: Annotated[Optional[int], typer.Option(help="minutes per Slurm job")] = None,
-    slurm_cpus: Annotated[Optional[int], typer.Option(help="CPUs per Slurm job")] = None,
-    slurm_mem: Annotated[Optional[int], typer.Option(help="GB of memory per Slurm job")] = None,
+        help="processes per job, data-parallel among them (default: one per GPU)")] = None
+    slurm_time: Annotated[Optional[int], typer.Option(help="minutes per Slurm job")] = None
+    slurm_cpus: Annotated[Optional[int], typer.Option(help="CPUs per Slurm job")] = None
+    slurm_mem: Annotated[Optional[int], typer.Option(help="GB of memory per Slurm job")] = None
     threads: Annotated[int, typer.Option(help="torch threads per process, recorded in each cell's config "
-                                              "(0 = the cores free now, shared among local processes)")] = 1,
+                                              "(0 = the cores free now, shared among local processes)")] = 1
     data_root: Annotated[Optional[Path], typer.Option(
-        help="where the dataset files are (cifar10_lt, ffhq_gender)")] = None,
+        help="where the dataset files are (cifar10_lt, ffhq_gender)")] = None
     data_param: Annotated[Optional[list[str]], typer.Option(help="dataset parameter KEY=VALUE (repeatable), "
-                                                                  "e.g. labels=ffhq_gender.csv or rho=0.02")] = None,
+                                                                  "e.g. labels=ffhq_gender.csv or rho=0.02")] = None
     ratio: Annotated[Optional[str], typer.Option(
-        help="density-ratio estimator (see `tiwbench ls ratios`), e.g. discriminator or exact")] = None,
+        help="density-ratio estimator (see `tiwbench ls ratios`), e.g. discriminator or exact")] = None
     progress_every: Annotated[Optional[float], typer.Option(
-        help="seconds between progress lines of a phase when output is not a terminal (default 30)")] = None,
+        help="seconds between progress lines of a phase when output is not a terminal (default 30)")] = None
     budget_scale: Annotated[float, typer.Option(
-        help="multiply training and ratio steps (2: the budget-doubling check; records under <suite>_x2)")] = 1.0,
+        help="multiply training and ratio steps (2: the budget-doubling check; records under <suite>_x2)")] = 1.0
     select: Annotated[Optional[str], typer.Option(
         help="checkpoint rule instead of the profile's: d_ref_holdout, truth (a reference) or none (records "
-             "under <suite>_sel-...)")] = None,
+             "under <suite>_sel-...)")] = None
     select_by: Annotated[Optional[str], typer.Option(help="the rule's score: loss or fd (d_ref_holdout), a "
-                                                          "ranked metric (truth)")] = None,
+                                                          "ranked metric (truth)")] = None
     ref_holdout: Annotated[Optional[float], typer.Option(
-        help="share of D_ref held out of every fit (0: none; e.g. truth on the same reduced D_ref)")] = None,
-):
+        help="share of D_ref held out of every fit (0: none; e.g. truth on the same reduced D_ref)")] = None
+
+    def request(self):
+        """The sweep these options ask for (tiwbench.sweep.request), its options checked."""
+        from tiwbench.progress import INTERVAL_ENV
+        from tiwbench.sweep.request import SweepRequest
+
+        if self.progress_every is not None:
+            if self.progress_every <= 0:
+                raise UserError(f"--progress-every {self.progress_every}: give a positive number of seconds")
+            os.environ[INTERVAL_ENV] = str(self.progress_every)  # jobs of the local/slurm executors inherit it
+        _check_device(self.device)
+        _check_writable(self.out)
+        if self.launcher not in ("none", "torchrun"):
+            raise UserError(f"--launcher {self.launcher!r}: use none or torchrun")
+        if self.launcher == "torchrun" and self.executor != "inline":
+            raise UserError("--launcher torchrun runs in this process group; combine it with --executor inline")
+        slurm = {"partition": self.slurm_partition, "gpus_per_job": self.slurm_gpus, "tasks_per_job": self.slurm_tasks,
+                 "time_min": self.slurm_time, "cpus_per_job": self.slurm_cpus, "mem_gb": self.slurm_mem}
+        return SweepRequest(
+            suite=self.suite, datasets=_csv(self.dataset, str), methods=_csv(self.methods, str),
+            ref_fracs=_csv(self.ref_fracs, float), seeds=_csv(self.seeds, int), profile=self.profile, out=self.out,
+            device=self.device, cache_dir=self.cache_dir, fid_backend=self.fid_backend, executor=self.executor,
+            jobs_dir=self.jobs_dir, max_jobs=self.max_jobs, slurm=slurm if self.executor != "inline" else {},
+            threads=self.threads, data_root=self.data_root, data_params=self.data_param or [], ratio=self.ratio,
+            budget_scale=self.budget_scale, sweep=_sweep_option(self.sweep or []), select=self.select,
+            select_by=self.select_by, ref_holdout=self.ref_holdout)
+
+
+@app.command()
+@with_options(RunOptions)
+def run(o: RunOptions):
     """Run a suite: every (dataset, method, ref_frac, seed) cell, skipping cells already recorded.
 
     Cells another sweep on the same --out holds are waited for (a claim whose owner died is taken over),
@@ -136,43 +196,24 @@ def run(
       tiwbench run --suite ref_size\n
       tiwbench run --suite smoke --methods tiw_dsm,dsm_obs --seeds 0\n
       tiwbench run --suite regime --profile smoke --sweep dim=16\n
+      tiwbench run --suite regime --sweep dim=16 --select truth --ref-holdout 0.2\n
       tiwbench run --dataset toy2d --ref-fracs 0.05 --profile smoke
     """
     from tiwbench.sweep.stopping import Stopped
 
     try:
-        from tiwbench.progress import INTERVAL_ENV
-        from tiwbench.sweep.request import SweepRequest, run_sweep
+        from tiwbench.sweep.request import run_sweep
         from tiwbench.training import distributed
 
-        if progress_every is not None:
-            if progress_every <= 0:
-                raise UserError(f"--progress-every {progress_every}: give a positive number of seconds")
-            os.environ[INTERVAL_ENV] = str(progress_every)  # jobs of the local/slurm executors inherit it
-        _check_device(device)
-        _check_writable(out)
-        if launcher not in ("none", "torchrun"):
-            raise UserError(f"--launcher {launcher!r}: use none or torchrun")
-        if launcher == "torchrun" and executor != "inline":
-            raise UserError("--launcher torchrun runs in this process group; combine it with --executor inline")
-        request = SweepRequest(
-            suite=suite, datasets=_csv(dataset, str), methods=_csv(methods, str), ref_fracs=_csv(ref_fracs, float),
-            seeds=_csv(seeds, int), profile=profile, out=out, device=device, cache_dir=cache_dir,
-            fid_backend=fid_backend, executor=executor, jobs_dir=jobs_dir, max_jobs=max_jobs,
-            slurm={"partition": slurm_partition, "gpus_per_job": slurm_gpus, "tasks_per_job": slurm_tasks,
-                   "time_min": slurm_time, "cpus_per_job": slurm_cpus, "mem_gb": slurm_mem} if executor != "inline"
-            else {},
-            threads=threads, data_root=data_root, data_params=data_param or [], ratio=ratio,
-            budget_scale=budget_scale, sweep=_sweep_option(sweep or []), select=select, select_by=select_by,
-            ref_holdout=ref_holdout)
-        if launcher == "torchrun" and not distributed.launched():
+        request = o.request()
+        if o.launcher == "torchrun" and not distributed.launched():
             import subprocess
 
             import torch
 
-            n = nproc_per_node or (torch.cuda.device_count() if device.startswith("cuda") else 2)
+            n = o.nproc_per_node or (torch.cuda.device_count() if o.device.startswith("cuda") else 2)
             raise typer.Exit(subprocess.call(distributed.torchrun_command(sys.argv[1:], max(n, 1))))
-        request.device = distributed.init(device)
+        request.device = distributed.init(o.device)
         result = run_sweep(request, main=distributed.is_main())
         main_rank = distributed.is_main()
         distributed.shutdown()
@@ -184,11 +225,11 @@ def run(
         typer.echo(f"stopped by {e.name}: run the same command again to resume (recorded cells are skipped)",
                    err=True)
         raise typer.Exit(e.exit_code) from None
-    if report_after:
+    if o.report_after:
         from tiwbench.report.render import report as make_report
 
-        typer.echo(make_report(out, "markdown"))
-    _say_counts(result, out)
+        typer.echo(make_report(o.out, "markdown"))
+    _say_counts(result, o.out)
     if not result.complete:  # a cell failed or is missing, whoever ran it
         raise typer.Exit(1)
 
