@@ -107,3 +107,29 @@ def test_html_report_loads_in_headless_chromium(tmp_path):
     assert caught["broken"] == ["bad"] and any("boom" in e for e in caught["errors"])
     assert any("nosuch" in e for e in caught["errors"])
     assert any("nosuch is not defined" in line for line in console_messages(proc.stderr))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make browser` installs it with apt)")
+def test_verdict_grid_in_the_browser_says_what_the_markdown_says(tmp_path):
+    """The grid as chromium builds it: a clear winner, a tie and a ceiling that leads every seed but never
+    wins, cell for cell the markdown's verdicts, each cell linking to a table that exists."""
+    import html as html_mod
+
+    from test_verdicts import planted
+
+    runs = write(tmp_path / "runs", planted())
+    page = tmp_path / "report.html"
+    report(runs, "html", output=page)
+    md = report(runs, "markdown")
+    grid = md.split("## Verdicts")[1].split("## Headline")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in grid.splitlines()
+            if line.startswith("| 0.")]
+    expected = [cell.replace("**", "") for row in rows for cell in row[1:]]
+    dom = browse(page, tmp_path, "--virtual-time-budget=3000", "--dump-dom").stdout
+    cells = re.findall(r'<td class="verdict (\w+)" data-winner="([^"]*)"[^>]*><a href="#([^"]+)">(.*?)</a></td>', dom)
+    assert [html_mod.unescape(re.sub("<[^>]+>", "", c[3])) for c in cells] == expected
+    kinds = {html_mod.unescape(re.sub("<[^>]+>", "", c[3])): (c[0], c[1]) for c in cells}
+    assert ("winner", "a") in kinds.values() and ("tie", "") in kinds.values()
+    assert all(w != "oracle" for _, w in kinds.values())  # the ceiling never wins
+    for _, _, anchor, _ in cells:
+        assert f'id="{anchor}"' in dom
