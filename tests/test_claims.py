@@ -74,3 +74,10 @@ def test_each_documented_command_resolves(line):
 def test_a_misspelled_name_is_caught(line):
     with pytest.raises(Exception, match=r"(?i)did you mean|no such option|not a point|no file"):
         check_command(line)
+
+
+def test_readme_opens_with_the_two_commands():
+    """A newcomer finds the two set-up commands on the first screen, and .ci/run calls the same test command."""
+    head = (ROOT / "README.md").read_text().splitlines()[:30]
+    assert any(line.startswith("make run ") for line in head) and any(line.startswith("make test ") for line in head)
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

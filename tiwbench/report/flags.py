@@ -4,9 +4,11 @@ and ``tiwbench check --strict`` fails on them.
 
 Per table (suite, dataset, metric, panel):
 - ``unconverged``: on a ranked metric that measures distance to the truth (the metric's ``oracle_leads``;
-  not ``memorized``), the oracle (trained on the unbiased data every method lacks) is not best or tied in
-  some column: some method's interval lies wholly better than the oracle's, or, where a
-  cell has no interval (n < 2), some method's mean is better. The table is unconverged or misconfigured.
+  not ``memorized``), the oracle (trained on the unbiased data every method lacks) is beaten in some column,
+  by the leaderboard's own test: some method separated from it and better by the paired Student-t test on
+  the per-seed log ratios (Holm over the column's method-versus-oracle comparisons); where they share no
+  seeds, its interval wholly better; where a cell has no interval (n < 2), its mean better. The table is
+  unconverged or misconfigured.
 - ``mixed_selection``: its cells chose their checkpoints by different rules (``train.selection.source``):
   their numbers answer different questions (a truth-chosen cell is never ranked beside the others).
 Per cell (method × column):
@@ -29,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from tiwbench.registry import METRICS, RegistryError
-from tiwbench.report.intervals import panel_key
+from tiwbench.report.intervals import CONFIDENCE, holm, paired_t, panel_key
 from tiwbench.report.leaderboard import REF_LEVEL_METHOD, TABLE_FLAGS, TRUTH, ranked, x_axis
 
 CELL_FLAGS = {
@@ -63,9 +65,13 @@ def _is_oracle(method: str) -> bool:
     return method.split("@")[0] in ORACLES
 
 
-def oracle_beaten(col: pd.DataFrame) -> bool:
-    """Whether some method beats the oracle in one column: its interval wholly better than the oracle's
-    when both have one, else its mean better (one seed cannot show a converged ranking)."""
+def oracle_beaten(col: pd.DataFrame, values: dict[Any, dict] | None = None) -> bool:
+    """Whether some method beats the oracle in one column, decided as the leaderboard decides a winner: where
+    the two share two or more seeds, a paired Student-t test on the per-seed differences (of the logs where
+    every value is positive), Holm over the column's method-versus-oracle comparisons, and beaten when a
+    method is separated from the oracle and better; where they share none, its interval wholly better than
+    the oracle's; where either has one seed, its mean better (one seed cannot show a converged ranking).
+    ``values``: index -> {seed: value} (``aggregate``'s per-seed values)."""
     ok = col[(col.n > 0) & (col.method != REF_LEVEL_METHOD)]
     oracle = ok[ok.method.map(_is_oracle)]
     others = ok[~ok.method.map(_is_oracle)]
@@ -73,15 +79,23 @@ def oracle_beaten(col: pd.DataFrame) -> bool:
         return False
     o = oracle.iloc[0]
     sign = 1.0 if bool(o.higher_is_better) else -1.0  # sign · value: larger is better
-    for _, r in others.iterrows():
-        if o.n >= 2 and r.n >= 2:
-            worst_r = min(sign * r.ci_low, sign * r.ci_high)
-            best_o = max(sign * o.ci_low, sign * o.ci_high)
-            if worst_r > best_o:
+    seeds_o = (values or {}).get(o.name, {})
+    p_values = []
+    for i, r in others.iterrows():
+        seeds_r = (values or {}).get(i, {})
+        shared = sorted(set(seeds_o) & set(seeds_r) - {None}, key=str)
+        if len(shared) >= 2:
+            pairs = [(float(seeds_r[s]), float(seeds_o[s])) for s in shared]
+            log = all(a > 0 and b > 0 for a, b in pairs)
+            d = [math.log(a) - math.log(b) if log else a - b for a, b in pairs]
+            mean, _, p = paired_t(d)
+            p_values.append(p if sign * mean > 0 else 1.0)  # only a method better than the oracle counts
+        elif o.n >= 2 and r.n >= 2:
+            if min(sign * r.ci_low, sign * r.ci_high) > max(sign * o.ci_low, sign * o.ci_high):
                 return True
         elif sign * r["mean"] > sign * o["mean"]:
             return True
-    return False
+    return any(holm(p_values, 1 - CONFIDENCE))
 
 
 def peaks_at_end(records: list[dict[str, Any]]) -> dict[tuple, bool]:
@@ -113,6 +127,16 @@ def budget_moves(agg: pd.DataFrame) -> set[tuple]:
     return out
 
 
+def per_seed(agg: pd.DataFrame, records: list[dict[str, Any]]) -> dict[Any, dict]:
+    """Index of ``agg`` -> {seed: value} of the records' finished seeds (what the paired tests read)."""
+    from tiwbench.report.leaderboard import KEY, records_frame
+
+    df = records_frame(records)
+    ok = df[df.status == "ok"]
+    by_key = {key: dict(zip(g.seed, g.value, strict=True)) for key, g in ok.groupby(KEY, sort=False)}
+    return {i: by_key.get(tuple(agg.loc[i, KEY]), {}) for i in agg.index}
+
+
 def _cell_flags(r: pd.Series, level: pd.Series | None, peaks: dict, moved: set) -> list[str]:
     if r.method == REF_LEVEL_METHOD:
         return []
@@ -136,6 +160,7 @@ def add_flags(agg: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
     if agg.empty:
         return agg.assign(cell_flags=[], table_flags=[])
     peaks, moved = peaks_at_end(records), budget_moves(agg)
+    seeds = per_seed(agg, records)
     cell_flags = pd.Series([[] for _ in range(len(agg))], index=agg.index, dtype=object)
     unconverged, mixed = set(), set()
     for key, col in agg.groupby(COLUMN, sort=False):
@@ -148,7 +173,7 @@ def add_flags(agg: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
         level = levels.iloc[0] if len(levels) else None
         for i, r in col.iterrows():
             cell_flags[i] = _cell_flags(r, level, peaks, moved)
-        if ranked(key[2]) and oracle_leads(key[2]) and oracle_beaten(col):
+        if ranked(key[2]) and oracle_leads(key[2]) and oracle_beaten(col, seeds):
             unconverged.add(key)
     agg["cell_flags"] = cell_flags
     columns = agg[COLUMN].apply(tuple, axis=1)
