@@ -16,9 +16,9 @@ from tiwbench.ratios.discriminator import LearnedRatio, RatioTrainConfig, train_
 from tiwbench.ratios.estimators import DenoiserDifferenceRatio, Discriminator, RatioEstimator
 from tiwbench.registry import RATIOS
 
-BUILTIN = {"exact", "exact_empirical", "fitted_family", "discriminator", "discriminator_precond",
-           "discriminator_smooth", "denoiser_diff", "dlsm", "trunk", "dlsm_trunk", "discriminator_ensemble",
-           "discriminator_gated", "dlsm_gated", "trunk_gated", "dlsm_trunk_gated"}
+BUILTIN = {"exact", "exact_empirical", "fitted_family", "label_shift", "class_posterior", "discriminator",
+           "discriminator_precond", "discriminator_smooth", "denoiser_diff", "dlsm", "trunk", "dlsm_trunk",
+           "discriminator_ensemble", "discriminator_gated", "dlsm_gated", "trunk_gated", "dlsm_trunk_gated"}
 
 
 def test_ls_ratios_lists_builtins_and_the_old_name_still_works():
