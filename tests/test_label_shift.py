@@ -95,7 +95,8 @@ def _cluster_to_class(clusters, labels, k_clusters):
 def test_the_fit_recovers_the_classes_and_their_proportions(one_thread):
     """toy2d (modes 7.6 stds apart), |D_bias| = 4,000, |D_ref| = 2,000: the clusters are the classes (purity ≥ 0.95),
     and p̂, q̂ summed over each class's clusters are within 4 binomial standard errors sqrt(π(1−π)/n) of the true
-    proportions, plus the Dirichlet prior's known shrinkage α|1 − Kπ̂|/(n + Kα) toward 1/K."""
+    proportions, plus the Dirichlet prior's known shrinkage Kα|c − π|/(n + Kα) toward its centre c (p̂ for q̂;
+    none for p̂)."""
     ds = Toy2D(n_bias=4000)
     split = ds.split(0.5, 0)
     est = RATIOS.get("label_shift")(ds, RatioConfig(), True)
@@ -112,7 +113,10 @@ def test_the_fit_recovers_the_classes_and_their_proportions(one_thread):
                           ("q_hat", ds.data_mixture.weights, len(split.ref))):
         est_k = torch.zeros(ds.num_classes, dtype=torch.float64).index_add_(0, to_class,
                                                                             torch.tensor(info[key]).double())
-        shrink = alpha * (1 - k * truth).abs() / (n + k * alpha)
+        # the prior's centre, summed per class as the estimates are: p̂ for q̂, nothing for p̂ itself
+        center = torch.zeros(ds.num_classes, dtype=torch.float64).index_add_(0, to_class,
+                                                                             torch.tensor(info["p_hat"]).double())
+        shrink = k * alpha * (center - truth).abs() / (n + k * alpha) if key == "q_hat" else 0.0
         tol = 4 * (truth * (1 - truth) / n).sqrt() + shrink
         assert ((est_k - truth).abs() <= tol).all(), (key, est_k, truth, tol)
     assert info["prior_ratio_error"] < 0.1  # log-ratio per class, against D_ref's and D_bias's label shares
@@ -131,12 +135,13 @@ def test_without_the_dirichlet_prior_an_empty_cluster_gets_no_weight(one_thread)
     lik = comps.log_joint(split.ref.double())  # unit weights: log N_k(x) + const
     p = ds.bias_mixture.weights
     for alpha, empty in ((0.0, True), (1.0, False)):
-        q = ls.em_priors(lik, torch.full((8,), 1 / 8), alpha)
+        q = ls.em_priors(lik, torch.full((8,), 1 / 8), alpha, center=p)
         w = ls.label_shift_ratio(comps, p, q).logit(at_class0, 0.0).exp()
         if empty:
             assert q[0] < 1e-12 and (w < 1e-4).all() and w.median() < 1e-8
-        else:
-            assert q[0] == pytest.approx(alpha / (len(split.ref) + 8 * alpha), rel=1e-3) and (w > 1e-3).all()
+        else:  # Kα pseudo-counts spread as p: class 0 keeps 8α·p_0 of them
+            assert q[0] == pytest.approx(8 * alpha * float(p[0]) / (len(split.ref) + 8 * alpha), rel=1e-3)
+            assert (w > 1e-3).all()
     for grid, empty in (((0.0,), True), ((1.0,), False)):
         est = RATIOS.get("label_shift")(ds, RatioConfig(), True)
         est.alpha_grid = grid

@@ -24,10 +24,14 @@ safe error, §10).
 
 Priors (``label_shift``): maximum-likelihood label shift (Saerens et al. 2002) on the σ = 0 class likelihoods
 L_ik (a component's log-density, or a classifier's log P_bias(k|x_i) − log p̂_k at its least noise, equal up to
-a per-point constant): π ← (Σ_i softmax_k(L_ik + log π_k) + α) / (n + Kα), from the mixture's own weights. The
-pseudo-count α (a Dirichlet prior) keeps a cluster that no reference point reaches from q̂_k = 0, i.e. w = 0 on
-it; it is chosen by 5-fold cross-validation of D_ref's log-likelihood Σ_i log Σ_k q̂_k exp(L_ik) over ``ALPHA_GRID``
-(0 included; ties: the smaller α). The same α is added on D_bias, where it is negligible.
+a per-point constant): π ← (Σ_i softmax_k(L_ik + log π_k) + Kα c_k) / (n + Kα), from the mixture's own weights.
+p̂ on D_bias takes no prior (10,000 points). For q̂ the Dirichlet prior of Kα pseudo-counts is centred on p̂
+(c = p̂): it keeps a cluster that no reference point reaches from q̂_k = 0, i.e. w = 0 on it, and shrinks the
+ratio toward 1 (no correction), not toward uniform classes, which would be a prior toward the truth on
+datasets whose unbiased classes are balanced (all of these). α is chosen by 5-fold cross-validation of D_ref's
+log-likelihood Σ_i log Σ_k q̂_k exp(L_ik) over ``ALPHA_GRID`` (0 included; ties: the smaller α). A cluster with
+no reference point is invisible to that cross-validation, so α = 0 can win where the prior matters most: the
+record keeps each α's score.
 
 Diagnostics (``info``; the labels are read here only, never by the fit): ``purity``, the share of D_obs points
 whose cluster's (σ = 0 argmax) majority true class is their own class; ``prior_ratio_error``, over the true
@@ -220,16 +224,18 @@ def label_shift_ratio(components, bias_priors: torch.Tensor, ref_priors: torch.T
 
 
 def em_priors(log_lik: torch.Tensor, start: torch.Tensor, alpha: float = 0.0, iters: int = 2000,
-              tol: float = 1e-12) -> torch.Tensor:
-    """The class priors π maximising Σ_i log Σ_k π_k exp(L_ik) + α Σ_k log π_k (Saerens et al. 2002; a
-    Dirichlet prior of pseudo-count α per class): π ← (Σ_i softmax_k(L_ik + log π_k) + α) / (n + Kα), from
-    ``start``. ``log_lik`` [n, K]: each point's class log-likelihoods, up to a per-point constant."""
+              tol: float = 1e-12, center: torch.Tensor | None = None) -> torch.Tensor:
+    """The class priors π maximising Σ_i log Σ_k π_k exp(L_ik) + Kα Σ_k c_k log π_k (Saerens et al. 2002; a
+    Dirichlet prior of Kα pseudo-counts spread as ``center`` c, uniform by default):
+    π ← (Σ_i softmax_k(L_ik + log π_k) + Kα c_k) / (n + Kα), from ``start``. ``log_lik`` [n, K]: each point's
+    class log-likelihoods, up to a per-point constant."""
     n, k = log_lik.shape
     pi = torch.as_tensor(start, dtype=torch.float64).clone()
     pi = pi / pi.sum()
+    c = torch.full((k,), 1.0 / k, dtype=torch.float64) if center is None else (center / center.sum()).double()
     for _ in range(iters):
         resp = torch.softmax(log_lik + pi.log(), dim=1)
-        new = (resp.sum(0) + alpha) / (n + k * alpha)
+        new = (resp.sum(0) + k * alpha * c) / (n + k * alpha)
         done = float((new - pi).abs().max()) < tol
         pi = new
         if done:
@@ -243,7 +249,8 @@ def held_out_log_lik(log_lik: torch.Tensor, pi: torch.Tensor) -> float:
 
 
 def choose_alpha(log_lik_ref: torch.Tensor, start: torch.Tensor, generator: torch.Generator,
-                 grid=ALPHA_GRID, folds: int = CV_FOLDS) -> tuple[float, dict[str, float] | None]:
+                 grid=ALPHA_GRID, folds: int = CV_FOLDS,
+                 center: torch.Tensor | None = None) -> tuple[float, dict[str, float] | None]:
     """The α of ``grid`` whose priors, fitted on the other folds of D_ref, give its held-out points the highest
     log-likelihood (``folds``-fold cross-validation; ties: the smaller α), and each α's mean held-out
     log-likelihood per point (None where nothing is compared: a grid of one α, which is returned, or fewer than
@@ -257,7 +264,7 @@ def choose_alpha(log_lik_ref: torch.Tensor, start: torch.Tensor, generator: torc
         total = 0.0
         for f in range(int(fold.max()) + 1):
             fit, held = log_lik_ref[fold != f], log_lik_ref[fold == f]
-            total += held_out_log_lik(held, em_priors(fit, start, alpha))
+            total += held_out_log_lik(held, em_priors(fit, start, alpha, center=center))
         scores[alpha] = total / n
     best = max(scores.values())
     alpha = min(a for a, v in scores.items() if v >= best - 1e-9 * abs(best))
@@ -526,9 +533,11 @@ class LabelShift(RatioEstimator):
         unit = comps.with_weights(torch.ones(k))  # log N_k(x): the class likelihoods of the EM
         lik_bias = unit.log_joint(bias.flatten(1).cpu(), 0.0)
         lik_ref = unit.log_joint(ref.flatten(1).cpu(), 0.0)
-        alpha, alpha_scores = choose_alpha(lik_ref, obs_weights, generator, self.alpha_grid)
-        p_hat = em_priors(lik_bias, obs_weights, alpha)
-        q_hat = em_priors(lik_ref, obs_weights, alpha)
+        # the reference priors shrink toward D_bias's (w = 1: no correction), never toward a uniform target,
+        # which would be a prior towards the truth wherever the unbiased classes happen to be balanced
+        p_hat = em_priors(lik_bias, obs_weights, 0.0)
+        alpha, alpha_scores = choose_alpha(lik_ref, obs_weights, generator, self.alpha_grid, center=p_hat)
+        q_hat = em_priors(lik_ref, obs_weights, alpha, center=p_hat)
         model = label_shift_ratio(comps, p_hat, q_hat, obs_weights, self.correct_prior, self.time_dependent,
                                   self.cfg.logit_max)
         info: dict[str, Any] = {
@@ -557,8 +566,8 @@ class LabelShift(RatioEstimator):
         start = torch.bincount(clusters, minlength=int(clusters.max()) + 1)[kept].double()
         clf, clf_info = fit_image_posterior(self, d_obs, bias, ids, k, generator, device, progress)
         lik_ref = classifier_log_lik(clf, ref, p.log(), device)
-        alpha, alpha_scores = choose_alpha(lik_ref, start, generator, self.alpha_grid)
-        q_hat = em_priors(lik_ref, start, alpha)
+        alpha, alpha_scores = choose_alpha(lik_ref, start, generator, self.alpha_grid, center=p)
+        q_hat = em_priors(lik_ref, start, alpha, center=p)
         model = ClassifierRatio(clf, q_hat.log() - p.log(), self.time_dependent, self.cfg.logit_max).to(device).eval()
         info: dict[str, Any] = {
             "clusters": "k-means of the observed-data denoiser's features at the least noise", "K": k,
