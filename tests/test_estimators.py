@@ -16,8 +16,9 @@ from tiwbench.ratios.discriminator import LearnedRatio, RatioTrainConfig, train_
 from tiwbench.ratios.estimators import DenoiserDifferenceRatio, Discriminator, RatioEstimator
 from tiwbench.registry import RATIOS
 
-BUILTIN = {"exact", "exact_empirical", "fitted_family", "label_shift", "class_posterior", "discriminator",
-           "discriminator_precond", "discriminator_smooth", "denoiser_diff", "dlsm", "trunk", "dlsm_trunk",
+BUILTIN = {"exact", "exact_empirical", "fitted_family", "label_shift", "class_posterior", "label_shift_disc",
+           "discriminator", "discriminator_precond", "discriminator_smooth", "denoiser_diff", "dlsm", "trunk",
+           "dlsm_trunk",
            "discriminator_ensemble", "discriminator_gated", "dlsm_gated", "trunk_gated", "dlsm_trunk_gated"}
 
 

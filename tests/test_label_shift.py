@@ -278,3 +278,36 @@ def test_listed_and_runnable_in_a_sweep(tmp_path, one_thread):
         assert len(info["p_hat"]) == len(info["q_hat"]) == info["K"] and math.isfinite(info["purity"])
         assert ("alpha" in info) == (provider == "label_shift")
         assert record_is_ceiling(rec) == (provider == "class_posterior")
+
+
+def test_the_hybrid_starts_from_label_shift_and_learns_only_a_residual(one_thread):
+    """label_shift_disc's logit is the frozen label_shift log w plus a residual: without the residual's output
+    the two agree at every σ; training gives the residual something to say."""
+    from tiwbench.config import RatioConfig
+    from tiwbench.ratios.label_shift import BasedRatio  # noqa: F401  (the class the model must be)
+
+    ds = Toy2D(n_bias=1000)
+    split = ds.split(0.1, 0)
+    cfg = RatioConfig(steps=30, batch_size=64, hidden=16, depth=2)
+    base = ls.label_shift_ratio(ds.family_components(), ds.bias_mixture.weights,
+                                torch.bincount(split.ref_labels, minlength=8).double() / len(split.ref_labels))
+    est = RATIOS.get("label_shift_disc")(ds, cfg, True)
+    est.base_fit = lambda name: (base, {"K": 8}, None)
+    model, info = est.fit(split.bias, split.ref, torch.Generator().manual_seed(0))
+    assert isinstance(model, BasedRatio) and model.base is base and info["base"] == {"estimator": "label_shift",
+                                                                                     "K": 8}
+    x = split.bias[:64]
+    for sigma in (0.0, 0.3, 5.0):
+        full = model.logit(x, sigma) - model.net(*_net_inputs(model, x, sigma)).reshape(-1)  # minus the residual
+        assert torch.allclose(full, base.logit(x, sigma), atol=1e-5)
+    lw, g = model.log_ratio_and_grad(x, torch.full((64,), 0.5))
+    lb, gb = base.log_ratio_and_grad(x, torch.full((64,), 0.5))
+    assert not torch.allclose(lw, lb)  # the residual trained to something
+    assert g.shape == gb.shape and torch.isfinite(g).all()
+
+
+def _net_inputs(model, x, sigma):
+    """What LearnedRatio feeds its net (EDM's c_in · x and c_noise), for the residual alone."""
+    s = torch.full((len(x),), float(sigma))
+    c_in = 1 / (s**2 + model.sigma_data**2).sqrt()
+    return c_in.unsqueeze(1) * x, s.clamp_min(1e-4).log() / 4

@@ -53,8 +53,8 @@ from tiwbench.data.base import DataError
 from tiwbench.diffusion.losses import device_generator
 from tiwbench.diffusion.mlp import MLP
 from tiwbench.diffusion.precond import expand_like
-from tiwbench.ratios.discriminator import draw_ratio_sigma, optimise
-from tiwbench.ratios.estimators import RatioEstimator, observed_denoiser
+from tiwbench.ratios.discriminator import LearnedRatio, draw_ratio_sigma, optimise, train_ratio
+from tiwbench.ratios.estimators import Discriminator, RatioEstimator, observed_denoiser
 
 # the number of components: these multiples of the number of classes, chosen by held-out log-likelihood
 K_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
@@ -626,3 +626,49 @@ class ClassPosterior(RatioEstimator):
             clusters = torch.cat([model.log_posterior(c.to(dev), 0.0).argmax(1).cpu() for c in obs.split(1024)])
         info.update(label_diagnostics(self, model, obs, clusters))
         return model, info
+
+
+# -- a hybrid: label shift as the base of a discriminator's logit -------------------------------------------------
+
+
+class BasedRatio(LearnedRatio):
+    """A discriminator whose logit is a frozen base's log w_σ plus its own output. Trained by balanced BCE (whose
+    optimum is log w_σ) it learns only what the base misses, log w_σ − log ŵ_base: under label shift nothing
+    (up to noise), under a tilt inside the clusters the within-cluster part; its early stopping (ratio.select_every)
+    keeps that residual small where D_ref cannot resolve it."""
+
+    def __init__(self, base, net: nn.Module, sigma_data: float, time_dependent: bool = True,
+                 logit_max: float = math.log(1e5), precond: bool = False, kernel=None):
+        super().__init__(net, sigma_data, time_dependent, logit_max, precond, kernel)
+        if isinstance(base, nn.Module):
+            base.requires_grad_(False)  # frozen: only the residual trains
+        self.base = base
+
+    def _logit(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        base_sigma = sigma if self.time_dependent else 0.0
+        return self.base.logit(x, base_sigma).to(x.dtype) + super()._logit(x, sigma)
+
+
+class LabelShiftDiscriminator(Discriminator):
+    """``label_shift``'s ratio as the base of a discriminator's logit (:class:`BasedRatio`): the group's own
+    ``label_shift`` fit (so ``tiw_dsm@label_shift_disc`` differs from ``tiw_dsm@label_shift`` by the residual
+    alone), the residual a discriminator of the suite's size trained by balanced BCE."""
+
+    name = "label_shift_disc"
+    description = ("discriminator whose logit starts from label_shift's log w: the residual learns what label "
+                   "shift misses (a tilt inside the clusters)")
+
+    def fit(self, bias, ref, generator, device="cpu", progress=None):
+        if self.base_fit is not None:
+            base, base_info, _ = self.base_fit("label_shift")
+        else:
+            est = LabelShift(self.dataset, self.cfg, self.time_dependent, kernel=self.kernel)
+            est.split, est.shared, est.shared_seed = self.split, self.shared, self.shared_seed
+            base, base_info = est.fit(bias, ref, generator, device, progress)
+        plain = self.build()
+        model = BasedRatio(base, plain.net, plain.sigma_data, self.time_dependent, plain.logit_max, plain.precond,
+                           plain.kernel).to(device)
+        info = train_ratio(model, bias, ref, self.train_config(), generator, device, progress, keep=self.keep)
+        keep = ("K", "p_hat", "q_hat", "alpha", "purity", "prior_ratio_error")
+        base_kept = {k: base_info[k] for k in keep if k in base_info}
+        return model, {**info, "base": {"estimator": "label_shift", **base_kept}}
