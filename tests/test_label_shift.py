@@ -284,7 +284,7 @@ def test_the_hybrid_starts_from_label_shift_and_learns_only_a_residual(one_threa
     """label_shift_disc's logit is the frozen label_shift log w plus a residual: without the residual's output
     the two agree at every σ; training gives the residual something to say."""
     from tiwbench.config import RatioConfig
-    from tiwbench.ratios.label_shift import BasedRatio  # noqa: F401  (the class the model must be)
+    from tiwbench.ratios.label_shift import BasedRatio
 
     ds = Toy2D(n_bias=1000)
     split = ds.split(0.1, 0)
