@@ -9,6 +9,7 @@ from test_report import record, write
 from typer.testing import CliRunner
 
 from tiwbench.cli import app
+from tiwbench.report.intervals import ReportError
 from tiwbench.report.leaderboard import records_frame
 from tiwbench.report.paired import paired_table, welch_half
 
@@ -89,3 +90,44 @@ def test_rows_name_their_suite_when_a_folder_holds_several(tmp_path):
     assert "| suite | dataset |" in text and "| unit_x2 | toy2d | fd |" in text and "| unit | toy2d | fd |" in text
     alone = to_markdown(paired_table(records_frame(_records()), "dsm_obs"), "dsm_obs")
     assert "| suite |" not in alone
+
+
+def test_chosen_pairs_with_borrowed_reference_only_rows_match_a_direct_computation():
+    """``report --pairs A:B --borrow TO=FROM:M``: each A − B per seed with its paired t-interval, computed here
+    independently; a reference-only method's rows taken from FROM where TO lacks them, said in the section, and
+    never a reference level."""
+    from scipy import stats
+
+    from tiwbench.report.leaderboard import records_frame
+    from tiwbench.report.paired import borrow_rows, pairs_section, pairs_table
+
+    def rec(ds, method, seed, fd):
+        return {"suite": "g", "dataset": ds, "method": method, "ref_frac": 0.01, "seed": seed, "status": "ok",
+                "config": {"method": method, "seed": seed},
+                "metrics": [{"name": "fd", "value": fd, "higher_is_better": False},
+                            {"name": "fd_ref_level", "value": 0.001 * (seed + 1), "higher_is_better": False}]}
+
+    gan = {"gmm": [0.30, 0.35, 0.28, 0.40], "gmm_tilt": [0.50, 0.42, 0.47, 0.44]}
+    tiw = {"gmm": [0.25, 0.33, 0.29, 0.31], "gmm_tilt": [0.41, 0.40, 0.43, 0.38]}
+    ref = [0.10, 0.12, 0.11, 0.13]  # dsm_ref run on gmm only: the same computation on gmm_tilt
+    recs = [rec(ds, "gan_ref", s, v) for ds, vs in gan.items() for s, v in enumerate(vs)]
+    recs += [rec(ds, "tiw_gan", s, v) for ds, vs in tiw.items() for s, v in enumerate(vs)]
+    recs += [rec("gmm", "dsm_ref", s, v) for s, v in enumerate(ref)]
+    df, said = borrow_rows(records_frame(recs), "gmm_tilt=gmm:dsm_ref")
+    assert said == ["dsm_ref at 0.01 (4 seeds)"]
+    table = pairs_table(df, [("tiw_gan", "gan_ref"), ("gan_ref", "dsm_ref")])
+    assert set(table.metric) == {"fd"} and len(table) == 4  # two pairs on two datasets; no reference level
+    for ds in gan:
+        for a, b, va, vb in (("tiw_gan", "gan_ref", tiw[ds], gan[ds]), ("gan_ref", "dsm_ref", gan[ds], ref)):
+            d = [x - y for x, y in zip(va, vb, strict=True)]
+            half = stats.t.ppf(0.975, 3) * stats.tstd(d) / 2
+            (row,) = [r for _, r in table.iterrows() if r.dataset == ds and r.method == a]
+            assert row.vs == b and row.n == 4
+            assert row["diff"] == pytest.approx(sum(d) / 4) and row.paired_half == pytest.approx(half)
+    text = pairs_section(recs, "tiw_gan:gan_ref,gan_ref:dsm_ref", ["gmm_tilt=gmm:dsm_ref"])
+    assert "gmm_tilt: dsm_ref at 0.01 (4 seeds) from gmm" in text
+    assert "| gmm_tilt | fd | 0.01 | gan_ref − dsm_ref | 4 |" in text
+    with pytest.raises(ReportError, match="reference levels"):
+        borrow_rows(records_frame(recs), "gmm_tilt=gmm:(reference level)")
+    with pytest.raises(ReportError, match="no finished records of 'vae_ref'"):
+        pairs_table(df, [("vae_ref", "dsm_ref")])

@@ -244,30 +244,40 @@ def _say_counts(result, out: Path) -> None:
         typer.echo(f"failed: {p}", err=True)
 
 
-@app.command()
-def report(
-    runs: Annotated[Path, typer.Option(help="directory of records")] = Path("results/runs"),
-    format: Annotated[str, typer.Option("--format", help="markdown, csv, latex, html or json")] = "markdown",
-    output: Annotated[Optional[Path], typer.Option(help="write the report to this file instead of stdout")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="also draw metric vs ref_frac with 95% CIs to this .png")] = None,
+@dataclass
+class ReportOptions:
+    """`tiwbench report`'s options."""
+
+    runs: Annotated[Path, typer.Option(help="directory of records")] = Path("results/runs")
+    format: Annotated[str, typer.Option("--format", help="markdown, csv, latex, html or json")] = "markdown"
+    output: Annotated[Optional[Path], typer.Option(help="write the report to this file instead of stdout")] = None
+    plot: Annotated[Optional[Path], typer.Option(help="also draw metric vs ref_frac with 95% CIs to this .png")] = None
     vs: Annotated[Optional[str], typer.Option(help="also each method's per-seed difference to this method, with a "
-                                                   "paired 95% t-interval (markdown, html)")] = None,
+                                                   "paired 95% t-interval (markdown, html)")] = None
     win_map: Annotated[Optional[Path], typer.Option(help="also draw which method wins where (swept parameter × "
-                                                         "ref_frac, ties as ties) to this .png")] = None,
+                                                         "ref_frac, ties as ties) to this .png")] = None
     budget_check: Annotated[Optional[str], typer.Option(help="also compare SUITE with SUITE_x2 (run with "
                                                                "--budget-scale 2): moved means, changed winners "
-                                                               "(markdown)")] = None,
+                                                               "(markdown)")] = None
     gap: Annotated[bool, typer.Option("--gap", help="also the gap report: each method against dsm_ref and the fair "
                                                     "ceiling, the share of its gain recovered, per-σ ratio errors "
-                                                    "(markdown)")] = False,
+                                                    "(markdown)")] = False
     gap_ceiling: Annotated[Optional[str], typer.Option(help="the ceiling method of --gap (default: "
                                                             "tiw_dsm@exact_empirical; "
-                                                            "tiw_dsm@fitted_family on gmm_tilt)")]
-    = None,
+                                                            "tiw_dsm@fitted_family on gmm_tilt)")] = None
     compare_suites: Annotated[Optional[str], typer.Option(
         help="also A,B: the same cells under two suites (e.g. a rule run with --select), paired by seed, "
-             "and the winners each gives (markdown, html)")] = None,
-):
+             "and the winners each gives (markdown, html)")] = None
+    pairs: Annotated[Optional[str], typer.Option(
+        help="also A:B[,C:D]: each A's per-seed difference to its B, paired (markdown, html)")] = None
+    borrow: Annotated[Optional[list[str]], typer.Option(
+        help="for --pairs: TO=FROM:M1[,M2] takes methods M1, M2's rows of dataset FROM as TO's where TO lacks "
+             "them (cells that are one computation on both, e.g. reference-only methods); repeatable")] = None
+
+
+@app.command()
+@with_options(ReportOptions)
+def report(o: ReportOptions):
     """Leaderboard from the records under --runs: mean ± std, 95% CI and seed count per cell.
 
     Examples:\n
@@ -276,33 +286,33 @@ def report(
       tiwbench report --format latex --output tables.tex --plot ref_size.png\n
       tiwbench report --vs dsm_obs\n
       tiwbench report --gap\n
-      tiwbench report --compare-suites regime,regime_sel-truth
+      tiwbench report --compare-suites regime,regime_sel-truth\n
+      tiwbench report --pairs tiw_gan:iw_gan_noise,gan_ref:dsm_ref --borrow gmm_tilt=gmm:dsm_ref,gan_ref
     """
     try:
         from tiwbench.report.intervals import ReportError
         from tiwbench.report.leaderboard import FORMATS
         from tiwbench.report.render import report as make_report
 
-        if format not in FORMATS:
-            raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+        if o.format not in FORMATS:
+            raise UserError(f"unknown format {o.format!r}; use one of {', '.join(FORMATS)}")
         try:
-            if gap and format != "markdown":
+            if o.gap and o.format != "markdown":
                 raise UserError("--gap works with --format markdown")
-            text = make_report(runs, format, output=output, plot=plot, vs=vs, win_map=win_map,
-                               budget_check=budget_check, gap=gap, gap_ceiling=gap_ceiling,
-                               compare_suites=compare_suites)
+            text = make_report(o.runs, o.format, output=o.output, plot=o.plot, vs=o.vs, win_map=o.win_map,
+                               budget_check=o.budget_check, gap=o.gap, gap_ceiling=o.gap_ceiling,
+                               compare_suites=o.compare_suites, pairs=o.pairs, borrow=o.borrow)
         except ReportError as e:
             raise UserError(str(e)) from None
     except _user_errors() as e:
         _fail(str(e))
-    if output is None:
+    if o.output is None:
         typer.echo(text, nl=not text.endswith("\n"))
     else:
-        typer.echo(f"report written to {output}", err=True)
-    if plot is not None:
-        typer.echo(f"plot written to {plot}", err=True)
-    if win_map is not None:
-        typer.echo(f"win map written to {win_map}", err=True)
+        typer.echo(f"report written to {o.output}", err=True)
+    for what, path in (("plot", o.plot), ("win map", o.win_map)):
+        if path is not None:
+            typer.echo(f"{what} written to {path}", err=True)
 
 
 @app.command()

@@ -120,3 +120,97 @@ def paired_section(records: list[dict[str, Any]], vs: str, fmt: str) -> str:
     if fmt == "markdown":
         return to_markdown(table, vs)
     raise ReportError(f"--vs works with --format markdown or html, not {fmt}")
+
+
+# -- chosen pairs (``--pairs``), with reference-only rows borrowed across datasets (``--borrow``) ------------------
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """``A:B,C:D`` -> [(A, B), (C, D)]: each A's per-seed difference to its B."""
+    pairs = []
+    for item in (s.strip() for s in text.split(",") if s.strip()):
+        a, sep, b = item.partition(":")
+        if not sep or not a.strip() or not b.strip() or a.strip() == b.strip():
+            raise ReportError(f"--pairs {item!r}: write METHOD_A:METHOD_B (A − B per seed), comma-separated")
+        pairs.append((a.strip(), b.strip()))
+    if not pairs:
+        raise ReportError("--pairs: give at least one METHOD_A:METHOD_B")
+    return pairs
+
+
+def borrow_rows(df: pd.DataFrame, spec: str) -> tuple[pd.DataFrame, list[str]]:
+    """``TO=FROM:M1,M2``: the finished rows of methods M1, M2 of dataset FROM, relabelled as dataset TO, where TO
+    has no row of that method, suite, ref_frac and seed. For cells that are one computation on both datasets
+    (e.g. a reference-only method where TO changes D_bias alone); reference levels are never borrowed. Returns
+    the rows and what was borrowed, to be said beside the tables."""
+    from tiwbench.report.leaderboard import REF_LEVEL_METHOD
+
+    to, sep, rest = spec.partition("=")
+    source, sep2, methods = rest.partition(":")
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not (sep and sep2 and to.strip() and source.strip() and names):
+        raise ReportError(f"--borrow {spec!r}: write TO=FROM:METHOD[,METHOD], e.g. gmm_tilt=gmm:dsm_ref,gan_ref")
+    if REF_LEVEL_METHOD in names:
+        raise ReportError("--borrow: reference levels are drawn per dataset and cannot be borrowed")
+    to, source = to.strip(), source.strip()
+    keys = ["suite", "method", "metric", "ref_frac", "x_name", "x", "seed"]
+    have = set(map(tuple, df[df.dataset == to][keys].itertuples(index=False)))
+    rows = df[(df.dataset == source) & df.method.isin(names) & (df.status == "ok")]
+    rows = rows[[tuple(r) not in have for r in rows[keys].itertuples(index=False)]]
+    said = [f"{m} at {f:g} ({g.seed.nunique()} seeds)" for (m, f), g in rows.groupby(["method", "ref_frac"])]
+    return pd.concat([df, rows.assign(dataset=to)], ignore_index=True), said
+
+
+def pairs_table(df: pd.DataFrame, pairs: list[tuple[str, str]], confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """For each pair (A, B): A's rows of :func:`paired_table` against B (one pairing implementation)."""
+    parts = []
+    for a, b in pairs:
+        have = set(df[df.status == "ok"].method)
+        for m in (a, b):
+            if m not in have:
+                raise ReportError(f"--pairs {a}:{b}: no finished records of {m!r}; methods here: "
+                                  f"{', '.join(sorted(have)) or 'none'}")
+        t = paired_table(df, b, confidence)
+        parts.append(t[t.method == a])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
+
+
+def pairs_section(records: list[dict[str, Any]], pairs: str, borrow: list[str] | None = None) -> str:
+    from tiwbench.report.leaderboard import records_frame
+
+    df, said = records_frame(records), []
+    for spec in borrow or []:
+        df, more = borrow_rows(df, spec)
+        said += [f"{spec.partition('=')[0]}: {s} from {spec.partition('=')[2].partition(':')[0]}" for s in more]
+    table = pairs_table(df, parse_pairs(pairs))
+    several = _suites(table)
+    lines = ["### Paired differences, chosen pairs",
+             f"_A − B per seed; mean ± {CONFIDENCE:.0%} paired Student-t half-width over the seeds both finished; "
+             "better/worse: the paired interval excludes 0, in the metric's direction._", ""]
+    if said:
+        lines += [f"_Borrowed (one computation on both datasets): {'; '.join(said)}._", ""]
+    lines += [("| suite " if several else "") + "| dataset | metric | ref_frac | A − B | n | diff ± paired | |",
+              ("|---" if several else "") + "|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        lead = f"| {r.suite} " if several else ""
+        lines.append(f"{lead}| {r.dataset} | {r.metric} | {_where(r)} | {r.method} − {r.vs} | {r.n} | "
+                     f"{_fmt(r['diff'])} ± {_fmt(r.paired_half)} | {_verdict(r)} |")
+    if table.empty:
+        lines.append("| – | – | – | – | 0 | no seeds in common | |")
+    return "\n".join(lines) + "\n"
+
+
+def collapse_note(records: list[dict[str, Any]]) -> str:
+    """How many finished GAN cells' generators collapsed (``train.collapsed``), per method ("" where none record
+    it)."""
+    counts: dict[str, list[int]] = {}
+    for r in records:
+        train = r.get("train") or {}
+        if r.get("status") == "ok" and "collapsed" in train:
+            c = counts.setdefault(r["method"], [0, 0])
+            c[0] += int(bool(train["collapsed"]))
+            c[1] += 1
+    if not counts:
+        return ""
+    total = sum(c for c, _ in counts.values()), sum(n for _, n in counts.values())
+    per = ", ".join(f"{m} {c}/{n}" for m, (c, n) in sorted(counts.items()))
+    return (f"\n_Collapsed generators (spread below a tenth of the data's): {total[0]} of {total[1]} finished "
+            f"cells ({per})._\n")

@@ -29,7 +29,8 @@ OUTCOME = "\n### bias minus iw_dsm"  # where the ratio study's outcome table beg
 
 def _sections(agg: pd.DataFrame, records: list[dict[str, Any]], vs: str | None, win_map: bool,
               budget_check: str | None, gap: bool = False, gap_ceiling: str | None = None,
-              compare_suites: str | None = None) -> list[tuple[str, str, list[tuple[str, bytes]]]]:
+              compare_suites: str | None = None, pairs: str | None = None,
+              borrow: list[str] | None = None) -> list[tuple[str, str, list[tuple[str, bytes]]]]:
     """The sections after the leaderboards: (name, markdown, figures as (alt, PNG)), in report order;
     figures are made only for the HTML page (``_figures``)."""
     from tiwbench.report.curves import to_markdown as curves_markdown
@@ -41,6 +42,15 @@ def _sections(agg: pd.DataFrame, records: list[dict[str, Any]], vs: str | None, 
         from tiwbench.report.paired import paired_section
 
         out.append(("paired", paired_section(records, vs, "markdown")))
+    if pairs is not None:  # chosen pairs A − B, reference-only rows borrowed where asked
+        from tiwbench.report.paired import pairs_section
+
+        out.append(("pairs", pairs_section(records, pairs, borrow)))
+    elif borrow:
+        raise ReportError("--borrow fills the rows of --pairs; give --pairs too")
+    from tiwbench.report.paired import collapse_note
+
+    out.append(("collapse", collapse_note(records)))
     out.append(("ratio_study", ratio_markdown(records)))
     out.append(("curves", curves_markdown(records)))
     if win_map:
@@ -111,7 +121,7 @@ def _html(agg: pd.DataFrame, df: pd.DataFrame, records: list[dict[str, Any]], se
 def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any]] | None = None,
            vs: str | None = None, win_map: bool = False, budget_check: str | None = None,
            df: pd.DataFrame | None = None, gap: bool = False, gap_ceiling: str | None = None,
-           compare_suites: str | None = None) -> str:
+           compare_suites: str | None = None, pairs: str | None = None, borrow: list[str] | None = None) -> str:
     """The report in ``fmt``; ``df``: the per-seed rows ``agg`` came from (default: from ``records``)."""
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -123,10 +133,10 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
     notice = flag_summary(agg)
     df = records_frame(records) if df is None else df
     if fmt not in ("markdown", "html"):
-        if vs is not None:
-            raise ReportError(f"--vs works with --format markdown or html, not {fmt}")
+        if vs is not None or pairs is not None:
+            raise ReportError(f"--vs and --pairs work with --format markdown or html, not {fmt}")
         return _with_verdicts(fmt, agg, df)
-    sections = _sections(agg, records, vs, win_map, budget_check, gap, gap_ceiling, compare_suites)
+    sections = _sections(agg, records, vs, win_map, budget_check, gap, gap_ceiling, compare_suites, pairs, borrow)
     if fmt == "html":
         return _html(agg, df, records, sections, notice)
     from tiwbench.report.headline import to_markdown as headline_markdown
@@ -161,7 +171,8 @@ def _with_verdicts(fmt: str, agg: pd.DataFrame, df: pd.DataFrame) -> str:
 
 def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: Path | None = None,
            vs: str | None = None, win_map: Path | None = None, budget_check: str | None = None, gap: bool = False,
-           gap_ceiling: str | None = None, compare_suites: str | None = None) -> str:
+           gap_ceiling: str | None = None, compare_suites: str | None = None, pairs: str | None = None,
+           borrow: list[str] | None = None) -> str:
     """The report text in ``fmt``; also written to ``output`` and the plot to ``plot`` when given; with
     ``vs``, the paired differences of every method to that one; with ``gap``, the gap report (each method
     against dsm_ref and the fair ceiling, ``gap_ceiling`` naming another ceiling method)."""
@@ -169,7 +180,7 @@ def report(runs: Path, fmt: str = "markdown", output: Path | None = None, plot: 
     df = records_frame(records)
     agg = aggregate(df)
     text = render(agg, fmt, records, vs, win_map=win_map is not None, budget_check=budget_check, df=df, gap=gap,
-                  gap_ceiling=gap_ceiling, compare_suites=compare_suites)
+                  gap_ceiling=gap_ceiling, compare_suites=compare_suites, pairs=pairs, borrow=borrow)
     if output is not None:
         atomic_write_text(Path(output), text)
     if plot is not None:
