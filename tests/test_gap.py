@@ -78,3 +78,25 @@ def test_report_gap_prints_the_table(tmp_path):
     assert "1 (the ceiling)" in ceiling and "-0.5 ±" in ceiling  # its own gain over dsm_ref, resolved
     bad = CliRunner().invoke(app, ["report", "--runs", str(runs), "--gap", "--format", "csv"])
     assert bad.exit_code != 0 and "markdown" in bad.output
+
+
+def test_the_gap_pairs_within_a_suite():
+    """The same cells under two suites (another checkpoint rule: ``<suite>_sel-...``) share seeds: each suite's
+    gap is its own, never a mix of the two."""
+    from tiwbench.report.gap import gap_table
+    from tiwbench.report.leaderboard import records_frame
+
+    def rec(suite, method, seed, fd):
+        return {"suite": suite, "dataset": "gmm", "method": method, "ref_frac": 0.01, "seed": seed, "status": "ok",
+                "config": {"method": method, "seed": seed},
+                "metrics": [{"name": "fd", "value": fd, "higher_is_better": False}]}
+
+    recs = []
+    for suite, shift in (("r", 0.0), ("r_sel-truth", 0.05)):
+        for s in range(3):
+            recs += [rec(suite, "dsm_ref", s, 0.10 + shift + 0.01 * s), rec(suite, "tiw_dsm", s, 0.12 + shift),
+                     rec(suite, "tiw_dsm@exact_empirical", s, 0.05 + shift)]
+    table = gap_table(records_frame(recs))
+    rows = table[table.method == "tiw_dsm"].set_index("suite")
+    assert set(rows.index) == {"r", "r_sel-truth"} and (rows.n == 3).all()
+    assert rows.loc["r", "vs_ref"] == pytest.approx(0.01) and rows.loc["r_sel-truth", "vs_ref"] == pytest.approx(0.01)

@@ -32,7 +32,7 @@ BASELINE = "dsm_ref"
 CEILINGS = {"gmm_tilt": "tiw_dsm@fitted_family"}
 DEFAULT_CEILING = "tiw_dsm@exact_empirical"
 BOOTSTRAP = 2000
-COLUMNS = ["dataset", "ref_frac", "x_name", "x", "metric", "method", "ceiling", "n", "vs_ref", "vs_ref_half",
+COLUMNS = ["suite", "dataset", "ref_frac", "x_name", "x", "metric", "method", "ceiling", "n", "vs_ref", "vs_ref_half",
            "vs_ceiling", "vs_ceiling_half", "share", "share_lo", "share_hi"]
 
 
@@ -61,12 +61,14 @@ def share_interval(ref: list[float], m: list[float], ceil: list[float], n_boot: 
 
 
 def gap_table(df: pd.DataFrame, ceiling: str | None = None) -> pd.DataFrame:
-    """One row per (dataset, ref_frac, swept value, metric, method ≠ dsm_ref, ceiling) from ``records_frame``."""
+    """One row per (suite, dataset, ref_frac, swept value, metric, method ≠ dsm_ref, ceiling) from ``records_frame``;
+    methods pair within a suite (the same cells under another checkpoint rule or budget are another suite)."""
     ok = df[(df.status == "ok") & (df.method != REF_LEVEL_METHOD)]
     if BASELINE not in set(ok.method):
         raise ReportError(f"--gap needs {BASELINE} records (the baseline every method is compared with)")
     rows = []
-    for (ds, frac, x_name, x, metric), g in ok.groupby(["dataset", "ref_frac", "x_name", "x", "metric"], sort=True):
+    for (suite, ds, frac, x_name, x, metric), g in ok.groupby(["suite", "dataset", "ref_frac", "x_name", "x", "metric"],
+                                                              sort=True):
         ceil_name = ceiling_of(ds, ceiling)
         by = {m: gm.set_index("seed").value for m, gm in g.groupby("method")}
         if BASELINE not in by:
@@ -78,8 +80,8 @@ def gap_table(df: pd.DataFrame, ceiling: str | None = None) -> pd.DataFrame:
             if not seeds:
                 continue
             d_ref, h_ref = paired_interval([float(vals[s] - base[s]) for s in seeds])
-            row = {"dataset": ds, "ref_frac": frac, "x_name": x_name, "x": x, "metric": metric, "method": method,
-                   "ceiling": ceil_name, "n": len(seeds), "vs_ref": d_ref, "vs_ref_half": h_ref,
+            row = {"suite": suite, "dataset": ds, "ref_frac": frac, "x_name": x_name, "x": x, "metric": metric,
+                   "method": method, "ceiling": ceil_name, "n": len(seeds), "vs_ref": d_ref, "vs_ref_half": h_ref,
                    "vs_ceiling": math.nan, "vs_ceiling_half": math.nan, "share": math.nan, "share_lo": math.nan,
                    "share_hi": math.nan}
             if ceil is not None and method != ceil_name:
@@ -167,9 +169,10 @@ def to_markdown(records: list[dict[str, Any]], ceiling: str | None = None) -> st
              f"{DEFAULT_CEILING} under label bias, "
              + ", ".join(f"{v} on {k}" for k, v in CEILINGS.items())
              + (f" (here: {ceiling} everywhere)" if ceiling else "") + "; '–' where the records lack it._", ""]
-    for (ds, frac, x_name, x), sub in table.groupby(["dataset", "ref_frac", "x_name", "x"], sort=True):
+    several = table.suite.nunique() > 1
+    for (suite, ds, frac, x_name, x), sub in table.groupby(["suite", "dataset", "ref_frac", "x_name", "x"], sort=True):
         lines += [f"**{ds}, ref_frac {frac:g}" + ("" if x_name == "ref_frac" else f", {x_name}={x:g}")
-                  + f"** (ceiling {sub.ceiling.iloc[0]})", "",
+                  + (f", suite {suite}" if several else "") + f"** (ceiling {sub.ceiling.iloc[0]})", "",
                   f"| metric | method | n | M − {BASELINE} | | M − ceiling | | share of the ceiling's gain |",
                   "|---|---|---|---|---|---|---|---|"]
         for metric, rows in sub.groupby("metric", sort=True):
