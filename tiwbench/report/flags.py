@@ -31,8 +31,8 @@ from typing import Any
 import pandas as pd
 
 from tiwbench.registry import METRICS, RegistryError
-from tiwbench.report.intervals import CONFIDENCE, holm, paired_t, panel_key
-from tiwbench.report.leaderboard import REF_LEVEL_METHOD, TABLE_FLAGS, TRUTH, ranked, x_axis
+from tiwbench.report.intervals import CONFIDENCE, holm, panel_key
+from tiwbench.report.leaderboard import REF_LEVEL_METHOD, TABLE_FLAGS, TRUTH, paired_log_test, ranked, x_axis
 
 CELL_FLAGS = {
     "selected_by_truth": "checkpoint chosen against the unbiased target (test-set selection)",
@@ -82,13 +82,9 @@ def oracle_beaten(col: pd.DataFrame, values: dict[Any, dict] | None = None) -> b
     seeds_o = (values or {}).get(o.name, {})
     p_values = []
     for i, r in others.iterrows():
-        seeds_r = (values or {}).get(i, {})
-        shared = sorted(set(seeds_o) & set(seeds_r) - {None}, key=str)
-        if len(shared) >= 2:
-            pairs = [(float(seeds_r[s]), float(seeds_o[s])) for s in shared]
-            log = all(a > 0 and b > 0 for a, b in pairs)
-            d = [math.log(a) - math.log(b) if log else a - b for a, b in pairs]
-            mean, _, p = paired_t(d)
+        test = paired_log_test((values or {}).get(i, {}), seeds_o)
+        if test is not None:
+            mean, p = test
             p_values.append(p if sign * mean > 0 else 1.0)  # only a method better than the oracle counts
         elif o.n >= 2 and r.n >= 2:
             if min(sign * r.ci_low, sign * r.ci_high) > max(sign * o.ci_low, sign * o.ci_high):

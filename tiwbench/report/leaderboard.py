@@ -190,19 +190,28 @@ def rule_references(col: pd.DataFrame) -> pd.Series:
     return by_truth & others if mixed else pd.Series(False, index=col.index)
 
 
+def paired_log_test(a: dict, b: dict) -> tuple[float, float] | None:
+    """(mean, two-sided p) of the Student-t test on the per-seed differences a − b over the seeds both hold,
+    of the logs where every value is positive (error metrics vary by a factor between seeds, so a ratio is
+    what repeats); None below two shared seeds. The one paired test the leaderboard and its flags decide by."""
+    seeds = sorted(set(a) & set(b) - {None}, key=str)
+    if len(seeds) < 2:
+        return None
+    pairs = [(float(a[s]), float(b[s])) for s in seeds]
+    log = all(x > 0 and y > 0 for x, y in pairs)
+    mean, _, p = paired_t([math.log(x) - math.log(y) if log else x - y for x, y in pairs])
+    return mean, p
+
+
 def _comparison(lead: pd.Series, other: pd.Series, values: dict[Any, dict]) -> tuple[str, float, bool | None]:
     """(test, p, separated) of ``other`` against the leader. "paired" where the cells share two or more
     seeds: a Student-t test on the per-seed differences, of the logs where every value is positive (error
     metrics vary by a factor between seeds, so a ratio is what repeats); p for Holm's correction, and
     separated None until it decides. Else "unpaired": the cells' own intervals, separated when they do
     not overlap (a cell without an interval overlaps everything)."""
-    a, b = values.get(lead.name, {}), values.get(other.name, {})
-    seeds = sorted(set(a) & set(b) - {None}, key=str)
-    if len(seeds) >= 2:
-        pairs = [(float(b[s]), float(a[s])) for s in seeds]
-        log = all(x > 0 and y > 0 for x, y in pairs)
-        d = [math.log(x) - math.log(y) if log else x - y for x, y in pairs]
-        mean, _, p = paired_t(d)
+    test = paired_log_test(values.get(other.name, {}), values.get(lead.name, {}))
+    if test is not None:
+        mean, p = test
         worse = mean < 0 if bool(lead.higher_is_better) else mean > 0  # only a worse method leaves the lead
         return "paired", (p if worse else 1.0), None
     if lead.n < 2 or other.n < 2:
