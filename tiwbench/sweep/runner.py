@@ -193,12 +193,9 @@ def override_selection(cells: list[Cell], source: str | None = None, by: str | N
     for c in cells:
         c.budget = copy.deepcopy(c.budget)
         tc = c.budget.train
-        if source is not None:
-            if source != "none" and not tc.select_every:
-                tc.select_every = max(1, tc.steps // 10)
-            tc.select_every = 0 if source == "none" else tc.select_every
-            tc.select_source, tc.select_by = source, ""  # the new source's default score unless --select-by
-            tc.ref_holdout = -1.0 if holdout is None else tc.ref_holdout
+        if source is not None:  # the new source's defaults (score, share held out) unless given too
+            tc.select_every = 0 if source == "none" else (tc.select_every or max(1, tc.steps // 10))
+            tc.select_source, tc.select_by, tc.ref_holdout = source, "", -1.0
         if by is not None:
             tc.select_by = by
         if holdout is not None:
