@@ -123,11 +123,11 @@ def budget_moves(agg: pd.DataFrame) -> set[tuple]:
     return out
 
 
-def per_seed(agg: pd.DataFrame, records: list[dict[str, Any]]) -> dict[Any, dict]:
-    """Index of ``agg`` -> {seed: value} of the records' finished seeds (what the paired tests read)."""
-    from tiwbench.report.leaderboard import KEY, records_frame
+def per_seed(agg: pd.DataFrame, df: pd.DataFrame) -> dict[Any, dict]:
+    """Index of ``agg`` -> {seed: value} of the finished seeds of ``df`` (the ``records_frame`` rows ``agg`` came
+    from): what the paired tests read."""
+    from tiwbench.report.leaderboard import KEY
 
-    df = records_frame(records)
     ok = df[df.status == "ok"]
     by_key = {key: dict(zip(g.seed, g.value, strict=True)) for key, g in ok.groupby(KEY, sort=False)}
     return {i: by_key.get(tuple(agg.loc[i, KEY]), {}) for i in agg.index}
@@ -150,13 +150,16 @@ def _cell_flags(r: pd.Series, level: pd.Series | None, peaks: dict, moved: set) 
     return flags
 
 
-def add_flags(agg: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
-    """``agg`` with two columns: ``cell_flags`` (the cell's) and ``table_flags`` (its table's, on every row)."""
+def add_flags(agg: pd.DataFrame, records: list[dict[str, Any]], df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``agg`` with two columns: ``cell_flags`` (the cell's) and ``table_flags`` (its table's, on every row);
+    ``df``: the per-seed rows ``agg`` came from (default: from ``records``)."""
     agg = agg.copy()
     if agg.empty:
         return agg.assign(cell_flags=[], table_flags=[])
     peaks, moved = peaks_at_end(records), budget_moves(agg)
-    seeds = per_seed(agg, records)
+    from tiwbench.report.leaderboard import records_frame
+
+    seeds = per_seed(agg, records_frame(records) if df is None else df)
     cell_flags = pd.Series([[] for _ in range(len(agg))], index=agg.index, dtype=object)
     unconverged, mixed = set(), set()
     for key, col in agg.groupby(COLUMN, sort=False):

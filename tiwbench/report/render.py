@@ -128,10 +128,10 @@ def render(agg: pd.DataFrame, fmt: str = "markdown", records: list[dict[str, Any
     from tiwbench.report.flags import add_flags, flag_summary
 
     records = mark_label_trunks(records or [])
-    if "cell_flags" not in agg:  # every format carries the flags the records raise (tiwbench.report.flags)
-        agg = add_flags(agg, records)
-    notice = flag_summary(agg)
     df = records_frame(records) if df is None else df
+    if "cell_flags" not in agg:  # every format carries the flags the records raise (tiwbench.report.flags)
+        agg = add_flags(agg, records, df)
+    notice = flag_summary(agg)
     if fmt not in ("markdown", "html"):
         if vs is not None or pairs is not None:
             raise ReportError(f"--vs and --pairs work with --format markdown or html, not {fmt}")
